@@ -1,0 +1,113 @@
+"""The Gateway: one node's shared parts, and the public and internal applications.
+
+A :class:`Gateway` is built from Settings and owns everything that lives as
+long as the process: the Redis link, the token verifier, the forwarding and
+CORS rules, the upstream client, and the realtime, limits and ingress parts.
+Handlers receive it as their only argument.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+import tornado.web
+
+from tornado_gateway.auth import TokenVerifier
+from tornado_gateway.config import Settings
+from tornado_gateway.forwarding import ForwardingRules
+from tornado_gateway.handlers import NotFoundHandler, log_request
+from tornado_gateway.health import HealthHandler, ReadyHandler
+from tornado_gateway.redis_link import RedisLink
+from tornado_gateway.security_headers import SECURITY_HEADERS, CorsPolicy
+
+log = logging.getLogger("tornado_gateway")
+
+
+class Gateway:
+    """Everything one gateway process shares between requests and sockets."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.node_id = uuid.uuid4().hex[:12]
+        self.redis: RedisLink | None = RedisLink(settings.redis_url) if settings.redis_url else None
+        self.tokens = TokenVerifier(settings)
+        self.forwarding = ForwardingRules(settings.trusted_proxies)
+        self.cors = CorsPolicy(settings.allowed_origins)
+        self.security_headers = SECURITY_HEADERS
+        self.draining = False
+        self.in_flight = 0  # HTTP requests being proxied right now
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.redis is None:
+            log.warning("no Redis configured: single-node mode with in-memory state "
+                        "(Socket.IO rooms, presence and limits are local to this process)")
+        else:
+            await self.redis.start()
+
+    async def drain(self, timeout: float) -> None:
+        """Turn not-ready, let in-flight requests finish (up to ``timeout``)."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=timeout)
+        except asyncio.TimeoutError:
+            log.warning("drain timeout: %d request(s) still in flight", self.in_flight)
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.close()
+
+    def request_started(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def request_finished(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight <= 0:
+            self.in_flight = 0
+            self._idle.set()
+
+    # -- readiness -------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict]:
+        checks: dict[str, dict] = {"draining": {"ok": not self.draining}}
+        if self.redis is None:
+            checks["redis"] = {"ok": True, "mode": "memory"}
+        else:
+            checks["redis"] = {"ok": self.redis.up}
+            if not self.redis.up:
+                checks["redis"]["error"] = "unreachable"
+        return all(c["ok"] for c in checks.values()), checks
+
+    # -- applications ----------------------------------------------------
+
+    def public_app(self) -> tornado.web.Application:
+        handlers = [
+            (r"/healthz", HealthHandler),
+            (r"/readyz", ReadyHandler),
+        ]
+        return self._application(handlers)
+
+    def internal_app(self) -> tornado.web.Application:
+        return self._application([(r"/healthz", HealthHandler)])
+
+    def _application(self, handlers: list) -> tornado.web.Application:
+        app = tornado.web.Application(
+            handlers,
+            default_handler_class=NotFoundHandler,
+            log_function=log_request,
+            compress_response=False,
+            serve_traceback=False,
+        )
+        app.gateway = self  # handlers reach the node through self.application
+        return app
+
+
+def monotonic() -> float:
+    return time.monotonic()

@@ -1,0 +1,133 @@
+"""JWT verification: access and refresh tokens, pinned HMAC algorithms.
+
+``none`` is never accepted and the algorithm list is fixed by configuration,
+so a token cannot choose how it is checked. ``exp`` is required; ``nbf`` and
+``iat`` are honoured with the configured leeway; ``iss``/``aud`` are checked
+when configured. The user id is ``sub`` (fallback ``userId``). A token whose
+``type`` or ``typ`` says ``refresh`` is refused as an access token, and the
+other way round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import jwt
+
+from tornado_gateway.config import Settings
+from tornado_gateway.errors import GatewayError
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A verified token's holder."""
+
+    user_id: str
+    token: str = field(repr=False)
+    expires_at: float
+    issued_at: float | None = None
+    jti: str | None = None
+    claims: dict = field(default_factory=dict, repr=False, compare=False)
+
+
+class AuthError(GatewayError):
+    """401 with ``WWW-Authenticate: Bearer``."""
+
+    def __init__(self, code: str, message: str):
+        challenge = 'Bearer realm="api"'
+        if code != "UNAUTHENTICATED":
+            error = "invalid_token"
+            challenge += f', error="{error}", error_description="{message}"'
+        super().__init__(code, message, 401, {"WWW-Authenticate": challenge})
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, else None."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > 8192:
+        return None
+    return token
+
+
+class TokenVerifier:
+    """Verifies access and refresh tokens with the configured secrets."""
+
+    def __init__(self, settings: Settings):
+        self.access_secret = settings.jwt_access_secret
+        self.refresh_secret = settings.jwt_refresh_secret
+        self.algorithms = list(settings.jwt_algorithms)
+        self.leeway = settings.jwt_leeway
+        self.issuer = settings.jwt_issuer or None
+        self.audience = settings.jwt_audience or None
+
+    def verify_access(self, token: str) -> Identity:
+        identity = self._verify(token, self.access_secret, "access")
+        return identity
+
+    def verify_refresh(self, token: str) -> Identity:
+        return self._verify(token, self.refresh_secret, "refresh")
+
+    def _verify(self, token: str, secret: str, kind: str) -> Identity:
+        if not secret:
+            raise AuthError("INVALID_TOKEN", f"{kind} tokens cannot be verified: no secret configured")
+        options = {"require": ["exp"], "verify_aud": self.audience is not None}
+        try:
+            claims = jwt.decode(
+                token,
+                secret,
+                algorithms=self.algorithms,
+                options=options,
+                leeway=self.leeway,
+                issuer=self.issuer,
+                audience=self.audience,
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("TOKEN_EXPIRED", "token expired") from None
+        except jwt.PyJWTError as exc:
+            raise AuthError("INVALID_TOKEN", _reason(exc)) from None
+        token_type = str(claims.get("type") or claims.get("typ") or "").lower()
+        if kind == "access" and token_type == "refresh":
+            raise AuthError("INVALID_TOKEN", "a refresh token is not an access token")
+        if kind == "refresh" and token_type not in ("", "refresh"):
+            raise AuthError("INVALID_TOKEN", "not a refresh token")
+        user_id = claims.get("sub", claims.get("userId"))
+        if isinstance(user_id, int) and not isinstance(user_id, bool):
+            user_id = str(user_id)
+        if not isinstance(user_id, str) or not user_id or len(user_id) > 128:
+            raise AuthError("INVALID_TOKEN", "token has no usable sub/userId")
+        if any(c in user_id for c in "\r\n\0"):
+            raise AuthError("INVALID_TOKEN", "token has no usable sub/userId")
+        jti = claims.get("jti")
+        iat = claims.get("iat")
+        return Identity(
+            user_id=user_id,
+            token=token,
+            expires_at=float(claims["exp"]),
+            issued_at=float(iat) if isinstance(iat, (int, float)) else None,
+            jti=str(jti) if jti is not None else None,
+            claims=claims,
+        )
+
+
+def _reason(exc: Exception) -> str:
+    """A short, safe description (never the token itself)."""
+    if isinstance(exc, jwt.InvalidAlgorithmError):
+        return "token algorithm not allowed"
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return "token signature invalid"
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"token lacks required claim {exc.claim}"
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return "token not yet valid"
+    if isinstance(exc, jwt.InvalidIssuerError):
+        return "token issuer not accepted"
+    if isinstance(exc, jwt.InvalidAudienceError):
+        return "token audience not accepted"
+    if isinstance(exc, jwt.InvalidIssuedAtError):
+        return "token issued in the future"
+    if isinstance(exc, jwt.DecodeError):
+        return "token malformed"
+    return "token invalid"

@@ -1,0 +1,486 @@
+"""Settings: every option, where it comes from, and its validation.
+
+Precedence, highest first: command-line flags, environment variables, a
+config file (``--config``, tornado.options syntax), built-in defaults.
+``--env-file`` loads a dotenv file into the environment first (existing
+variables win). The result is one frozen :class:`Settings`; anything unknown
+or malformed raises :class:`ConfigError` with one line naming it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+from urllib.parse import urlsplit
+
+from tornado.options import Error as OptionsError
+from tornado.options import OptionParser
+
+SERVICES = ("auth", "users", "chats", "messages", "media", "notifications")
+DEFAULT_SERVICE_PORTS = dict(zip(SERVICES, range(3001, 3007)))
+MIB = 1024 * 1024
+# Secrets that ship in example files and must never reach production.
+EXAMPLE_SECRETS = frozenset(
+    {
+        "your-access-secret",
+        "your-refresh-secret",
+        "your-secret",
+        "changeme",
+        "change-me",
+        "secret",
+        "example",
+    }
+)
+MIN_SECRET_BYTES = 32
+
+
+class ConfigError(Exception):
+    """A setting is unknown, malformed or unsafe; the message is one line."""
+
+
+# (option name, environment variables, type, default, help). The first
+# environment variable is the canonical one; later ones are aliases.
+_OPTIONS: Sequence[tuple[str, tuple[str, ...], type, object, str]] = (
+    ("env", ("NODE_ENV", "GATEWAY_ENV"), str, "development",
+     "development or production; production refuses weak settings"),
+    ("log_level", ("LOG_LEVEL",), str, "info", "debug, info, warning or error"),
+    ("host", ("HOST",), str, "0.0.0.0", "public listener address"),
+    ("port", ("PORT",), int, 3000, "public listener port"),
+    ("allowed_origins", ("ALLOWED_ORIGINS",), str, "http://localhost:5173",
+     "comma-separated exact origins allowed for CORS and Socket.IO"),
+    ("jwt_access_secret", ("JWT_ACCESS_SECRET",), str, "",
+     "HS secret of access tokens"),
+    ("jwt_refresh_secret", ("JWT_REFRESH_SECRET",), str, "",
+     "HS secret of refresh tokens"),
+    ("jwt_algorithms", ("JWT_ALGORITHMS",), str, "HS256",
+     "comma-separated accepted HMAC algorithms (HS256, HS384, HS512)"),
+    ("jwt_issuer", ("JWT_ISSUER",), str, "", "required iss claim (empty: not checked)"),
+    ("jwt_audience", ("JWT_AUDIENCE",), str, "", "required aud claim (empty: not checked)"),
+    ("jwt_leeway", ("JWT_LEEWAY",), float, 30.0, "clock leeway for exp/nbf/iat, seconds"),
+    ("public_paths", ("PUBLIC_PATHS",), str, "/api/auth",
+     "comma-separated path prefixes reachable without a token"),
+    ("redis_url", ("REDIS_URL",), str, "",
+     "redis://, rediss://, redis+sentinel:// or memory://; overrides REDIS_HOST/PORT/PASSWORD"),
+    ("redis_host", ("REDIS_HOST",), str, "localhost", "Redis host; empty runs single-node"),
+    ("redis_port", ("REDIS_PORT",), int, 6379, "Redis port"),
+    ("redis_password", ("REDIS_PASSWORD",), str, "", "Redis password"),
+    *(
+        (f"{name}_service_url", (f"{name.upper()}_SERVICE_URL",), str,
+         f"http://localhost:{port}", f"base URL of the {name} service")
+        for name, port in DEFAULT_SERVICE_PORTS.items()
+    ),
+    ("routes", ("GATEWAY_ROUTES",), str, "",
+     "extra or replacement routes: 'PREFIX=SERVICE_OR_URL[;timeout=S][;max_body=B]', comma-separated"),
+    ("upstream_connect_timeout", ("UPSTREAM_CONNECT_TIMEOUT",), float, 2.0,
+     "seconds to connect to an upstream"),
+    ("upstream_timeout", ("UPSTREAM_TIMEOUT",), float, 30.0,
+     "seconds for a whole upstream request"),
+    ("max_body_size", ("MAX_BODY_SIZE",), int, MIB, "request body limit, bytes"),
+    ("media_max_body_size", ("MEDIA_MAX_BODY_SIZE",), int, 100 * MIB,
+     "request body limit of /api/media, bytes"),
+    ("trusted_proxies", ("TRUSTED_PROXIES",), str, "",
+     "comma-separated IPs/CIDRs whose X-Forwarded-* headers are believed"),
+    ("rate_limit_user", ("RATE_LIMIT_USER",), str, "300/60", "requests/window-seconds per user"),
+    ("rate_limit_ip", ("RATE_LIMIT_IP",), str, "120/60", "requests/window-seconds per client IP"),
+    ("rate_limit_auth", ("RATE_LIMIT_AUTH",), str, "10/60",
+     "requests/window-seconds per IP for login, register and refresh"),
+    ("rate_limit_enabled", ("RATE_LIMIT_ENABLED",), bool, True, "turn HTTP rate limiting on/off"),
+    ("auth_timeout", ("AUTH_TIMEOUT",), float, 10.0,
+     "seconds a socket may stay unauthenticated"),
+    ("typing_timeout", ("TYPING_TIMEOUT",), float, 6.0, "seconds before typing auto-stops"),
+    ("presence_ttl", ("PRESENCE_TTL",), float, 30.0,
+     "seconds before a dead node's users turn offline"),
+    ("drain_timeout", ("DRAIN_TIMEOUT",), float, 20.0, "SIGTERM grace, seconds"),
+    ("internal_host", ("INTERNAL_HOST",), str, "127.0.0.1", "internal listener address"),
+    ("internal_port", ("INTERNAL_PORT",), int, 3100, "internal listener port (0: off)"),
+    ("internal_auth_user", ("INTERNAL_AUTH_USER",), str, "", "internal listener user"),
+    ("internal_auth_password", ("INTERNAL_AUTH_PASSWORD",), str, "",
+     "internal listener password"),
+    ("internal_auth_key", ("INTERNAL_AUTH_KEY",), str, "",
+     "private key for Digest nonces (empty: random per process)"),
+)
+
+_ENV_TO_OPTION = {env: name for name, envs, *_ in _OPTIONS for env in envs}
+SECRET_OPTIONS = frozenset(
+    {"jwt_access_secret", "jwt_refresh_secret", "redis_password", "internal_auth_password",
+     "internal_auth_key", "redis_url"}
+)
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """``count`` requests per ``window`` seconds."""
+
+    count: int
+    window: float
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.window:g}"
+
+
+@dataclass(frozen=True)
+class Route:
+    """One proxied prefix and where it goes."""
+
+    prefix: str  # "/api/users", no trailing slash
+    service: str  # name used in logs and metrics
+    upstream: str  # scheme://host:port, no path
+    upstream_path: str  # the upstream URL's own path, no trailing slash ("" for none)
+    max_body_size: int
+    timeout: float
+    connect_timeout: float
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str = "development"
+    log_level: str = "info"
+    host: str = "0.0.0.0"
+    port: int = 3000
+    allowed_origins: tuple[str, ...] = ("http://localhost:5173",)
+    jwt_access_secret: str = ""
+    jwt_refresh_secret: str = ""
+    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    jwt_leeway: float = 30.0
+    public_paths: tuple[str, ...] = ("/api/auth",)
+    redis_url: str | None = None  # None: single node, in memory
+    routes: tuple[Route, ...] = ()
+    upstream_connect_timeout: float = 2.0
+    upstream_timeout: float = 30.0
+    max_body_size: int = MIB
+    media_max_body_size: int = 100 * MIB
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    rate_limit_user: RateLimit = RateLimit(300, 60)
+    rate_limit_ip: RateLimit = RateLimit(120, 60)
+    rate_limit_auth: RateLimit = RateLimit(10, 60)
+    rate_limit_enabled: bool = True
+    auth_timeout: float = 10.0
+    typing_timeout: float = 6.0
+    presence_ttl: float = 30.0
+    drain_timeout: float = 20.0
+    internal_host: str = "127.0.0.1"
+    internal_port: int = 3100
+    internal_auth_user: str = ""
+    internal_auth_password: str = field(default="", repr=False)
+    internal_auth_key: str = field(default="", repr=False)
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def single_node(self) -> bool:
+        return self.redis_url is None
+
+
+def make_parser() -> OptionParser:
+    """The option parser behind ``--help``, flags and config files."""
+    parser = OptionParser()
+    parser.define("config", type=str, default="", help="config file (tornado.options syntax)")
+    parser.define("env_file", type=str, default="", help="dotenv file loaded into the environment")
+    for name, envs, kind, default, help_text in _OPTIONS:
+        parser.define(name, type=kind, default=default, help=f"{help_text} [env {envs[0]}]")
+    return parser
+
+
+def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read flags, environment and config file into validated Settings."""
+    argv = list(sys.argv if argv is None else argv)
+    environ = dict(os.environ if environ is None else environ)
+    parser = make_parser()
+    argv = normalise_argv(argv, parser)
+    pre = _scan_flags(argv, ("config", "env_file"))
+    if pre.get("env_file"):
+        environ = {**_read_env_file(pre["env_file"]), **environ}
+    if pre.get("config"):
+        _apply_config_file(parser, pre["config"])
+    _apply_environment(parser, environ)
+    try:
+        parser.parse_command_line(argv, final=False)
+    except OptionsError as exc:
+        raise ConfigError(f"command line: {exc}") from None
+    return build_settings(parser.as_dict())
+
+
+def normalise_argv(argv: Sequence[str], parser: OptionParser) -> list[str]:
+    """Accept ``--name value`` and ``--name-with-dashes`` beside tornado's ``--name=value``."""
+    out = [argv[0] if argv else "gateway"]
+    args = iter(argv[1:])
+    for arg in args:
+        if arg.startswith("--") and "=" not in arg and arg != "--":
+            name = arg[2:].replace("_", "-")
+            option = parser._options.get(name)
+            if option is not None and option.type is not bool:
+                value = next(args, None)
+                if value is None:
+                    raise ConfigError(f"command line: --{name} needs a value")
+                arg = f"--{name}={value}"
+        if arg.startswith("--") and arg != "--":
+            name = arg[2:].partition("=")[0].replace("_", "-")
+            if name not in parser._options:
+                raise ConfigError(f"command line: unknown option --{name}")
+        out.append(arg)
+    return out
+
+
+def _scan_flags(argv: Sequence[str], names: Sequence[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for arg in argv[1:]:
+        key, eq, value = arg[2:].partition("=")
+        if arg.startswith("--") and eq and key.replace("-", "_") in names:
+            found[key.replace("-", "_")] = value
+    return found
+
+
+def _read_env_file(path: str) -> dict[str, str]:
+    from dotenv import dotenv_values
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"--env-file: no such file: {path}")
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def _apply_config_file(parser: OptionParser, path: str) -> None:
+    if not os.path.isfile(path):
+        raise ConfigError(f"--config: no such file: {path}")
+    namespace: dict[str, object] = {"__file__": os.path.abspath(path)}
+    try:
+        with open(path, "rb") as f:
+            exec(compile(f.read(), path, "exec"), namespace)  # noqa: S102 - operator's own file
+    except Exception as exc:  # syntax or runtime error in the operator's file
+        raise ConfigError(f"--config {path}: {type(exc).__name__}: {exc}") from None
+    known = parser.as_dict()
+    for key, value in namespace.items():
+        if key.startswith("_") or callable(value) or type(value).__name__ == "module":
+            continue
+        name = key.lower().replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"--config {path}: unknown setting {key!r}")
+        try:
+            setattr(parser, name, value)
+        except OptionsError as exc:
+            raise ConfigError(f"--config {path}: setting {key!r}: {exc}") from None
+
+
+def _apply_environment(parser: OptionParser, environ: Mapping[str, str]) -> None:
+    for name, envs, kind, _default, _help in reversed(_OPTIONS):
+        for env in reversed(envs):  # the canonical name is applied last and wins
+            if env not in environ:
+                continue
+            raw = environ[env]
+            try:
+                parser._options[name.replace('_', '-')].parse(raw)  # same parsing as a flag
+            except (OptionsError, ValueError) as exc:
+                raise ConfigError(f"environment {env}={_shown(name, raw)}: {exc}") from None
+
+
+def _shown(name: str, raw: str) -> str:
+    return "<redacted>" if name in SECRET_OPTIONS else repr(raw)
+
+
+def _rate_limit(name: str, raw: str) -> RateLimit:
+    count, slash, window = str(raw).partition("/")
+    try:
+        limit = RateLimit(int(count), float(window) if slash else 60.0)
+    except ValueError:
+        raise ConfigError(f"{name.upper()}={raw!r}: expected COUNT/SECONDS, e.g. 300/60") from None
+    if limit.count < 1 or limit.window <= 0:
+        raise ConfigError(f"{name.upper()}={raw!r}: count and window must be positive")
+    return limit
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in str(raw).split(",") if part.strip())
+
+
+def _networks(raw: str):
+    nets = []
+    for part in _csv(raw):
+        try:
+            nets.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ConfigError(f"TRUSTED_PROXIES: not an IP or CIDR: {part!r}") from None
+    return tuple(nets)
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = _csv(raw)
+    for origin in origins:
+        if origin == "*":
+            continue
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+            raise ConfigError(f"ALLOWED_ORIGINS: not an origin (scheme://host[:port]): {origin!r}")
+    return tuple(o.rstrip("/") for o in origins)
+
+
+def _redis_url(values: Mapping[str, object]) -> str | None:
+    url = str(values["redis_url"]).strip()
+    if url:
+        if url == "memory://":
+            return None
+        scheme = urlsplit(url).scheme
+        if scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
+            raise ConfigError(f"REDIS_URL: unsupported scheme {scheme!r}")
+        return url
+    host = str(values["redis_host"]).strip()
+    if not host:
+        return None
+    password = str(values["redis_password"])
+    auth = f":{_quote(password)}@" if password else ""
+    return f"redis://{auth}{host}:{int(values['redis_port'])}/0"
+
+
+def _quote(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")
+
+
+def _split_upstream(name: str, url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name}: not an http(s) URL: {url!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{name}: an upstream URL takes no query or fragment: {url!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise ConfigError(f"{name}: bad port in {url!r}") from None
+    return f"{parts.scheme}://{parts.netloc}", parts.path.rstrip("/")
+
+
+def _routes(values: Mapping[str, object]) -> tuple[Route, ...]:
+    connect = float(values["upstream_connect_timeout"])
+    total = float(values["upstream_timeout"])
+    table: dict[str, Route] = {}
+    services = {}
+    for service in SERVICES:
+        key = f"{service}_service_url"
+        services[service] = str(values[key])
+        upstream, path = _split_upstream(key.upper(), services[service])
+        limit = int(values["media_max_body_size"] if service == "media" else values["max_body_size"])
+        table[f"/api/{service}"] = Route(
+            f"/api/{service}", service, upstream, path, limit, total, connect
+        )
+    for spec in _csv(values["routes"]):
+        head, *params = spec.split(";")
+        prefix, eq, target = head.partition("=")
+        prefix = "/" + prefix.strip().strip("/")
+        if not eq or prefix == "/" or not target.strip():
+            raise ConfigError(f"GATEWAY_ROUTES: expected PREFIX=SERVICE_OR_URL, got {spec!r}")
+        target = target.strip()
+        service = target if target in services else prefix.rsplit("/", 1)[-1]
+        upstream, path = _split_upstream("GATEWAY_ROUTES", services.get(target, target))
+        options = {"timeout": total, "max_body": int(values["max_body_size"]), "connect_timeout": connect}
+        for param in params:
+            key, _, raw = param.partition("=")
+            key = key.strip()
+            if key not in options:
+                raise ConfigError(f"GATEWAY_ROUTES: unknown route option {key!r} in {spec!r}")
+            try:
+                options[key] = type(options[key])(raw.strip())
+            except ValueError:
+                raise ConfigError(f"GATEWAY_ROUTES: bad value for {key!r} in {spec!r}") from None
+        table[prefix] = Route(prefix, service, upstream, path, int(options["max_body"]),
+                              float(options["timeout"]), float(options["connect_timeout"]))
+    # Longest prefix first, so routing can take the first match.
+    return tuple(sorted(table.values(), key=lambda r: len(r.prefix), reverse=True))
+
+
+def build_settings(values: Mapping[str, object]) -> Settings:
+    """Validate raw option values into Settings (raises ConfigError)."""
+    env = str(values["env"]).strip().lower()
+    if env not in ("development", "production", "test"):
+        raise ConfigError(f"NODE_ENV={values['env']!r}: expected development, production or test")
+    level = str(values["log_level"]).strip().lower()
+    if level == "warn":
+        level = "warning"
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"LOG_LEVEL={values['log_level']!r}: expected debug, info, warning or error")
+    algorithms = tuple(a.upper() for a in _csv(values["jwt_algorithms"]))
+    bad = [a for a in algorithms if a not in ("HS256", "HS384", "HS512")]
+    if bad or not algorithms:
+        raise ConfigError(f"JWT_ALGORITHMS: only HS256, HS384, HS512 are supported, got {bad or '[]'}")
+    for name in ("port", "internal_port"):
+        if not 0 <= int(values[name]) <= 65535:
+            raise ConfigError(f"{name.upper()}={values[name]}: not a port")
+    positive = ("upstream_connect_timeout", "upstream_timeout", "auth_timeout", "typing_timeout",
+                "presence_ttl", "max_body_size", "media_max_body_size")
+    for name in positive:
+        if float(values[name]) <= 0:
+            raise ConfigError(f"{name.upper()}={values[name]}: must be positive")
+    for name in ("drain_timeout", "jwt_leeway"):
+        if float(values[name]) < 0:
+            raise ConfigError(f"{name.upper()}={values[name]}: must not be negative")
+    public = tuple("/" + p.strip("/") for p in _csv(values["public_paths"]))
+    settings = Settings(
+        env=env,
+        log_level=level,
+        host=str(values["host"]),
+        port=int(values["port"]),
+        allowed_origins=_origins(values["allowed_origins"]),
+        jwt_access_secret=str(values["jwt_access_secret"]),
+        jwt_refresh_secret=str(values["jwt_refresh_secret"]),
+        jwt_algorithms=algorithms,
+        jwt_issuer=str(values["jwt_issuer"]),
+        jwt_audience=str(values["jwt_audience"]),
+        jwt_leeway=float(values["jwt_leeway"]),
+        public_paths=public,
+        redis_url=_redis_url(values),
+        routes=_routes(values),
+        upstream_connect_timeout=float(values["upstream_connect_timeout"]),
+        upstream_timeout=float(values["upstream_timeout"]),
+        max_body_size=int(values["max_body_size"]),
+        media_max_body_size=int(values["media_max_body_size"]),
+        trusted_proxies=_networks(values["trusted_proxies"]),
+        rate_limit_user=_rate_limit("rate_limit_user", values["rate_limit_user"]),
+        rate_limit_ip=_rate_limit("rate_limit_ip", values["rate_limit_ip"]),
+        rate_limit_auth=_rate_limit("rate_limit_auth", values["rate_limit_auth"]),
+        rate_limit_enabled=bool(values["rate_limit_enabled"]),
+        auth_timeout=float(values["auth_timeout"]),
+        typing_timeout=float(values["typing_timeout"]),
+        presence_ttl=float(values["presence_ttl"]),
+        drain_timeout=float(values["drain_timeout"]),
+        internal_host=str(values["internal_host"]),
+        internal_port=int(values["internal_port"]),
+        internal_auth_user=str(values["internal_auth_user"]),
+        internal_auth_password=str(values["internal_auth_password"]),
+        internal_auth_key=str(values["internal_auth_key"]),
+    )
+    if settings.production:
+        check_production(settings)
+    return settings
+
+
+def weak_secret(secret: str) -> str | None:
+    """Why ``secret`` is unfit for production, or None when it is fine."""
+    if not secret:
+        return "missing"
+    if secret.strip().lower() in EXAMPLE_SECRETS or secret.lower().startswith("your-"):
+        return "an example value"
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        return f"shorter than {MIN_SECRET_BYTES} bytes"
+    return None
+
+
+def check_production(settings: Settings) -> None:
+    """Refuse settings that are tolerable in development only."""
+    for name in ("jwt_access_secret", "jwt_refresh_secret"):
+        why = weak_secret(getattr(settings, name))
+        if why:
+            raise ConfigError(f"NODE_ENV=production: {name.upper()} is {why}")
+    if "*" in settings.allowed_origins:
+        raise ConfigError("NODE_ENV=production: ALLOWED_ORIGINS must not contain '*'")
+    if settings.jwt_access_secret == settings.jwt_refresh_secret:
+        raise ConfigError("NODE_ENV=production: JWT_ACCESS_SECRET and JWT_REFRESH_SECRET must differ")
+    if settings.internal_port and not (settings.internal_auth_user and settings.internal_auth_password):
+        raise ConfigError(
+            "NODE_ENV=production: INTERNAL_AUTH_USER and INTERNAL_AUTH_PASSWORD are required "
+            "(or INTERNAL_PORT=0 to turn the internal listener off)"
+        )

@@ -1,0 +1,162 @@
+"""The base request handler: request id, security headers, CORS, JSON errors, access log.
+
+Every public handler derives from :class:`GatewayHandler`, so every response,
+including errors and 404s, carries the same headers and error envelope.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+
+import tornado.web
+
+from tornado_gateway import metrics
+from tornado_gateway.errors import HTTP_STATUS, GatewayError, error_body
+
+access_log = logging.getLogger("tornado_gateway.access")
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_CODE_OF_STATUS = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 403: "FORBIDDEN", 404: "NOT_FOUND",
+                   405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE", 429: "RATE_LIMITED",
+                   503: "DRAINING"}
+
+
+def make_request_id(incoming: str | None) -> str:
+    """Keep a sane client-supplied X-Request-ID, else make one."""
+    if incoming and REQUEST_ID_RE.match(incoming):
+        return incoming
+    return uuid.uuid4().hex
+
+
+class GatewayHandler(tornado.web.RequestHandler):
+    """Shared behaviour of every public endpoint."""
+
+    route_name = "gateway"  # metrics/log label; subclasses name themselves
+    upstream_name: str | None = None
+    user_id: str | None = None
+
+    request_id: str | None = None
+
+    @property
+    def gateway(self):
+        return self.application.gateway
+
+    def set_default_headers(self) -> None:
+        # Runs in __init__ and again on clear(): the request id must not change.
+        if self.request_id is None:
+            self.request_id = make_request_id(self.request.headers.get("X-Request-ID"))
+        headers = self._headers
+        del headers["Server"]
+        for name, value in self.gateway.security_headers:
+            headers[name] = value
+        headers["X-Request-ID"] = self.request_id
+        for name, value in self.gateway.cors.response_headers(self.request.headers.get("Origin")):
+            headers[name] = value
+        if self.gateway.draining:
+            headers["Connection"] = "close"
+
+    @property
+    def client_ip(self) -> str:
+        return self.gateway.forwarding.client_ip(self.request)
+
+    def options(self, *args, **kwargs) -> None:
+        """CORS preflights are answered here and never reach an upstream."""
+        origin = self.request.headers.get("Origin")
+        if not self.request.headers.get("Access-Control-Request-Method"):
+            raise GatewayError("METHOD_NOT_ALLOWED", "OPTIONS is only answered as a CORS preflight")
+        if not self.gateway.cors.allows(origin):
+            raise GatewayError("FORBIDDEN", "origin not allowed")
+        for name, value in self.gateway.cors.preflight_headers(
+            origin, self.request.headers.get("Access-Control-Request-Headers")
+        ):
+            self.set_header(name, value)
+        self.set_status(204)
+        self.finish()
+
+    def write_json(self, status: int, payload) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(payload, separators=(",", ":")))
+
+    def send_gateway_error(self, error: GatewayError) -> None:
+        if self._finished:
+            return
+        if self._headers_written:
+            # Too late for a status: cut the response so the client sees it fail.
+            self.request.connection.close()
+            self._finished = True
+            return
+        self.clear()
+        self.set_status(error.status)
+        for name, value in error.headers.items():
+            self.set_header(name, value)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(error_body(error.code, error.message, self.request_id))
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, GatewayError):
+            error = exc
+        else:
+            code = _CODE_OF_STATUS.get(status_code, "INTERNAL" if status_code >= 500 else "BAD_REQUEST")
+            reason = self._reason if status_code < 500 else "internal error"
+            error = GatewayError(code, reason, status_code)
+        self.send_gateway_error(error)
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, GatewayError):
+            return  # an answer, not a failure
+        if isinstance(value, tornado.web.HTTPError):
+            return
+        access_log.error("unhandled error in %s", self.request.path, exc_info=(typ, value, tb),
+                         extra={"request_id": getattr(self, "request_id", None)})
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        if isinstance(e, GatewayError):
+            self.send_gateway_error(e)
+            return
+        super()._handle_request_exception(e)
+
+
+class NotFoundHandler(GatewayHandler):
+    """What answers when no route matches."""
+
+    route_name = "not_found"
+
+    def prepare(self) -> None:
+        if self.request.method != "OPTIONS":
+            raise GatewayError("NOT_FOUND", "no route for this path")
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Application ``log_function``: one access line and the HTTP metrics per request."""
+    status = handler.get_status()
+    duration = handler.request.request_time()
+    route = getattr(handler, "route_name", "other")
+    metrics.HTTP_REQUESTS.labels(route, handler.request.method, str(status)).inc()
+    metrics.HTTP_LATENCY.labels(route).observe(duration)
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    level = logging.INFO if status < 500 else logging.WARNING
+    if status < 400 and route in ("health", "ready"):
+        level = logging.DEBUG
+    access_log.log(
+        level,
+        "%s %s %d",
+        handler.request.method,
+        handler.request.path,
+        status,
+        extra={
+            "request_id": getattr(handler, "request_id", None),
+            "user_id": getattr(handler, "user_id", None),
+            "route": route,
+            "upstream": getattr(handler, "upstream_name", None),
+            "method": handler.request.method,
+            "path": handler.request.path,
+            "status": status,
+            "duration_ms": round(duration * 1000, 2),
+            "client_ip": getattr(handler, "client_ip", None) if status >= 400 else None,
+        },
+    )

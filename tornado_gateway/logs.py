@@ -1,0 +1,75 @@
+"""Logging: one JSON object per line on stdout, with request context, never secrets.
+
+Handlers put the request id, user id, route, upstream, status and duration on
+a record through ``extra=`` (or the context variables below); the formatter
+writes them out. A redaction pass removes anything that looks like a bearer
+token, a JWT, a password or a cookie from the message, whatever logged it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import sys
+import time
+
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+user_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("user_id", default=None)
+
+CONTEXT_FIELDS = ("request_id", "user_id", "route", "upstream", "method", "path", "status",
+                  "duration_ms", "client_ip", "event", "sid", "code")
+_REDACTIONS = (
+    (re.compile(r"(?i)\b(bearer|basic|digest)\s+[^\s,;\"']+"), r"\1 [redacted]"),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
+    (re.compile(r"(?i)((?:password|passwd|secret|token|cookie|authorization)[\"']?\s*[:=]\s*[\"']?)[^\s,;\"'&}]+"),
+     r"\1[redacted]"),
+    (re.compile(r"(?i)(redis(?:s)?(?:\+sentinel)?://[^:/@\s]*:)[^@\s]+@"), r"\1[redacted]@"),
+)
+
+
+def redact(text: str) -> str:
+    """Remove tokens, passwords and cookies from a log message."""
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as a single JSON line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+        }
+        request_id = getattr(record, "request_id", None) or request_id_var.get()
+        user_id = getattr(record, "user_id", None) or user_id_var.get()
+        if request_id:
+            entry["request_id"] = request_id
+        if user_id:
+            entry["user_id"] = user_id
+        for name in CONTEXT_FIELDS[2:]:
+            value = getattr(record, name, None)
+            if value is not None:
+                entry[name] = value
+        if record.exc_info:
+            entry["error"] = redact(self.formatException(record.exc_info))
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def setup_logging(level: str) -> None:
+    """Send every logger (ours, tornado's, socketio's) to stdout as JSON."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Our own access log replaces tornado's; the libraries are chatty at info.
+    logging.getLogger("tornado.access").setLevel(logging.WARNING)
+    for noisy in ("socketio", "engineio", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

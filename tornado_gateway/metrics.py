@@ -1,0 +1,37 @@
+"""Prometheus metrics of this process (served by the internal listener).
+
+Each gateway process is its own scrape target (one INTERNAL_PORT per process;
+see README "Several processes per VM"), so figures never mix processes.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+HTTP_REQUESTS = Counter(
+    "gateway_http_requests_total", "HTTP requests answered", ["route", "method", "status"],
+    registry=REGISTRY)
+HTTP_LATENCY = Histogram(
+    "gateway_http_request_duration_seconds", "HTTP request duration", ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY)
+UPSTREAM_LATENCY = Histogram(
+    "gateway_upstream_duration_seconds", "Time to upstream response headers", ["upstream"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY)
+UPSTREAM_ERRORS = Counter(
+    "gateway_upstream_errors_total", "Upstream failures", ["upstream", "kind"], registry=REGISTRY)
+CIRCUIT_OPEN = Gauge(
+    "gateway_circuit_open", "1 while an upstream's circuit breaker is open", ["upstream"],
+    registry=REGISTRY)
+OPEN_SOCKETS = Gauge("gateway_open_sockets", "Connected Socket.IO clients", registry=REGISTRY)
+EVENTS_IN = Counter("gateway_events_in_total", "Events received", ["event", "source"],
+                    registry=REGISTRY)
+EVENTS_OUT = Counter("gateway_events_out_total", "Events emitted to clients", ["event"],
+                     registry=REGISTRY)
+RATE_LIMITED = Counter("gateway_rate_limited_total", "Requests or events refused by a limit",
+                       ["scope"], registry=REGISTRY)
+REDIS_RECONNECTS = Counter("gateway_redis_reconnects_total", "Times Redis came back after a loss",
+                           registry=REGISTRY)

@@ -1,0 +1,118 @@
+"""The node's connection to Redis and whether Redis is reachable right now.
+
+One client (a connection pool) serves limits, presence, dedupe and
+revocations. A watcher pings Redis once a second, logs each loss and
+recovery once, and feeds ``/readyz``; the node keeps serving while Redis is
+down (callers fall back to local state) and the pool reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from socketio.redis_manager import parse_redis_sentinel_url
+
+from tornado_gateway import metrics
+
+log = logging.getLogger("tornado_gateway.redis")
+
+# Short timeouts: a gateway must answer quickly even when Redis is gone.
+# socket_timeout also bounds pubsub reads, so listeners wake up and notice a
+# dead connection instead of blocking or spinning.
+CLIENT_OPTIONS = {
+    "socket_connect_timeout": 1.0,
+    "socket_timeout": 2.0,
+    "socket_keepalive": True,
+    "health_check_interval": 10,
+    "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+}
+
+
+def redis_options(url: str) -> dict:
+    """Client keyword arguments for ``url`` (shared with the Socket.IO manager)."""
+    options = dict(CLIENT_OPTIONS)
+    if urlsplit(url).scheme == "redis+sentinel":
+        options.pop("retry")
+    return options
+
+
+def connect(url: str, **overrides) -> aioredis.Redis:
+    """A redis.asyncio client for a redis://, rediss://, unix:// or redis+sentinel:// URL."""
+    options = {**redis_options(url), **overrides}
+    if urlsplit(url).scheme == "redis+sentinel":
+        sentinels, service, connection_kwargs = parse_redis_sentinel_url(url)
+        sentinel = aioredis.sentinel.Sentinel(sentinels, **{**options, **connection_kwargs})
+        return sentinel.master_for(service or "mymaster")
+    return aioredis.Redis.from_url(url, **options)
+
+
+class RedisLink:
+    """The shared client plus an up/down flag kept current by a watcher."""
+
+    PING_INTERVAL = 1.0
+
+    def __init__(self, url: str):
+        self.url = url
+        self.client = connect(url)
+        self.up = False
+        self.last_error: str | None = None
+        self._watcher: asyncio.Task | None = None
+        self._listeners: list = []
+
+    def on_change(self, callback) -> None:
+        """Call ``callback(up: bool)`` whenever reachability changes."""
+        self._listeners.append(callback)
+
+    async def start(self) -> None:
+        await self._ping()
+        if not self.up:
+            log.warning("redis unreachable at start-up; serving with local fallbacks: %s",
+                        self.last_error)
+        self._watcher = asyncio.create_task(self._watch())
+
+    async def _ping(self) -> None:
+        try:
+            await asyncio.wait_for(self.client.ping(), timeout=2.0)
+        except Exception as exc:  # any failure means "not reachable now"
+            self._set(False, f"{type(exc).__name__}: {exc}")
+        else:
+            self._set(True, None)
+
+    def _set(self, up: bool, error: str | None) -> None:
+        was = self.up
+        self.up, self.last_error = up, error
+        if up == was:
+            return
+        if up:
+            log.info("redis reachable")
+            if self._watcher is not None:
+                metrics.REDIS_RECONNECTS.inc()
+        elif self._watcher is not None:
+            log.error("redis lost: %s", error)
+        for callback in self._listeners:
+            try:
+                callback(up)
+            except Exception:
+                log.exception("redis state listener failed")
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.PING_INTERVAL)
+            await self._ping()
+
+    def note_failure(self, exc: BaseException) -> None:
+        """Callers report a failed command so readiness turns at once."""
+        self._set(False, f"{type(exc).__name__}: {exc}")
+
+    async def close(self) -> None:
+        if self._watcher:
+            self._watcher.cancel()
+        try:
+            await self.client.aclose()
+        except Exception:
+            pass
