@@ -88,6 +88,13 @@ _OPTIONS: Sequence[tuple[str, tuple[str, ...], type, object, str]] = (
     ("rate_limit_auth", ("RATE_LIMIT_AUTH",), str, "10/60",
      "requests/window-seconds per IP for login, register and refresh"),
     ("rate_limit_enabled", ("RATE_LIMIT_ENABLED",), bool, True, "turn HTTP rate limiting on/off"),
+    ("rate_limit_auth_paths", ("RATE_LIMIT_AUTH_PATHS",), str,
+     "/api/auth/login,/api/auth/register,/api/auth/refresh",
+     "comma-separated paths limited per IP by RATE_LIMIT_AUTH instead of the user/IP class"),
+    ("revocation_ttl", ("REVOCATION_TTL",), float, 7 * 86400.0,
+     "seconds a session:revoke is kept; at least the longest token lifetime"),
+    ("ingress_max_body_size", ("INGRESS_MAX_BODY_SIZE",), int, 256 * 1024,
+     "body limit of POST /internal/events, bytes"),
     ("auth_timeout", ("AUTH_TIMEOUT",), float, 10.0,
      "seconds a socket may stay unauthenticated"),
     ("typing_timeout", ("TYPING_TIMEOUT",), float, 6.0, "seconds before typing auto-stops"),
@@ -159,6 +166,10 @@ class Settings:
     rate_limit_ip: RateLimit = RateLimit(120, 60)
     rate_limit_auth: RateLimit = RateLimit(10, 60)
     rate_limit_enabled: bool = True
+    rate_limit_auth_paths: tuple[str, ...] = ("/api/auth/login", "/api/auth/register",
+                                              "/api/auth/refresh")
+    revocation_ttl: float = 7 * 86400.0
+    ingress_max_body_size: int = 256 * 1024
     auth_timeout: float = 10.0
     typing_timeout: float = 6.0
     presence_ttl: float = 30.0
@@ -411,7 +422,8 @@ def build_settings(values: Mapping[str, object]) -> Settings:
         if not 0 <= int(values[name]) <= 65535:
             raise ConfigError(f"{name.upper()}={values[name]}: not a port")
     positive = ("upstream_connect_timeout", "upstream_timeout", "auth_timeout", "typing_timeout",
-                "presence_ttl", "max_body_size", "media_max_body_size")
+                "presence_ttl", "max_body_size", "media_max_body_size", "revocation_ttl",
+                "ingress_max_body_size")
     for name in positive:
         if float(values[name]) <= 0:
             raise ConfigError(f"{name.upper()}={values[name]}: must be positive")
@@ -443,6 +455,9 @@ def build_settings(values: Mapping[str, object]) -> Settings:
         rate_limit_ip=_rate_limit("rate_limit_ip", values["rate_limit_ip"]),
         rate_limit_auth=_rate_limit("rate_limit_auth", values["rate_limit_auth"]),
         rate_limit_enabled=bool(values["rate_limit_enabled"]),
+        rate_limit_auth_paths=tuple("/" + p.strip("/") for p in _csv(values["rate_limit_auth_paths"])),
+        revocation_ttl=float(values["revocation_ttl"]),
+        ingress_max_body_size=int(values["ingress_max_body_size"]),
         auth_timeout=float(values["auth_timeout"]),
         typing_timeout=float(values["typing_timeout"]),
         presence_ttl=float(values["presence_ttl"]),
