@@ -35,3 +35,10 @@ RATE_LIMITED = Counter("gateway_rate_limited_total", "Requests or events refused
                        ["scope"], registry=REGISTRY)
 REDIS_RECONNECTS = Counter("gateway_redis_reconnects_total", "Times Redis came back after a loss",
                            registry=REGISTRY)
+RATE_LIMIT_LOCAL = Gauge("gateway_rate_limit_local_fallback",
+                         "1 while rate limits are decided per node because Redis is unreachable",
+                         registry=REGISTRY)
+EVENTS_REJECTED = Counter("gateway_events_rejected_total", "Ingress events refused as invalid",
+                          ["source"], registry=REGISTRY)
+REVOCATIONS = Counter("gateway_revocations_total", "session:revoke events applied", ["kind"],
+                      registry=REGISTRY)
