@@ -20,7 +20,11 @@ from tornado_gateway.config import Settings
 from tornado_gateway.forwarding import ForwardingRules
 from tornado_gateway.handlers import NotFoundHandler, log_request
 from tornado_gateway.health import HealthHandler, ReadyHandler
+from tornado_gateway.ingress import Ingress
+from tornado_gateway.internal import internal_handlers
+from tornado_gateway.limits import Limits
 from tornado_gateway.redis_link import RedisLink
+from tornado_gateway.revocation import Revocations
 from tornado_gateway.security_headers import SECURITY_HEADERS, CorsPolicy
 
 log = logging.getLogger("tornado_gateway")
@@ -37,6 +41,9 @@ class Gateway:
         self.forwarding = ForwardingRules(settings.trusted_proxies)
         self.cors = CorsPolicy(settings.allowed_origins)
         self.security_headers = SECURITY_HEADERS
+        self.limits = Limits(self.redis)  # gateway.limits.allow(scope, key, RateLimit)
+        self.revocations = Revocations(self.redis, settings.revocation_ttl)
+        self.ingress = Ingress(self)  # gateway:events subscriber + POST /internal/events
         self.draining = False
         self.in_flight = 0  # HTTP requests being proxied right now
         self._idle = asyncio.Event()
@@ -50,6 +57,8 @@ class Gateway:
                         "(Socket.IO rooms, presence and limits are local to this process)")
         else:
             await self.redis.start()
+        await self.revocations.start()
+        await self.ingress.start()
 
     async def drain(self, timeout: float) -> None:
         """Turn not-ready, let in-flight requests finish (up to ``timeout``)."""
@@ -60,6 +69,7 @@ class Gateway:
             log.warning("drain timeout: %d request(s) still in flight", self.in_flight)
 
     async def close(self) -> None:
+        await self.ingress.close()
         if self.redis is not None:
             await self.redis.close()
 
@@ -83,6 +93,9 @@ class Gateway:
             checks["redis"] = {"ok": self.redis.up}
             if not self.redis.up:
                 checks["redis"]["error"] = "unreachable"
+        checks["limits"] = self.limits.readiness()
+        checks["events"] = self.ingress.readiness()
+        checks["revocations"] = self.revocations.readiness()
         return all(c["ok"] for c in checks.values()), checks
 
     # -- applications ----------------------------------------------------
@@ -95,7 +108,7 @@ class Gateway:
         return self._application(handlers)
 
     def internal_app(self) -> tornado.web.Application:
-        return self._application([(r"/healthz", HealthHandler)])
+        return self._application(internal_handlers(self.settings))
 
     def _application(self, handlers: list) -> tornado.web.Application:
         app = tornado.web.Application(

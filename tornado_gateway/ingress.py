@@ -1,0 +1,317 @@
+"""Event ingress: services tell the gateway what to push to clients.
+
+Two equivalent ways in (SPEC §6):
+
+- ``PUBLISH gateway:events <json>`` on the gateway's Redis;
+- ``POST /internal/events`` with the same JSON on the internal listener
+  (:class:`EventsHandler`, behind the internal listener's auth).
+
+Accepted bodies (anything else is refused: 400 on HTTP, a log line and a
+``gateway_events_rejected_total`` count on Redis):
+
+- ``{"event": E, "to": {"chat": id} | {"user": id} | {"users": [id, ...]}, "data": {...}}``
+  with E one of the nine server→client events (:data:`SERVER_EVENTS`); ids
+  are strings (integers are accepted and turned into strings), at most
+  :data:`MAX_TARGETS` users;
+- ``{"type": "session:revoke", "userId": id, "jti"?: str, "before"?: epoch seconds,
+  "exp"?: epoch seconds}``; with neither ``jti`` nor ``before`` every token
+  the user holds now is revoked (``before`` = now). ``exp`` (the revoked
+  token's expiry, optional) lets the stored jti expire with the token.
+
+Exactly once per socket, with any number of nodes: every node subscribes to
+``gateway:events`` and delivers each valid message to ITS OWN sockets only
+(``gateway.realtime.emit_local`` / ``disconnect_local``). The HTTP path never
+delivers directly in Redis mode: it PUBLISHes (after storing a revocation in
+Redis), so every node, this one included, delivers once through its
+subscription. In single-node (memory) mode the HTTP path delivers locally.
+While Redis is down the HTTP path answers 503 (nothing was sent; retry).
+
+The subscriber survives Redis restarts: a reconnect loop with backoff, reads
+bounded by a timeout so it neither spins nor hangs, one log line per
+transition, and a revocation re-sync after every (re)subscription.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import time
+
+import tornado.web
+
+from tornado_gateway import metrics
+from tornado_gateway.errors import GatewayError
+from tornado_gateway.internal import InternalHandler
+
+log = logging.getLogger("tornado_gateway.ingress")
+
+CHANNEL = "gateway:events"
+SERVER_EVENTS = frozenset({
+    "message:new", "message:edit", "message:delete", "receipt:delivered", "receipt:read",
+    "typing:update", "chat:updated", "presence:update", "error",
+})
+REVOKE = "session:revoke"
+MAX_TARGETS = 1000
+MAX_ID_LENGTH = 128
+
+
+class EventError(ValueError):
+    """An ingress message is malformed; the message says why (never echoes payload data)."""
+
+
+# -- validation -------------------------------------------------------------
+
+def parse_event(raw: bytes | str, max_size: int) -> dict:
+    """Validate one ingress message; returns it normalised, raises EventError."""
+    if len(raw) > max_size:
+        raise EventError(f"message larger than {max_size} bytes")
+    try:
+        message = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise EventError("body is not valid JSON") from None
+    if not isinstance(message, dict):
+        raise EventError("body must be a JSON object")
+    if "type" in message:
+        return _parse_revoke(message)
+    return _parse_emit(message)
+
+
+def _parse_emit(message: dict) -> dict:
+    _only_keys(message, {"event", "to", "data"}, required={"event", "to", "data"})
+    event = message["event"]
+    if not isinstance(event, str) or event not in SERVER_EVENTS:
+        shown = repr(event[:64]) if isinstance(event, str) else type(event).__name__
+        raise EventError(f"unknown event {shown}; expected one of {', '.join(sorted(SERVER_EVENTS))}")
+    if not isinstance(message["data"], dict):
+        raise EventError("'data' must be a JSON object")
+    return {"event": event, "to": _parse_target(message["to"]), "data": message["data"]}
+
+
+def _parse_target(to) -> dict:
+    if not isinstance(to, dict) or len(to) != 1:
+        raise EventError("'to' must be an object with exactly one of 'chat', 'user', 'users'")
+    kind, value = next(iter(to.items()))
+    if kind in ("chat", "user"):
+        return {kind: _id(value, f"to.{kind}")}
+    if kind == "users":
+        if not isinstance(value, list) or not value:
+            raise EventError("'to.users' must be a non-empty array of ids")
+        if len(value) > MAX_TARGETS:
+            raise EventError(f"'to.users' has more than {MAX_TARGETS} ids")
+        return {"users": list(dict.fromkeys(_id(v, "to.users[]") for v in value))}
+    raise EventError("'to' must be an object with exactly one of 'chat', 'user', 'users'")
+
+
+def _parse_revoke(message: dict) -> dict:
+    if message["type"] != REVOKE:
+        raise EventError(f"unknown type; the only accepted type is {REVOKE!r}")
+    _only_keys(message, {"type", "userId", "jti", "before", "exp"}, required={"type", "userId"})
+    revoke = {"type": REVOKE, "userId": _id(message["userId"], "userId")}
+    if message.get("jti") is not None:
+        revoke["jti"] = _id(message["jti"], "jti", max_length=256)
+    for name in ("before", "exp"):
+        value = message.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e11:
+            raise EventError(f"'{name}' must be a positive epoch time in seconds")
+        revoke[name] = value
+    if "jti" not in revoke and "before" not in revoke:
+        revoke["before"] = time.time()
+    return revoke
+
+
+def _only_keys(message: dict, allowed: set, required: set) -> None:
+    missing = sorted(required - message.keys())
+    if missing:
+        raise EventError(f"missing field(s): {', '.join(missing)}")
+    unknown = sorted(k[:32] for k in message.keys() - allowed)
+    if unknown:
+        raise EventError(f"unknown field(s): {', '.join(unknown)}")
+
+
+def _id(value, name: str, max_length: int = MAX_ID_LENGTH) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value or len(value) > max_length:
+        raise EventError(f"'{name}' must be a non-empty string of at most {max_length} characters")
+    if any(ord(c) < 32 for c in value):
+        raise EventError(f"'{name}' contains control characters")
+    return value
+
+
+def event_name(message: dict) -> str:
+    return message.get("event") or message["type"]
+
+
+# -- delivery and the subscriber ----------------------------------------------
+
+class Ingress:
+    """Validates, fans out (through Redis) and delivers ingress events on this node."""
+
+    RECONNECT_MIN, RECONNECT_MAX = 0.1, 5.0
+    READ_TIMEOUT = 1.0  # a get_message() wait; socket_timeout bounds the rest
+
+    def __init__(self, gateway):
+        self.gateway = gateway
+        self.redis = gateway.redis  # RedisLink or None
+        self.max_size = gateway.settings.ingress_max_body_size
+        self.subscribed = False
+        self._task: asyncio.Task | None = None
+        self._first_subscription = asyncio.Event()
+
+    async def start(self) -> None:
+        if self.redis is None:
+            return
+        self._task = asyncio.create_task(self._subscribe_forever())
+        try:  # listen before serving, when Redis is there
+            await asyncio.wait_for(self._first_subscription.wait(), timeout=3.0)
+        except asyncio.TimeoutError:
+            pass
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def submit(self, message: dict) -> None:
+        """Fan a validated message out: PUBLISH in Redis mode, deliver here in memory mode."""
+        if self.redis is None:
+            await self.deliver(message)
+            return
+        try:
+            if message.get("type") == REVOKE:
+                await self.gateway.revocations.store(
+                    message["userId"], message.get("jti"), message.get("before"), message.get("exp"))
+            await self.redis.client.publish(CHANNEL, json.dumps(message, separators=(",", ":")))
+        except Exception as exc:
+            self.redis.note_failure(exc)
+            raise GatewayError("REDIS_UNAVAILABLE", "Redis is unreachable: the event was not "
+                               "sent to any node; retry later", 503, {"Retry-After": "1"}) from None
+
+    async def deliver(self, message: dict) -> None:
+        """Act on a validated message for THIS node's sockets only."""
+        realtime = getattr(self.gateway, "realtime", None)
+        if message.get("type") == REVOKE:
+            await self._revoke(message, realtime)
+            return
+        if realtime is None:
+            return
+        result = realtime.emit_local(message["event"], message["to"], message["data"])
+        if inspect.isawaitable(result):
+            await result
+
+    async def _revoke(self, message: dict, realtime) -> None:
+        user_id, jti = message["userId"], message.get("jti")
+        before, exp = message.get("before"), message.get("exp")
+        revocations = self.gateway.revocations
+        revocations.apply(user_id, jti, before, exp)
+        if realtime is not None:
+            result = realtime.disconnect_local(user_id, jti=jti, before=before)
+            if inspect.isawaitable(result):
+                await result
+        if self.redis is not None:
+            try:  # a revocation that was only PUBLISHed must be durable too (idempotent)
+                await revocations.store(user_id, jti, before, exp)
+            except Exception as exc:
+                log.warning("revocation for user %s not stored in Redis: %s", user_id,
+                            type(exc).__name__)
+
+    async def handle_raw(self, raw: bytes) -> None:
+        """One message from the Redis channel: validate, count, deliver; log and drop bad ones."""
+        try:
+            message = parse_event(raw, self.max_size)
+        except EventError as exc:
+            metrics.EVENTS_REJECTED.labels("redis").inc()
+            log.warning("dropped invalid event from %s: %s", CHANNEL, exc)
+            return
+        metrics.EVENTS_IN.labels(event_name(message), "redis").inc()
+        try:
+            await self.deliver(message)
+        except Exception:
+            log.exception("delivering %s failed", event_name(message))
+
+    async def _subscribe_forever(self) -> None:
+        delay = self.RECONNECT_MIN
+        while True:
+            pubsub = self.redis.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(CHANNEL)
+                self._set_subscribed(True, None)
+                delay = self.RECONNECT_MIN
+                # Anything published while we were not listening is gone: re-read revocations.
+                await self.gateway.revocations.sync()
+                while True:
+                    item = await pubsub.get_message(timeout=self.READ_TIMEOUT)
+                    if item is not None and item.get("type") == "message":
+                        await self.handle_raw(item["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._set_subscribed(False, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.RECONNECT_MAX)
+            finally:
+                try:
+                    await pubsub.aclose()
+                except Exception:
+                    pass
+
+    def _set_subscribed(self, subscribed: bool, error: BaseException | None) -> None:
+        if subscribed:
+            self._first_subscription.set()
+        if subscribed == self.subscribed:
+            return
+        self.subscribed = subscribed
+        if subscribed:
+            log.info("subscribed to %s", CHANNEL)
+        else:
+            log.error("lost subscription to %s, reconnecting: %s", CHANNEL, type(error).__name__)
+
+    def readiness(self) -> dict:
+        if self.redis is None:
+            return {"ok": True, "mode": "memory"}
+        return {"ok": self.subscribed or not self.redis.up, "subscribed": self.subscribed}
+
+
+# -- POST /internal/events ----------------------------------------------------
+
+@tornado.web.stream_request_body
+class EventsHandler(InternalHandler):
+    """``POST /internal/events``: validate, then fan out; 202 when accepted."""
+
+    route_name = "internal_events"
+
+    def prepare(self) -> None:
+        super().prepare()
+        if self._finished:
+            return
+        if self.request.method != "POST":
+            return
+        self.max_size = self.gateway.ingress.max_size
+        self.body = bytearray()
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > self.max_size:
+            raise GatewayError("PAYLOAD_TOO_LARGE", f"event body larger than {self.max_size} bytes")
+        self.request.connection.set_max_body_size(self.max_size + 1)
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return
+        self.body += chunk
+        if len(self.body) > self.max_size:
+            self.send_gateway_error(GatewayError(
+                "PAYLOAD_TOO_LARGE", f"event body larger than {self.max_size} bytes"))
+
+    async def post(self) -> None:
+        if self._finished:
+            return
+        try:
+            message = parse_event(bytes(self.body), self.max_size)
+        except EventError as exc:
+            metrics.EVENTS_REJECTED.labels("http").inc()
+            raise GatewayError("VALIDATION_FAILED", str(exc)) from None
+        metrics.EVENTS_IN.labels(event_name(message), "http").inc()
+        await self.gateway.ingress.submit(message)
+        self.write_json(202, {"accepted": True, "event": event_name(message)})

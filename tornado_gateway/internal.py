@@ -1,0 +1,175 @@
+"""The internal listener: ``POST /internal/events``, ``GET /metrics``, ``GET /healthz``.
+
+It listens on INTERNAL_HOST:INTERNAL_PORT (default 127.0.0.1:3100, loopback
+only) and every path but ``/healthz`` requires HTTP Digest (MD5, qop=auth) or
+Basic authentication with INTERNAL_AUTH_USER / INTERNAL_AUTH_PASSWORD,
+through tornado-http-auth's ``DigestAuthMixin``. That library is old, so:
+
+- its ``DIGEST_PRIVATE_KEY`` (which signs the ``opaque`` of each challenge) is
+  INTERNAL_AUTH_KEY, or 32 random bytes per process when that is empty, never
+  the library's built-in default;
+- usernames, passwords, Digest responses and opaque signatures are compared
+  with ``hmac.compare_digest`` (the library compares with ``==``), and a
+  malformed header is a 401, never a 500;
+- the Digest realm, URI and qop of a response must be ours;
+- with no credentials configured every authenticated path is refused (403);
+  in production config.py refuses to start without them.
+
+A Digest challenge is valid for DIGEST_CHALLENGE_TIMEOUT_SECONDS (60 s) and
+bound to the client's address; nonce counts are not tracked, so within that
+minute a captured request could be replayed: keep the listener on loopback or
+a private network.
+
+Each process serves its own metrics (one scrape target per INTERNAL_PORT).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import os
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from tornado.auth import AuthError
+from tornado_http_auth import DigestAuthMixin
+
+from tornado_gateway import metrics
+from tornado_gateway.errors import GatewayError, error_body
+from tornado_gateway.handlers import GatewayHandler
+
+log = logging.getLogger("tornado_gateway.internal")
+
+REALM = "tornado_gateway internal"
+
+
+class InternalCredentials:
+    """The listener's user, password and Digest signing key."""
+
+    def __init__(self, user: str, password: str, key: str):
+        self.user = user.encode()
+        self.password = password
+        self.configured = bool(user and password)
+        self.digest_key = key.encode() if key else binascii.hexlify(os.urandom(32))
+
+    @classmethod
+    def from_settings(cls, settings) -> "InternalCredentials":
+        return cls(settings.internal_auth_user, settings.internal_auth_password,
+                   settings.internal_auth_key)
+
+    def matches(self, user: str, password: str) -> bool:
+        user_ok = hmac.compare_digest(user.encode(), self.user)
+        password_ok = hmac.compare_digest(password.encode(), self.password.encode())
+        return user_ok and password_ok
+
+
+class InternalHandler(DigestAuthMixin, GatewayHandler):
+    """Base of the authenticated internal endpoints: checks credentials in ``prepare``."""
+
+    route_name = "internal"
+
+    def initialize(self, credentials: InternalCredentials) -> None:
+        self.credentials = credentials
+        self.DIGEST_PRIVATE_KEY = credentials.digest_key  # instance attribute: never the default
+
+    def prepare(self) -> None:
+        if not self.credentials.configured:
+            raise GatewayError("FORBIDDEN", "the internal listener has no credentials configured "
+                               "(set INTERNAL_AUTH_USER and INTERNAL_AUTH_PASSWORD)")
+        header = self.request.headers.get("Authorization", "")
+        if header.startswith("Basic "):
+            authenticated = self._basic_ok(header)
+        elif header.startswith("Digest "):
+            authenticated = self._digest_ok(header)
+        else:
+            authenticated = False
+        if not authenticated:
+            self._challenge("credentials required" if not header else "invalid credentials")
+
+    def _basic_ok(self, header: str) -> bool:
+        try:
+            decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            return False
+        user, colon, password = decoded.partition(":")
+        return bool(colon) and self.credentials.matches(user, password)
+
+    def _digest_ok(self, header: str) -> bool:
+        params = self.parse_auth_header(header)
+        try:
+            self.verify_params(params)
+            self.verify_opaque(params["opaque"], params["nonce"], self.request.remote_ip)
+        except (AuthError, ValueError, KeyError):
+            return False
+        if (params.get("realm") != REALM or params.get("qop") != "auth"
+                or params.get("uri") != self.request.uri
+                or params.get("algorithm", "MD5").lower() not in ("md5", "md5-sess")
+                or not all(params.get(k) for k in ("response", "nc", "cnonce"))):
+            return False
+        try:
+            expected = self.calculate_expected_response(self.credentials.password, params)
+        except (UnicodeError, ValueError):
+            return False
+        user_ok = hmac.compare_digest(params["username"].encode(), self.credentials.user)
+        response_ok = hmac.compare_digest(expected.encode(), params["response"].encode())
+        return user_ok and response_ok
+
+    def verify_opaque(self, opaque, nonce, clientip):
+        """The library's check, with a constant-time signature comparison."""
+        received_digest, _, received_ekey = opaque.partition("-")
+        try:
+            received_key = base64.b64decode(received_ekey).decode("ascii")
+            received_nonce, received_ip, received_time = received_key.split(",")
+            received_time = int(received_time)
+        except (ValueError, UnicodeError):
+            raise AuthError("invalid opaque") from None
+        if received_nonce != nonce or received_ip != clientip:
+            raise AuthError("opaque does not match")
+        if time.time() - received_time > self.DIGEST_CHALLENGE_TIMEOUT_SECONDS:
+            raise AuthError("challenge expired")
+        digest = hashlib.md5(received_key.encode("ascii") + self.DIGEST_PRIVATE_KEY).hexdigest()
+        if not hmac.compare_digest(received_digest.encode(), digest.encode()):
+            raise AuthError("invalid opaque")
+        return True
+
+    def _challenge(self, message: str) -> None:
+        self.clear()
+        self.set_status(401)
+        self.set_header("WWW-Authenticate",
+                        self.create_auth_challenge(REALM, self.request.remote_ip, int(time.time())))
+        self.add_header("WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"')
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(error_body("UNAUTHENTICATED", message, self.request_id))
+
+
+class MetricsHandler(InternalHandler):
+    """``GET /metrics``: this process's Prometheus metrics."""
+
+    route_name = "metrics"
+
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(generate_latest(metrics.REGISTRY))
+
+
+def internal_handlers(settings) -> list:
+    """The internal listener's routes (``/healthz`` needs no credentials)."""
+    from tornado_gateway.health import HealthHandler
+    from tornado_gateway.ingress import EventsHandler
+
+    credentials = InternalCredentials.from_settings(settings)
+    if settings.internal_port and not credentials.configured:
+        log.warning("internal listener %s:%d has no INTERNAL_AUTH_USER/INTERNAL_AUTH_PASSWORD: "
+                    "it refuses /internal/events and /metrics", settings.internal_host,
+                    settings.internal_port)
+    return [
+        (r"/healthz", HealthHandler),
+        (r"/internal/events", EventsHandler, {"credentials": credentials}),
+        (r"/metrics", MetricsHandler, {"credentials": credentials}),
+    ]
+
+
+__all__ = ["InternalCredentials", "InternalHandler", "MetricsHandler", "internal_handlers"]

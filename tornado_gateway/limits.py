@@ -1,0 +1,170 @@
+"""Rate limits shared by every node through Redis, with a local fallback.
+
+The algorithm is GCRA (the generic cell rate algorithm, a.k.a. a virtual
+scheduling leaky bucket): a limit of ``count`` per ``window`` seconds spaces
+requests ``window / count`` apart and lets a burst of up to ``count`` through
+at once. Each key stores one number, its "theoretical arrival time" (TAT),
+so a decision is one read-modify-write.
+
+With Redis, a decision is ONE ``EVALSHA`` of :data:`GCRA_SCRIPT` on the
+node's shared client: atomic on the server and timed by Redis' own clock
+(``TIME``), so all nodes agree on one limit and on one clock, with no race
+between reading and writing the counter. Keys are ``gw:rl:<scope>:<key>`` and
+expire as soon as the bucket is full again.
+
+While Redis is unreachable (``RedisLink.up`` is false, or a call fails) the
+node decides with :class:`LocalLimiter`, the same algorithm in memory: limits
+still hold per node (a cluster of N nodes then admits up to N times the limit).
+The switch is logged once each way and shown by ``/readyz`` under
+``checks.limits`` (:meth:`Limits.readiness`). When Redis is back, decisions are
+shared again (the Redis buckets restart from whatever Redis still holds).
+
+Interface used by the proxy and the realtime parts::
+
+    decision = await gateway.limits.allow(scope, key, limit)   # limit: config.RateLimit
+    decision.allowed, decision.limit, decision.remaining, decision.reset, decision.retry_after
+
+``reset`` is the seconds until the bucket is full again (every slot free);
+``retry_after`` the seconds until the next request would be allowed (0 when
+allowed). Every refusal counts in ``gateway_rate_limited_total{scope}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from tornado_gateway import metrics
+from tornado_gateway.config import RateLimit
+
+log = logging.getLogger("tornado_gateway.limits")
+
+KEY_PREFIX = "gw:rl:"
+
+# KEYS[1] bucket; ARGV[1] emission interval (us), ARGV[2] window (us).
+# Returns {allowed 0/1, remaining, retry_after_us, reset_us} (integers: Lua
+# numbers are truncated in replies, so everything is in microseconds).
+GCRA_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat == nil or tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - window
+if now < allow_at then
+  return {0, 0, math.ceil(allow_at - now), math.ceil(tat - now)}
+end
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+return {1, math.floor((now - allow_at) / interval), 0, math.ceil(new_tat - now)}
+"""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one rate-limit check."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset: float  # seconds until the bucket is full again
+    retry_after: float  # seconds until the next request is allowed (0 when allowed)
+
+
+def gcra(tat: float | None, now: float, interval: float, window: float):
+    """One GCRA step: (allowed, new_tat, remaining, retry_after, reset), times in seconds."""
+    if tat is None or tat < now:
+        tat = now
+    new_tat = tat + interval
+    allow_at = new_tat - window
+    if now < allow_at:
+        return False, tat, 0, allow_at - now, tat - now
+    remaining = int(math.floor((now - allow_at) / interval + 1e-9))
+    return True, new_tat, remaining, 0.0, new_tat - now
+
+
+class LocalLimiter:
+    """GCRA buckets in this process's memory (single-node mode and Redis fallback)."""
+
+    MAX_KEYS = 100_000  # past this, full buckets are swept out
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self._tats: dict[str, float] = {}
+
+    def allow(self, bucket: str, limit: RateLimit) -> Decision:
+        now = self.clock()
+        interval = limit.window / limit.count
+        allowed, tat, remaining, retry_after, reset = gcra(
+            self._tats.get(bucket), now, interval, limit.window)
+        if allowed:
+            if len(self._tats) >= self.MAX_KEYS:
+                self._sweep(now)
+            self._tats[bucket] = tat
+        return Decision(allowed, limit.count, remaining, reset, retry_after)
+
+    def _sweep(self, now: float) -> None:
+        self._tats = {k: tat for k, tat in self._tats.items() if tat > now}
+
+
+class Limits:
+    """This node's limiter: Redis-shared when possible, local otherwise."""
+
+    def __init__(self, redis_link=None):
+        self.redis = redis_link  # RedisLink or None (single-node mode)
+        self.local = LocalLimiter()
+        self._script = redis_link.client.register_script(GCRA_SCRIPT) if redis_link else None
+        self._args: dict[RateLimit, tuple[str, str]] = {}
+        self.fallback = False  # True while deciding locally although Redis is configured
+        if redis_link is not None:
+            redis_link.on_change(lambda up: self._set_fallback(not up))
+
+    async def allow(self, scope: str, key: str, limit: RateLimit) -> Decision:
+        """Count one hit on ``scope``/``key`` against ``limit`` and say whether it may pass."""
+        bucket = KEY_PREFIX + scope + ":" + key
+        decision = None
+        if self._script is not None and self.redis.up:
+            decision = await self._allow_shared(bucket, limit)
+        if decision is None:
+            if self._script is not None:
+                self._set_fallback(True)
+            decision = self.local.allow(bucket, limit)
+        if not decision.allowed:
+            metrics.RATE_LIMITED.labels(scope).inc()
+        return decision
+
+    async def _allow_shared(self, bucket: str, limit: RateLimit) -> Decision | None:
+        args = self._args.get(limit)
+        if args is None:
+            interval_us = limit.window * 1e6 / limit.count
+            args = self._args[limit] = (repr(interval_us), repr(limit.window * 1e6))
+        try:
+            allowed, remaining, retry_us, reset_us = await self._script(keys=(bucket,), args=args)
+        except Exception as exc:  # Redis gone or failing: decide locally this time
+            self.redis.note_failure(exc)
+            return None
+        self._set_fallback(False)
+        return Decision(bool(allowed), limit.count, int(remaining), reset_us / 1e6, retry_us / 1e6)
+
+    def _set_fallback(self, fallback: bool) -> None:
+        if fallback == self.fallback:
+            return
+        self.fallback = fallback
+        metrics.RATE_LIMIT_LOCAL.set(1 if fallback else 0)
+        if fallback:
+            log.error("rate limits: Redis unreachable, limiting locally on this node "
+                      "(each node enforces the limits alone until Redis is back)")
+        else:
+            log.info("rate limits: Redis reachable again, limits are shared by all nodes")
+
+    def readiness(self) -> dict:
+        """``/readyz`` detail: where decisions are made right now."""
+        if self._script is None:
+            return {"ok": True, "mode": "memory"}
+        if not self.redis.up:
+            return {"ok": True, "mode": "local-fallback",
+                    "detail": "Redis unreachable: limits enforced per node"}
+        return {"ok": True, "mode": "redis"}
