@@ -1,0 +1,161 @@
+"""Event ingress: the internal listener's auth, event validation on both paths, fan-out.
+
+Two gateway nodes share one real redis-server (module-scoped, so the suite
+stays fast); sockets are real python-socketio clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from harness import GatewayProcess
+from internal_client import AUTH_ENV, basic_header, digest_challenge, digest_header, fetch, post_event
+
+
+@pytest.fixture(scope="module")
+def nodes(redis_server, stub_upstreams):
+    """Two gateway nodes on one Redis, with internal credentials."""
+    env = {**stub_upstreams.env(), **AUTH_ENV, "REDIS_URL": redis_server.url}
+    started = [GatewayProcess(env).start() for _ in range(2)]
+    yield started
+    for node in started:
+        node.stop()
+
+
+@pytest.fixture(scope="module")
+def node(nodes):
+    return nodes[0]
+
+
+# -- authentication of the internal listener ----------------------------------
+
+@pytest.mark.gen_test
+async def test_no_credentials_gets_401_with_digest_and_basic_challenges(node):
+    for path, method, body in (("/internal/events", "POST", "{}"), ("/metrics", "GET", None)):
+        response = await fetch(node, path, method, body, auth=None)
+        assert response.code == 401
+        challenges = response.headers.get_list("WWW-Authenticate")
+        assert any(c.startswith("Digest ") and 'qop="auth"' in c for c in challenges)
+        assert any(c.startswith("Basic ") for c in challenges)
+        assert json.loads(response.body)["error"]["code"] == "UNAUTHENTICATED"
+
+
+@pytest.mark.gen_test
+async def test_wrong_basic_credentials_get_401(node):
+    for headers in (basic_header(password="wrong"), basic_header(user="other"),
+                    {"Authorization": "Basic !!!not-base64"}, {"Authorization": "Basic Zm9v"}):
+        response = await fetch(node, "/metrics", headers=headers, auth=None)
+        assert response.code == 401, headers
+
+
+@pytest.mark.gen_test
+async def test_right_basic_and_digest_credentials_are_accepted(node):
+    assert (await fetch(node, "/metrics", auth="basic")).code == 200
+    assert (await fetch(node, "/metrics", auth="digest")).code == 200
+    response = await post_event(node, {"event": "chat:updated", "to": {"user": "nobody"},
+                                       "data": {"chat": {"id": "c"}}}, auth="digest")
+    assert response.code == 202
+
+
+@pytest.mark.gen_test
+async def test_wrong_digest_credentials_get_401(node):
+    first = await fetch(node, "/metrics", auth=None)
+    challenge = digest_challenge(first)
+    for headers in (digest_header(challenge, "GET", "/metrics", password="wrong"),
+                    digest_header(challenge, "GET", "/metrics", user="other"),
+                    digest_header(challenge, "GET", "/internal/events"),  # signed for another URI
+                    digest_header(challenge.replace("opaque=\"", "opaque=\"0"), "GET", "/metrics"),
+                    {"Authorization": "Digest username=x"}, {"Authorization": "Digest garbage"}):
+        response = await fetch(node, "/metrics", headers=headers, auth=None)
+        assert response.code == 401, headers
+
+
+@pytest.mark.gen_test
+async def test_healthz_on_internal_listener_needs_no_credentials(node):
+    response = await fetch(node, "/healthz", auth=None)
+    assert response.code == 200
+
+
+@pytest.mark.gen_test
+async def test_listener_without_configured_credentials_refuses_everything(start_gateway):
+    bare = start_gateway({"INTERNAL_AUTH_USER": "", "INTERNAL_AUTH_PASSWORD": ""})
+    event = {"event": "chat:updated", "to": {"user": "u1"}, "data": {}}
+    empty_basic = {"Authorization": "Basic " + "Og=="}  # ":" — the empty user and password
+    for headers in ({}, basic_header(), empty_basic):
+        for path, method, body in (("/internal/events", "POST", json.dumps(event)),
+                                   ("/metrics", "GET", None)):
+            response = await fetch(bare, path, method, body, headers=headers, auth=None)
+            assert response.code == 403, (path, headers)
+            assert "INTERNAL_AUTH_USER" in json.loads(response.body)["error"]["message"]
+
+
+def test_production_refuses_to_start_without_internal_credentials():
+    from harness import ACCESS_SECRET, REFRESH_SECRET, run_gateway_cli
+
+    result = run_gateway_cli([], {"NODE_ENV": "production", "JWT_ACCESS_SECRET": ACCESS_SECRET,
+                                  "JWT_REFRESH_SECRET": REFRESH_SECRET, "REDIS_URL": "memory://"})
+    assert result.returncode == 2
+    assert "INTERNAL_AUTH_USER" in result.stderr
+
+
+# -- validation ----------------------------------------------------------------
+
+BAD_EVENTS = [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "JSON object"),
+    ({"event": "message:send", "to": {"chat": "c1"}, "data": {}}, "unknown event"),
+    ({"event": "connect", "to": {"chat": "c1"}, "data": {}}, "unknown event"),
+    ({"event": 5, "to": {"chat": "c1"}, "data": {}}, "unknown event"),
+    ({"to": {"chat": "c1"}, "data": {}}, "missing field"),
+    ({"event": "message:new", "to": {"room": "c1"}, "data": {}}, "'to'"),
+    ({"event": "message:new", "to": {"chat": "c1", "user": "u1"}, "data": {}}, "'to'"),
+    ({"event": "message:new", "to": "c1", "data": {}}, "'to'"),
+    ({"event": "message:new", "to": {"chat": ""}, "data": {}}, "to.chat"),
+    ({"event": "message:new", "to": {"chat": ["c1"]}, "data": {}}, "to.chat"),
+    ({"event": "message:new", "to": {"users": []}, "data": {}}, "to.users"),
+    ({"event": "message:new", "to": {"users": ["u1", None]}, "data": {}}, "to.users"),
+    ({"event": "message:new", "to": {"user": "u1"}, "data": "text"}, "'data'"),
+    ({"event": "message:new", "to": {"user": "u1"}, "data": {}, "extra": 1}, "unknown field"),
+    ({"type": "session:kill", "userId": "u1"}, "unknown type"),
+    ({"type": "session:revoke"}, "missing field"),
+    ({"type": "session:revoke", "userId": "u1", "before": "yesterday"}, "'before'"),
+    ({"type": "session:revoke", "userId": "u1", "jti": {"x": 1}}, "'jti'"),
+]
+
+
+@pytest.mark.parametrize("body, reason", BAD_EVENTS)
+@pytest.mark.gen_test
+async def test_bad_event_gets_400_with_a_clear_message(node, body, reason):
+    response = await post_event(node, body)
+    assert response.code == 400
+    error = json.loads(response.body)["error"]
+    assert error["code"] == "VALIDATION_FAILED"
+    assert reason in error["message"]
+
+
+@pytest.mark.gen_test
+async def test_oversized_event_body_is_refused_before_reading_it(node):
+    huge = json.dumps({"event": "message:new", "to": {"user": "u1"}, "data": {"t": "x" * 300_000}})
+    response = await post_event(node, huge)
+    assert response.code == 413
+    assert json.loads(response.body)["error"]["code"] == "PAYLOAD_TOO_LARGE"
+
+
+@pytest.mark.gen_test
+async def test_invalid_events_on_the_channel_are_logged_without_payload_and_dropped(node, redis_server):
+    secret = "s3cr3t-payload-value"
+    client = redis_server.client()
+    client.publish("gateway:events", json.dumps({"event": "nope", "to": {"user": "u1"},
+                                                 "data": {"password": secret}}))
+    client.publish("gateway:events", "{broken " + secret)
+    for _ in range(50):
+        lines = [r for r in node.log_records() if "dropped invalid event" in r.get("message", "")]
+        if len(lines) >= 2:
+            break
+        await asyncio.sleep(0.1)
+    messages = " ".join(r["message"] for r in lines)
+    assert "unknown event 'nope'" in messages and "not valid JSON" in messages
+    assert secret not in node.logs()
