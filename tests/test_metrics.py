@@ -1,0 +1,64 @@
+"""``GET /metrics``: Prometheus text of this process, figures that move with traffic."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+
+from harness import GatewayProcess
+from internal_client import AUTH_ENV, fetch, metric_value, post_event
+
+
+@pytest.fixture(scope="module")
+def node(redis_server, stub_upstreams):
+    env = {**stub_upstreams.env(), **AUTH_ENV, "REDIS_URL": redis_server.url,
+           "RATE_LIMIT_IP": "3/60"}
+    process = GatewayProcess(env).start()
+    yield process
+    process.stop()
+
+
+@pytest.mark.gen_test
+async def test_metrics_is_prometheus_text_with_every_family(node):
+    response = await fetch(node, "/metrics")
+    assert response.code == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    text = response.body.decode()
+    for family in ("gateway_http_requests_total", "gateway_http_request_duration_seconds",
+                   "gateway_upstream_duration_seconds", "gateway_upstream_errors_total",
+                   "gateway_circuit_open", "gateway_open_sockets", "gateway_events_in_total",
+                   "gateway_events_out_total", "gateway_rate_limited_total",
+                   "gateway_redis_reconnects_total", "gateway_rate_limit_local_fallback"):
+        assert f"# TYPE {family}" in text, family
+
+
+@pytest.mark.gen_test
+async def test_request_and_event_counters_move_with_traffic(node):
+    before_ready = await metric_value(node, "gateway_http_requests_total", route="ready",
+                                      method="GET", status="200")
+    before_events = await metric_value(node, "gateway_events_in_total", event="presence:update",
+                                       source="http")
+    before_channel = await metric_value(node, "gateway_events_in_total", event="presence:update",
+                                        source="redis")
+    before_rejected = await metric_value(node, "gateway_events_rejected_total", source="http")
+    for _ in range(3):
+        assert (await AsyncHTTPClient().fetch(node.url("/readyz"))).code == 200
+    event = {"event": "presence:update", "to": {"user": "u-metrics"},
+             "data": {"userId": "u2", "status": "online"}}
+    assert (await post_event(node, event)).code == 202
+    assert (await post_event(node, {"event": "bogus"})).code == 400
+    assert await metric_value(node, "gateway_http_requests_total", route="ready", method="GET",
+                              status="200") == before_ready + 3
+    assert await metric_value(node, "gateway_events_in_total", event="presence:update",
+                              source="http") == before_events + 1
+    assert await metric_value(node, "gateway_events_rejected_total",
+                              source="http") == before_rejected + 1
+    for _ in range(50):  # the published copy comes back through this node's subscription
+        if await metric_value(node, "gateway_events_in_total", event="presence:update",
+                              source="redis") == before_channel + 1:
+            break
+        await asyncio.sleep(0.05)
+    assert await metric_value(node, "gateway_events_in_total", event="presence:update",
+                              source="redis") == before_channel + 1
