@@ -41,7 +41,7 @@ class Gateway:
         self.forwarding = ForwardingRules(settings.trusted_proxies)
         self.cors = CorsPolicy(settings.allowed_origins)
         self.security_headers = SECURITY_HEADERS
-        self.limits = Limits(self.redis)  # gateway.limits.allow(scope, key, RateLimit)
+        self.limits = Limits(self.redis, settings)  # gateway.limits.allow(scope, key, RateLimit)
         self.revocations = Revocations(self.redis, settings.revocation_ttl)
         self.ingress = Ingress(self)  # gateway:events subscriber + POST /internal/events
         self.draining = False

@@ -24,6 +24,8 @@ Interface used by the proxy and the realtime parts::
     decision = await gateway.limits.allow(scope, key, limit)   # limit: config.RateLimit
     decision.allowed, decision.limit, decision.remaining, decision.reset, decision.retry_after
 
+    headers = await gateway.limits.admit_http(path, user_id, client_ip)  # raises 429 GatewayError
+
 ``reset`` is the seconds until the bucket is full again (every slot free);
 ``retry_after`` the seconds until the next request would be allowed (0 when
 allowed). Every refusal counts in ``gateway_rate_limited_total{scope}``.
@@ -37,7 +39,8 @@ import time
 from dataclasses import dataclass
 
 from tornado_gateway import metrics
-from tornado_gateway.config import RateLimit
+from tornado_gateway.config import RateLimit, Settings
+from tornado_gateway.errors import GatewayError
 
 log = logging.getLogger("tornado_gateway.limits")
 
@@ -113,8 +116,9 @@ class LocalLimiter:
 class Limits:
     """This node's limiter: Redis-shared when possible, local otherwise."""
 
-    def __init__(self, redis_link=None):
+    def __init__(self, redis_link=None, settings: Settings | None = None):
         self.redis = redis_link  # RedisLink or None (single-node mode)
+        self.http = HttpPolicy(settings or Settings())
         self.local = LocalLimiter()
         self._script = redis_link.client.register_script(GCRA_SCRIPT) if redis_link else None
         self._args: dict[RateLimit, tuple[str, str]] = {}
@@ -135,6 +139,18 @@ class Limits:
         if not decision.allowed:
             metrics.RATE_LIMITED.labels(scope).inc()
         return decision
+
+    async def admit_http(self, path: str, user_id: str | None, client_ip: str) -> dict[str, str]:
+        """Count one HTTP request: the RateLimit headers to send, or GatewayError 429 when over.
+
+        What the proxy handler's ``admit`` calls, after auth and before the upstream.
+        """
+        scope, key, limit = self.http.bucket(path, user_id, client_ip)
+        decision = await self.allow(scope, key, limit)
+        headers = self.http.headers(scope, decision)
+        if not decision.allowed:
+            raise self.http.refusal(scope, decision, headers)
+        return headers
 
     async def _allow_shared(self, bucket: str, limit: RateLimit) -> Decision | None:
         args = self._args.get(limit)
@@ -168,3 +184,48 @@ class Limits:
             return {"ok": True, "mode": "local-fallback",
                     "detail": "Redis unreachable: limits enforced per node"}
         return {"ok": True, "mode": "redis"}
+
+
+class HttpPolicy:
+    """Which bucket an HTTP request counts against, and the headers that say so.
+
+    ``auth`` (per IP) for RATE_LIMIT_AUTH_PATHS, else ``user`` (per user id)
+    with a verified token, else ``ip`` (per client IP). Headers follow the IETF
+    httpapi draft: ``RateLimit-Policy: "user";q=300;w=60`` and
+    ``RateLimit: "user";r=299;t=1``; a refusal adds ``Retry-After``.
+    """
+
+    def __init__(self, settings: Settings):
+        self.auth_paths = settings.rate_limit_auth_paths
+        self.classes = {"auth": settings.rate_limit_auth, "user": settings.rate_limit_user,
+                        "ip": settings.rate_limit_ip}
+        self.policy_headers = {
+            scope: f'"{scope}";q={limit.count};w={limit.window:g}'
+            for scope, limit in self.classes.items()
+        }
+
+    def bucket(self, path: str, user_id: str | None, client_ip: str) -> tuple[str, str, RateLimit]:
+        """(scope, key, limit) for one request."""
+        for prefix in self.auth_paths:
+            if path == prefix or path.startswith(prefix + "/"):
+                return "auth", client_ip, self.classes["auth"]
+        if user_id is not None:
+            return "user", user_id, self.classes["user"]
+        return "ip", client_ip, self.classes["ip"]
+
+    def headers(self, scope: str, decision: Decision) -> dict[str, str]:
+        return {
+            "RateLimit-Policy": self.policy_headers[scope],
+            "RateLimit": f'"{scope}";r={decision.remaining};t={math.ceil(decision.reset)}',
+        }
+
+    def refusal(self, scope: str, decision: Decision, headers: dict[str, str]) -> GatewayError:
+        retry = max(1, math.ceil(decision.retry_after))
+        limit = self.classes[scope]
+        return GatewayError(
+            "RATE_LIMITED",
+            f"rate limit exceeded ({scope}: {limit.count} per {limit.window:g}s); retry in {retry}s",
+            headers={**headers, "Retry-After": str(retry)},
+        )
+
+
