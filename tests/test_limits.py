@@ -89,3 +89,109 @@ async def test_redis_down_falls_back_to_local_limits_and_back(own_redis):
         assert own_redis.client().exists("gw:rl:ip:b") == 1
     finally:
         await _close(links)
+
+
+# -- over HTTP, through two gateway nodes ------------------------------------------
+
+LIMIT_ENV = {"RATE_LIMIT_IP": "10/60", "RATE_LIMIT_AUTH": "3/60", "RATE_LIMIT_USER": "6/60",
+             "TRUSTED_PROXIES": "127.0.0.1"}
+_ip_counter = iter(range(1, 250))
+
+
+def fresh_ip() -> str:
+    """A client address of its own (the nodes trust X-Forwarded-For from loopback)."""
+    return f"198.51.100.{next(_ip_counter)}"
+
+
+@pytest.fixture(scope="module")
+def nodes(redis_server, stub_upstreams):
+    env = {**stub_upstreams.env(), **LIMIT_ENV, "REDIS_URL": redis_server.url}
+    started = [GatewayProcess(env).start() for _ in range(2)]
+    yield started
+    for node in started:
+        node.stop()
+
+
+async def get(node, path, ip, token=None):
+    headers = {"X-Forwarded-For": ip}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return await AsyncHTTPClient().fetch(node.url(path), headers=headers, raise_error=False)
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_burst_split_across_two_nodes_is_limited_as_one(nodes):
+    ip = fresh_ip()
+    responses = await asyncio.gather(*(get(nodes[i % 2], "/api/auth/session", ip)
+                                       for i in range(30)))
+    assert sum(r.code == 200 for r in responses) == 10
+    assert sum(r.code == 429 for r in responses) == 20
+    served_by = {i % 2 for i, r in enumerate(responses) if r.code == 200}
+    assert served_by == {0, 1}
+
+
+@pytest.mark.gen_test
+async def test_rate_limit_headers_and_429_json_with_retry_after(nodes, stubs):
+    ip = fresh_ip()
+    first = await get(nodes[0], "/api/auth/session", ip)
+    assert first.code == 200
+    assert first.headers["RateLimit-Policy"] == '"ip";q=10;w=60'
+    assert first.headers["RateLimit"] == '"ip";r=9;t=6'
+    for _ in range(9):
+        assert (await get(nodes[1], "/api/auth/session", ip)).code == 200
+    seen_upstream = len(stubs.received("auth"))
+    refused = await get(nodes[0], "/api/auth/session", ip)
+    assert refused.code == 429
+    assert refused.headers["Content-Type"].startswith("application/json")
+    error = json.loads(refused.body)["error"]
+    assert error["code"] == "RATE_LIMITED" and "ip: 10 per 60s" in error["message"]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 6
+    assert refused.headers["RateLimit"].startswith('"ip";r=0;')
+    assert len(stubs.received("auth")) == seen_upstream  # the upstream never saw it
+
+
+@pytest.mark.gen_test
+async def test_auth_paths_have_a_stricter_class_than_other_requests(nodes):
+    ip = fresh_ip()
+    codes = [(await get(nodes[i % 2], "/api/auth/login", ip)).code for i in range(5)]
+    assert codes == [200, 200, 200, 429, 429]
+    refused = await get(nodes[0], "/api/auth/refresh", ip)
+    assert refused.code == 429 and refused.headers["RateLimit-Policy"] == '"auth";q=3;w=60'
+    # The same client is still well within its general IP class elsewhere.
+    other = await get(nodes[1], "/api/auth/session", ip)
+    assert other.code == 200 and other.headers["RateLimit-Policy"] == '"ip";q=10;w=60'
+
+
+@pytest.mark.gen_test
+async def test_authenticated_requests_are_limited_per_user_not_per_ip(nodes):
+    alice = make_token(f"alice-{time.time()}")
+    bob = make_token(f"bob-{time.time()}")
+    codes = [(await get(nodes[i % 2], "/api/users/me", fresh_ip(), alice)).code for i in range(7)]
+    assert codes == [200] * 6 + [429]  # six addresses, one user, one bucket of 6
+    answer = await get(nodes[0], "/api/users/me", fresh_ip(), bob)
+    assert answer.code == 200 and answer.headers["RateLimit"] == '"user";r=5;t=10'
+
+
+@pytest.mark.gen_test(timeout=40)
+async def test_redis_killed_limits_locally_then_shared_again(own_redis, start_gateway, stub_upstreams):
+    env = {**LIMIT_ENV, "REDIS_URL": own_redis.url, "RATE_LIMIT_IP": "4/60"}
+    node_a, node_b = start_gateway(env), start_gateway(env)
+    own_redis.kill()
+    ip = fresh_ip()
+    codes = [(await get(node_a, "/api/auth/session", ip)).code for _ in range(6)]
+    assert codes == [200] * 4 + [429, 429]  # still limited, by this node alone
+    status, ready = node_a.get_json("/readyz")
+    assert status == 503 and ready["checks"]["limits"]["mode"] == "local-fallback"
+    assert any("limiting locally" in r.get("message", "") for r in node_a.log_records())
+
+    own_redis.start()
+    for _ in range(60):
+        if all(n.get_json("/readyz")[0] == 200 for n in (node_a, node_b)):
+            break
+        await asyncio.sleep(0.1)
+    ip = fresh_ip()
+    responses = await asyncio.gather(*(get((node_a, node_b)[i % 2], "/api/auth/session", ip)
+                                       for i in range(10)))
+    assert sum(r.code == 200 for r in responses) == 4  # one shared limit again
+    assert node_a.get_json("/readyz")[1]["checks"]["limits"]["mode"] == "redis"
+    assert any("limits are shared" in r.get("message", "") for r in node_a.log_records())

@@ -9,7 +9,8 @@ so a decision is one read-modify-write.
 With Redis, a decision is ONE ``EVALSHA`` of :data:`GCRA_SCRIPT` on the
 node's shared client: atomic on the server and timed by Redis' own clock
 (``TIME``), so all nodes agree on one limit and on one clock, with no race
-between reading and writing the counter. Keys are ``gw:rl:<scope>:<key>`` and
+between reading and writing the counter. Decisions requested in the same
+event-loop iteration are pipelined together (one write, one round trip). Keys are ``gw:rl:<scope>:<key>`` and
 expire as soon as the bucket is full again.
 
 While Redis is unreachable (``RedisLink.up`` is false, or a call fails) the
@@ -33,10 +34,14 @@ allowed). Every refusal counts in ``gateway_rate_limited_total{scope}``.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import math
 import time
 from dataclasses import dataclass
+
+from redis.exceptions import NoScriptError
 
 from tornado_gateway import metrics
 from tornado_gateway.config import RateLimit, Settings
@@ -61,9 +66,11 @@ local allow_at = new_tat - window
 if now < allow_at then
   return {0, 0, math.ceil(allow_at - now), math.ceil(tat - now)}
 end
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+local ttl_ms = math.max(1, math.ceil((new_tat - now) / 1000))
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
 return {1, math.floor((now - allow_at) / interval), 0, math.ceil(new_tat - now)}
 """
+GCRA_SHA = hashlib.sha1(GCRA_SCRIPT.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -120,8 +127,10 @@ class Limits:
         self.redis = redis_link  # RedisLink or None (single-node mode)
         self.http = HttpPolicy(settings or Settings())
         self.local = LocalLimiter()
-        self._script = redis_link.client.register_script(GCRA_SCRIPT) if redis_link else None
+        self._shared = redis_link is not None  # decide through Redis when it is up
         self._args: dict[RateLimit, tuple[str, str]] = {}
+        self._pending: list[tuple[str, tuple[str, str], asyncio.Future]] = []
+        self._batches: set[asyncio.Task] = set()
         self.fallback = False  # True while deciding locally although Redis is configured
         if redis_link is not None:
             redis_link.on_change(lambda up: self._set_fallback(not up))
@@ -130,10 +139,10 @@ class Limits:
         """Count one hit on ``scope``/``key`` against ``limit`` and say whether it may pass."""
         bucket = KEY_PREFIX + scope + ":" + key
         decision = None
-        if self._script is not None and self.redis.up:
+        if self._shared and self.redis.up:
             decision = await self._allow_shared(bucket, limit)
         if decision is None:
-            if self._script is not None:
+            if self._shared:
                 self._set_fallback(True)
             decision = self.local.allow(bucket, limit)
         if not decision.allowed:
@@ -157,13 +166,58 @@ class Limits:
         if args is None:
             interval_us = limit.window * 1e6 / limit.count
             args = self._args[limit] = (repr(interval_us), repr(limit.window * 1e6))
-        try:
-            allowed, remaining, retry_us, reset_us = await self._script(keys=(bucket,), args=args)
-        except Exception as exc:  # Redis gone or failing: decide locally this time
-            self.redis.note_failure(exc)
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((bucket, args, future))
+        if len(self._pending) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+        reply = await future
+        if reply is None:  # Redis gone or failing: decide locally this time
             return None
         self._set_fallback(False)
+        allowed, remaining, retry_us, reset_us = reply
         return Decision(bool(allowed), limit.count, int(remaining), reset_us / 1e6, retry_us / 1e6)
+
+    # Decisions asked for during one event-loop iteration go out together: one
+    # EVALSHA each, pipelined on one connection (one round trip, one write),
+    # which is what keeps the per-request cost low under load.
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _run_batch(self, batch) -> None:
+        calls = [(bucket, args) for bucket, args, _ in batch]
+        try:
+            replies = await self._evalsha(calls)
+            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:  # a restarted Redis has forgotten the script: load it, redo those
+                await self.redis.client.script_load(GCRA_SCRIPT)
+                for i, reply in zip(missing, await self._evalsha([calls[i] for i in missing])):
+                    replies[i] = reply
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+        except Exception as exc:
+            self.redis.note_failure(exc)
+            replies = [None] * len(batch)
+        for (_, _, future), reply in zip(batch, replies):
+            if not future.done():
+                future.set_result(reply)
+
+    async def _evalsha(self, calls) -> list:
+        client = self.redis.client
+        if len(calls) == 1:
+            bucket, args = calls[0]
+            try:
+                return [await client.evalsha(GCRA_SHA, 1, bucket, *args)]
+            except NoScriptError as exc:
+                return [exc]
+        pipe = client.pipeline(transaction=False)
+        for bucket, args in calls:
+            pipe.evalsha(GCRA_SHA, 1, bucket, *args)
+        return await pipe.execute(raise_on_error=False)
 
     def _set_fallback(self, fallback: bool) -> None:
         if fallback == self.fallback:
@@ -178,7 +232,7 @@ class Limits:
 
     def readiness(self) -> dict:
         """``/readyz`` detail: where decisions are made right now."""
-        if self._script is None:
+        if not self._shared:
             return {"ok": True, "mode": "memory"}
         if not self.redis.up:
             return {"ok": True, "mode": "local-fallback",
