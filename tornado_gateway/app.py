@@ -26,6 +26,7 @@ from tornado_gateway.limits import Limits
 from tornado_gateway.redis_link import RedisLink
 from tornado_gateway.revocation import Revocations
 from tornado_gateway.security_headers import SECURITY_HEADERS, CorsPolicy
+from tornado_gateway.upstream import PooledHTTPClient
 
 log = logging.getLogger("tornado_gateway")
 
@@ -44,6 +45,12 @@ class Gateway:
         self.limits = Limits(self.redis, settings)  # gateway.limits.allow(scope, key, RateLimit)
         self.revocations = Revocations(self.redis, settings.revocation_ttl)
         self.ingress = Ingress(self)  # gateway:events subscriber + POST /internal/events
+        # Keep-alive pools per upstream; why not a built-in client: upstream.py's docstring.
+        self.http_client = PooledHTTPClient(
+            force_instance=True,
+            max_connections_per_host=settings.upstream_max_connections,
+            idle_timeout=settings.upstream_idle_timeout,
+        )
         self.draining = False
         self.in_flight = 0  # HTTP requests being proxied right now
         self._idle = asyncio.Event()
@@ -72,6 +79,7 @@ class Gateway:
         await self.ingress.close()
         if self.redis is not None:
             await self.redis.close()
+        self.http_client.close()
 
     def request_started(self) -> None:
         self.in_flight += 1

@@ -78,6 +78,10 @@ _OPTIONS: Sequence[tuple[str, tuple[str, ...], type, object, str]] = (
      "seconds to connect to an upstream"),
     ("upstream_timeout", ("UPSTREAM_TIMEOUT",), float, 30.0,
      "seconds for a whole upstream request"),
+    ("upstream_max_connections", ("UPSTREAM_MAX_CONNECTIONS",), int, 256,
+     "open connections per upstream host; more requests wait (counts as connect time)"),
+    ("upstream_idle_timeout", ("UPSTREAM_IDLE_TIMEOUT",), float, 4.0,
+     "seconds an idle keep-alive upstream connection is kept (below the upstream's own)"),
     ("max_body_size", ("MAX_BODY_SIZE",), int, MIB, "request body limit, bytes"),
     ("media_max_body_size", ("MEDIA_MAX_BODY_SIZE",), int, 100 * MIB,
      "request body limit of /api/media, bytes"),
@@ -159,6 +163,8 @@ class Settings:
     routes: tuple[Route, ...] = ()
     upstream_connect_timeout: float = 2.0
     upstream_timeout: float = 30.0
+    upstream_max_connections: int = 256
+    upstream_idle_timeout: float = 4.0
     max_body_size: int = MIB
     media_max_body_size: int = 100 * MIB
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -423,11 +429,11 @@ def build_settings(values: Mapping[str, object]) -> Settings:
             raise ConfigError(f"{name.upper()}={values[name]}: not a port")
     positive = ("upstream_connect_timeout", "upstream_timeout", "auth_timeout", "typing_timeout",
                 "presence_ttl", "max_body_size", "media_max_body_size", "revocation_ttl",
-                "ingress_max_body_size")
+                "ingress_max_body_size", "upstream_max_connections")
     for name in positive:
         if float(values[name]) <= 0:
             raise ConfigError(f"{name.upper()}={values[name]}: must be positive")
-    for name in ("drain_timeout", "jwt_leeway"):
+    for name in ("drain_timeout", "jwt_leeway", "upstream_idle_timeout"):
         if float(values[name]) < 0:
             raise ConfigError(f"{name.upper()}={values[name]}: must not be negative")
     public = tuple("/" + p.strip("/") for p in _csv(values["public_paths"]))
@@ -448,6 +454,8 @@ def build_settings(values: Mapping[str, object]) -> Settings:
         routes=_routes(values),
         upstream_connect_timeout=float(values["upstream_connect_timeout"]),
         upstream_timeout=float(values["upstream_timeout"]),
+        upstream_max_connections=int(values["upstream_max_connections"]),
+        upstream_idle_timeout=float(values["upstream_idle_timeout"]),
         max_body_size=int(values["max_body_size"]),
         media_max_body_size=int(values["media_max_body_size"]),
         trusted_proxies=_networks(values["trusted_proxies"]),
