@@ -14,7 +14,7 @@ import time
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from harness import GatewayProcess, make_token
+from harness import REFRESH_SECRET, GatewayProcess, make_token
 from tornado_gateway.config import RateLimit
 from tornado_gateway.limits import LocalLimiter, Limits
 from tornado_gateway.redis_link import RedisLink
@@ -155,7 +155,9 @@ async def test_auth_paths_have_a_stricter_class_than_other_requests(nodes):
     ip = fresh_ip()
     codes = [(await get(nodes[i % 2], "/api/auth/login", ip)).code for i in range(5)]
     assert codes == [200, 200, 200, 429, 429]
-    refused = await get(nodes[0], "/api/auth/refresh", ip)
+    assert (await get(nodes[0], "/api/auth/register", ip)).code == 429
+    refresh = make_token("u-refresh", secret=REFRESH_SECRET, type="refresh")
+    refused = await get(nodes[1], "/api/auth/refresh", ip, refresh)
     assert refused.code == 429 and refused.headers["RateLimit-Policy"] == '"auth";q=3;w=60'
     # The same client is still well within its general IP class elsewhere.
     other = await get(nodes[1], "/api/auth/session", ip)
