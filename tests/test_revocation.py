@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient
 
+from harness import GatewayProcess, make_token
+from internal_client import AUTH_ENV, post_event
 from tornado_gateway.auth import Identity
 from tornado_gateway.redis_link import RedisLink
 from tornado_gateway.revocation import Revocations
@@ -56,3 +60,71 @@ async def test_memory_mode_revocations_apply_locally():
     assert not await revocations.is_revoked(identity("u9", jti="j10", iat=5000))
     assert await revocations.is_revoked(identity("u8", iat=999))
     assert not await revocations.is_revoked(identity("u8", iat=1000))
+
+
+# -- end to end: two gateway nodes -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def nodes(redis_server, stub_upstreams):
+    env = {**stub_upstreams.env(), **AUTH_ENV, "REDIS_URL": redis_server.url}
+    started = [GatewayProcess(env).start() for _ in range(2)]
+    yield started
+    for node in started:
+        node.stop()
+
+
+async def api_status(node, token) -> tuple[int, dict]:
+    response = await AsyncHTTPClient().fetch(node.url("/api/users/me"), raise_error=False,
+                                             headers={"Authorization": f"Bearer {token}"})
+    return response.code, json.loads(response.body) if response.body else {}
+
+
+async def eventually_revoked(node, token) -> dict:
+    for _ in range(50):
+        code, body = await api_status(node, token)
+        if code == 401:
+            return body
+        await asyncio.sleep(0.05)
+    raise AssertionError("token still accepted")
+
+
+@pytest.mark.gen_test
+async def test_revoking_a_jti_over_http_refuses_that_token_on_every_node(nodes):
+    user = f"u-jti-{time.time()}"
+    doomed, kept = make_token(user, jti=f"{user}-a"), make_token(user, jti=f"{user}-b")
+    assert (await api_status(nodes[1], doomed))[0] == 200
+    response = await post_event(nodes[0], {"type": "session:revoke", "userId": user,
+                                           "jti": f"{user}-a"})
+    assert response.code == 202
+    for node in nodes:
+        body = await eventually_revoked(node, doomed)
+        assert body["error"]["code"] == "TOKEN_REVOKED"
+        assert (await api_status(node, kept))[0] == 200
+
+
+@pytest.mark.gen_test
+async def test_revoking_before_by_publish_only_is_stored_and_enforced(nodes, redis_server):
+    user = f"u-before-{time.time()}"
+    old = make_token(user, iat=int(time.time()) - 60)
+    client = redis_server.client()
+    client.publish("gateway:events", json.dumps({"type": "session:revoke", "userId": user,
+                                                 "before": time.time() - 30}))
+    for node in nodes:
+        assert (await eventually_revoked(node, old))["error"]["code"] == "TOKEN_REVOKED"
+    assert (await api_status(nodes[0], make_token(user)))[0] == 200  # issued after: fine
+    assert client.exists(f"gw:revoked:user:{user}") == 1  # stored although only published
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_node_started_later_loads_stored_revocations(nodes, stub_upstreams, redis_server):
+    user = f"u-late-{time.time()}"
+    token = make_token(user, jti=f"{user}-j")
+    assert (await post_event(nodes[0], {"type": "session:revoke", "userId": user,
+                                        "jti": f"{user}-j"})).code == 202
+    await eventually_revoked(nodes[0], token)
+    late = GatewayProcess({**stub_upstreams.env(), "REDIS_URL": redis_server.url}).start()
+    try:
+        code, body = await api_status(late, token)
+        assert code == 401 and body["error"]["code"] == "TOKEN_REVOKED"
+    finally:
+        late.stop()
