@@ -137,7 +137,8 @@ class StubHandler(tornado.web.RequestHandler):
     Paths (after any prefix): ``/status/NNN`` answers NNN; ``/slow/MS`` waits;
     ``/bytes/N`` streams N bytes; ``/reset`` closes the connection mid-response;
     ``/redirect`` answers 302; anything else echoes the request as JSON.
-    A test may set ``stub.hooks[(method, path)] = fn(record, handler)``.
+    A test may set ``stub.hooks[(method, path)] = fn(record, handler)``; a path
+    ending in ``*`` matches every path with that prefix (exact paths win).
     """
 
     def initialize(self, stub: "StubUpstreams", service: str):
@@ -158,7 +159,7 @@ class StubHandler(tornado.web.RequestHandler):
         )
         self.stub.record(record)
         hook = self.stub.hooks.get((self.request.method, record.path)) or self.stub.hooks.get(
-            ("*", record.path))
+            ("*", record.path)) or self._prefix_hook(record.path)
         if hook is not None:
             result = hook(record, self)
             if asyncio.iscoroutine(result):
@@ -185,6 +186,14 @@ class StubHandler(tornado.web.RequestHandler):
                 "from": self.service, "method": record.method, "uri": record.uri,
                 "headers": record.headers, "body_len": len(record.body),
             })
+
+    def _prefix_hook(self, path: str):
+        """``hooks[(method, "/prefix/*")]`` matches every path under the prefix."""
+        for (method, pattern), hook in list(self.stub.hooks.items()):
+            if pattern.endswith("*") and path.startswith(pattern[:-1]) \
+                    and method in (self.request.method, "*"):
+                return hook
+        return None
 
     async def _stream_bytes(self, total: int):
         self.set_header("Content-Type", "application/octet-stream")

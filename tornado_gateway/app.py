@@ -16,6 +16,7 @@ import uuid
 import tornado.web
 
 from tornado_gateway.auth import TokenVerifier
+from tornado_gateway.circuit import Circuits
 from tornado_gateway.config import Settings
 from tornado_gateway.forwarding import ForwardingRules
 from tornado_gateway.handlers import NotFoundHandler, log_request
@@ -23,6 +24,9 @@ from tornado_gateway.health import HealthHandler, ReadyHandler
 from tornado_gateway.ingress import Ingress
 from tornado_gateway.internal import internal_handlers
 from tornado_gateway.limits import Limits
+from tornado_gateway.presence import PresenceHandler
+from tornado_gateway.proxy import ProxyHandler
+from tornado_gateway.realtime import Realtime
 from tornado_gateway.redis_link import RedisLink
 from tornado_gateway.revocation import Revocations
 from tornado_gateway.security_headers import SECURITY_HEADERS, CorsPolicy
@@ -45,6 +49,7 @@ class Gateway:
         self.limits = Limits(self.redis, settings)  # gateway.limits.allow(scope, key, RateLimit)
         self.revocations = Revocations(self.redis, settings.revocation_ttl)
         self.ingress = Ingress(self)  # gateway:events subscriber + POST /internal/events
+        self.circuits = Circuits(settings.circuit_failures, settings.circuit_cooldown)
         # Keep-alive pools per upstream; why not a built-in client: upstream.py's docstring.
         self.http_client = PooledHTTPClient(
             force_instance=True,
@@ -55,6 +60,9 @@ class Gateway:
         self.in_flight = 0  # HTTP requests being proxied right now
         self._idle = asyncio.Event()
         self._idle.set()
+        self._drain_hooks: list = []  # async callbacks run when the drain starts
+        self.realtime = Realtime(self)  # Socket.IO server, presence, emit_local/disconnect_local
+        self.on_drain(self.realtime.drain)
 
     # -- lifecycle -------------------------------------------------------
 
@@ -66,17 +74,28 @@ class Gateway:
             await self.redis.start()
         await self.revocations.start()
         await self.ingress.start()
+        await self.realtime.start()
 
     async def drain(self, timeout: float) -> None:
         """Turn not-ready, let in-flight requests finish (up to ``timeout``)."""
         self.draining = True
+        for hook in self._drain_hooks:
+            try:
+                await hook()
+            except Exception:
+                log.exception("drain hook %r failed", hook)
         try:
             await asyncio.wait_for(self._idle.wait(), timeout=timeout)
         except asyncio.TimeoutError:
             log.warning("drain timeout: %d request(s) still in flight", self.in_flight)
 
+    def on_drain(self, callback) -> None:
+        """Run ``await callback()`` when SIGTERM starts the drain (sockets, presence...)."""
+        self._drain_hooks.append(callback)
+
     async def close(self) -> None:
         await self.ingress.close()
+        await self.realtime.close()
         if self.redis is not None:
             await self.redis.close()
         self.http_client.close()
@@ -112,6 +131,9 @@ class Gateway:
         handlers = [
             (r"/healthz", HealthHandler),
             (r"/readyz", ReadyHandler),
+            *self.realtime.handlers(),  # /socket.io/
+            (r"/api/presence", PresenceHandler),
+            (r"/.*", ProxyHandler),  # catch-all: keep it last
         ]
         return self._application(handlers)
 

@@ -85,6 +85,10 @@ _OPTIONS: Sequence[tuple[str, tuple[str, ...], type, object, str]] = (
     ("max_body_size", ("MAX_BODY_SIZE",), int, MIB, "request body limit, bytes"),
     ("media_max_body_size", ("MEDIA_MAX_BODY_SIZE",), int, 100 * MIB,
      "request body limit of /api/media, bytes"),
+    ("circuit_failures", ("CIRCUIT_FAILURES",), int, 5,
+     "consecutive connect failures/timeouts that open an upstream's circuit"),
+    ("circuit_cooldown", ("CIRCUIT_COOLDOWN",), float, 10.0,
+     "seconds an open circuit refuses requests before one probe is let through"),
     ("trusted_proxies", ("TRUSTED_PROXIES",), str, "",
      "comma-separated IPs/CIDRs whose X-Forwarded-* headers are believed"),
     ("rate_limit_user", ("RATE_LIMIT_USER",), str, "300/60", "requests/window-seconds per user"),
@@ -105,6 +109,24 @@ _OPTIONS: Sequence[tuple[str, tuple[str, ...], type, object, str]] = (
     ("presence_ttl", ("PRESENCE_TTL",), float, 30.0,
      "seconds before a dead node's users turn offline"),
     ("drain_timeout", ("DRAIN_TIMEOUT",), float, 20.0, "SIGTERM grace, seconds"),
+    ("socket_rate_message", ("SOCKET_RATE_MESSAGE",), str, "30/10",
+     "message:send/message:read/reaction:set/chat:create per user per window-seconds"),
+    ("socket_rate_typing", ("SOCKET_RATE_TYPING",), str, "20/10",
+     "typing:start/typing:stop per user per window-seconds"),
+    ("socket_rate_join", ("SOCKET_RATE_JOIN",), str, "60/60",
+     "chat:join/chat:leave per user per window-seconds"),
+    ("socket_rate_connect", ("SOCKET_RATE_CONNECT",), str, "60/60",
+     "Socket.IO connection attempts per client IP per window-seconds"),
+    ("max_connections_per_ip", ("MAX_CONNECTIONS_PER_IP",), int, 200,
+     "open sockets per client IP on one node (0: no cap)"),
+    ("max_connections_per_user", ("MAX_CONNECTIONS_PER_USER",), int, 20,
+     "open sockets per user on one node (0: no cap)"),
+    ("socket_token_grace", ("SOCKET_TOKEN_GRACE",), float, 5.0,
+     "seconds a socket whose token expired may re-authenticate before it is closed"),
+    ("socket_max_payload", ("SOCKET_MAX_PAYLOAD",), int, 64 * 1024,
+     "largest Socket.IO packet accepted from a client, bytes"),
+    ("membership_cache_ttl", ("MEMBERSHIP_CACHE_TTL",), float, 30.0,
+     "seconds a positive chat membership check is reused"),
     ("internal_host", ("INTERNAL_HOST",), str, "127.0.0.1", "internal listener address"),
     ("internal_port", ("INTERNAL_PORT",), int, 3100, "internal listener port (0: off)"),
     ("internal_auth_user", ("INTERNAL_AUTH_USER",), str, "", "internal listener user"),
@@ -167,6 +189,8 @@ class Settings:
     upstream_idle_timeout: float = 4.0
     max_body_size: int = MIB
     media_max_body_size: int = 100 * MIB
+    circuit_failures: int = 5
+    circuit_cooldown: float = 10.0
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     rate_limit_user: RateLimit = RateLimit(300, 60)
     rate_limit_ip: RateLimit = RateLimit(120, 60)
@@ -180,6 +204,15 @@ class Settings:
     typing_timeout: float = 6.0
     presence_ttl: float = 30.0
     drain_timeout: float = 20.0
+    socket_rate_message: RateLimit = RateLimit(30, 10)
+    socket_rate_typing: RateLimit = RateLimit(20, 10)
+    socket_rate_join: RateLimit = RateLimit(60, 60)
+    socket_rate_connect: RateLimit = RateLimit(60, 60)
+    max_connections_per_ip: int = 200
+    max_connections_per_user: int = 20
+    socket_token_grace: float = 5.0
+    socket_max_payload: int = 64 * 1024
+    membership_cache_ttl: float = 30.0
     internal_host: str = "127.0.0.1"
     internal_port: int = 3100
     internal_auth_user: str = ""
@@ -311,6 +344,13 @@ def _rate_limit(name: str, raw: str) -> RateLimit:
     return limit
 
 
+def _non_negative(name: str, values: Mapping[str, object]) -> int:
+    value = int(values[name])
+    if value < 0:
+        raise ConfigError(f"{name.upper()}={value}: must not be negative (0: no cap)")
+    return value
+
+
 def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in str(raw).split(",") if part.strip())
 
@@ -429,11 +469,13 @@ def build_settings(values: Mapping[str, object]) -> Settings:
             raise ConfigError(f"{name.upper()}={values[name]}: not a port")
     positive = ("upstream_connect_timeout", "upstream_timeout", "auth_timeout", "typing_timeout",
                 "presence_ttl", "max_body_size", "media_max_body_size", "revocation_ttl",
-                "ingress_max_body_size", "upstream_max_connections")
+                "circuit_failures", "circuit_cooldown", "upstream_max_connections",
+                "ingress_max_body_size", "socket_max_payload")
     for name in positive:
         if float(values[name]) <= 0:
             raise ConfigError(f"{name.upper()}={values[name]}: must be positive")
-    for name in ("drain_timeout", "jwt_leeway", "upstream_idle_timeout"):
+    for name in ("drain_timeout", "jwt_leeway", "socket_token_grace", "membership_cache_ttl",
+                 "upstream_idle_timeout"):
         if float(values[name]) < 0:
             raise ConfigError(f"{name.upper()}={values[name]}: must not be negative")
     public = tuple("/" + p.strip("/") for p in _csv(values["public_paths"]))
@@ -458,6 +500,8 @@ def build_settings(values: Mapping[str, object]) -> Settings:
         upstream_idle_timeout=float(values["upstream_idle_timeout"]),
         max_body_size=int(values["max_body_size"]),
         media_max_body_size=int(values["media_max_body_size"]),
+        circuit_failures=int(values["circuit_failures"]),
+        circuit_cooldown=float(values["circuit_cooldown"]),
         trusted_proxies=_networks(values["trusted_proxies"]),
         rate_limit_user=_rate_limit("rate_limit_user", values["rate_limit_user"]),
         rate_limit_ip=_rate_limit("rate_limit_ip", values["rate_limit_ip"]),
@@ -470,6 +514,15 @@ def build_settings(values: Mapping[str, object]) -> Settings:
         typing_timeout=float(values["typing_timeout"]),
         presence_ttl=float(values["presence_ttl"]),
         drain_timeout=float(values["drain_timeout"]),
+        socket_rate_message=_rate_limit("socket_rate_message", values["socket_rate_message"]),
+        socket_rate_typing=_rate_limit("socket_rate_typing", values["socket_rate_typing"]),
+        socket_rate_join=_rate_limit("socket_rate_join", values["socket_rate_join"]),
+        socket_rate_connect=_rate_limit("socket_rate_connect", values["socket_rate_connect"]),
+        max_connections_per_ip=_non_negative("max_connections_per_ip", values),
+        max_connections_per_user=_non_negative("max_connections_per_user", values),
+        socket_token_grace=float(values["socket_token_grace"]),
+        socket_max_payload=int(values["socket_max_payload"]),
+        membership_cache_ttl=float(values["membership_cache_ttl"]),
         internal_host=str(values["internal_host"]),
         internal_port=int(values["internal_port"]),
         internal_auth_user=str(values["internal_auth_user"]),

@@ -1,0 +1,166 @@
+"""Upstream calls the Socket.IO events make to the chats and messages services.
+
+Each call carries ``X-User-Id``, a fresh ``X-Request-ID`` and the caller's
+``Authorization: Bearer``; it goes to the route whose service is ``chats`` or
+``messages`` (upstream + its own path). Failures become ack codes:
+connect failure or timeout -> UPSTREAM_UNAVAILABLE, 401 -> INVALID_TOKEN,
+403 -> FORBIDDEN, 404 -> NOT_FOUND, 429 -> RATE_LIMITED, other 4xx ->
+VALIDATION_FAILED, anything else -> UPSTREAM_ERROR. Positive membership
+checks are cached for MEMBERSHIP_CACHE_TTL seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from urllib.parse import quote
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from tornado_gateway import metrics
+from tornado_gateway.realtime_payloads import EventError
+
+log = logging.getLogger("tornado_gateway.realtime")
+_CODE_OF_STATUS = {401: "INVALID_TOKEN", 403: "FORBIDDEN", 404: "NOT_FOUND", 429: "RATE_LIMITED"}
+MEMBERSHIP_CACHE_MAX = 100_000
+
+
+class ChatServices:
+    """Chats and messages upstream calls on behalf of a socket's identity."""
+
+    def __init__(self, gateway):
+        self.gateway = gateway
+        self.routes = {}
+        for route in reversed(gateway.settings.routes):  # shortest prefix last wins: /api/chats
+            if route.service in ("chats", "messages"):
+                self.routes[route.service] = route
+        self.membership_ttl = gateway.settings.membership_cache_ttl
+        self._members: dict[tuple[str, str], float] = {}
+        self._own_client: AsyncHTTPClient | None = None
+
+    @property
+    def http_client(self) -> AsyncHTTPClient:
+        client = getattr(self.gateway, "http_client", None)
+        if client is None:
+            if self._own_client is None:
+                self._own_client = AsyncHTTPClient()
+            client = self._own_client
+        return client
+
+    # -- the calls of SPEC §5 -------------------------------------------------
+
+    async def create_chat(self, identity, body: dict) -> dict:
+        data = await self.call("chats", "POST", "/chats", identity, body)
+        return _unwrap(data, "chat")
+
+    async def check_member(self, identity, chat_id: str) -> None:
+        """2xx from ``GET {CHATS}/chats/{chatId}`` means a member (cached briefly)."""
+        key = (identity.user_id, chat_id)
+        now = time.monotonic()
+        expires = self._members.get(key)
+        if expires is not None and expires > now:
+            return
+        await self.call("chats", "GET", f"/chats/{quote(chat_id)}", identity)
+        if len(self._members) >= MEMBERSHIP_CACHE_MAX:
+            self._members = {k: v for k, v in self._members.items() if v > now}
+            if len(self._members) >= MEMBERSHIP_CACHE_MAX:
+                self._members.clear()
+        self._members[key] = now + self.membership_ttl
+
+    def forget_member(self, user_id: str, chat_id: str) -> None:
+        self._members.pop((user_id, chat_id), None)
+
+    async def send_message(self, identity, body: dict, idempotency_key: str) -> dict:
+        data = await self.call("messages", "POST", "/messages", identity, body,
+                               {"Idempotency-Key": idempotency_key})
+        message = _unwrap(data, "message")
+        if message.get("id") is None:
+            raise EventError("UPSTREAM_ERROR", "messages service returned a message without an id")
+        return message
+
+    async def mark_read(self, identity, chat_id: str, message_ids: list[str]) -> None:
+        await self.call("messages", "POST", "/messages/read", identity,
+                        {"chatId": chat_id, "messageIds": message_ids})
+
+    async def set_reaction(self, identity, chat_id: str, message_id: str, emoji: str | None) -> dict:
+        path = f"/messages/{quote(message_id)}/reactions"
+        if emoji is None:
+            data = await self.call("messages", "DELETE", path, identity)
+        else:
+            data = await self.call("messages", "PUT", path, identity, {"chatId": chat_id, "emoji": emoji})
+        return _unwrap(data, "message")
+
+    # -- one upstream request ---------------------------------------------------
+
+    async def call(self, service: str, method: str, path: str, identity, body: dict | None = None,
+                   extra_headers: dict | None = None):
+        route = self.routes.get(service)
+        if route is None:
+            raise EventError("UPSTREAM_UNAVAILABLE", f"no route to the {service} service")
+        headers = {
+            "X-User-Id": identity.user_id,
+            "X-Request-ID": uuid.uuid4().hex,
+            "Authorization": f"Bearer {identity.token}",
+            "Accept": "application/json",
+        }
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        headers.update(extra_headers or {})
+        request = HTTPRequest(
+            route.upstream + route.upstream_path + path, method=method, headers=headers,
+            body=json.dumps(body, separators=(",", ":")) if body is not None else None,
+            allow_nonstandard_methods=True, follow_redirects=False,
+            connect_timeout=route.connect_timeout, request_timeout=route.timeout,
+        )
+        started = time.monotonic()
+        try:
+            response = await self.http_client.fetch(request, raise_error=False)
+        except HTTPClientError as exc:  # 599: timeout or connection closed
+            metrics.UPSTREAM_ERRORS.labels(service, "timeout" if "imeout" in str(exc) else "connect").inc()
+            raise EventError("UPSTREAM_UNAVAILABLE", f"{service} service unavailable") from None
+        except OSError:
+            metrics.UPSTREAM_ERRORS.labels(service, "connect").inc()
+            raise EventError("UPSTREAM_UNAVAILABLE", f"{service} service unavailable") from None
+        metrics.UPSTREAM_LATENCY.labels(service).observe(time.monotonic() - started)
+        if response.code == 599:
+            metrics.UPSTREAM_ERRORS.labels(service, "connect").inc()
+            raise EventError("UPSTREAM_UNAVAILABLE", f"{service} service unavailable")
+        if 200 <= response.code < 300:
+            if not response.body:
+                return {}
+            try:
+                return json.loads(response.body)
+            except ValueError:
+                raise EventError("UPSTREAM_ERROR", f"{service} service answered with invalid JSON") from None
+        message = _upstream_message(response.body) or f"{service} service answered {response.code}"
+        if response.code in _CODE_OF_STATUS:
+            raise EventError(_CODE_OF_STATUS[response.code], message)
+        if 400 <= response.code < 500:
+            raise EventError("VALIDATION_FAILED", message)
+        metrics.UPSTREAM_ERRORS.labels(service, "status").inc()
+        raise EventError("UPSTREAM_ERROR", f"{service} service answered {response.code}")
+
+
+def _unwrap(data, name: str) -> dict:
+    """Services answer ``{name: {...}}`` or the object itself."""
+    if isinstance(data, dict) and isinstance(data.get(name), dict):
+        return data[name]
+    if isinstance(data, dict):
+        return data
+    raise EventError("UPSTREAM_ERROR", f"unexpected {name} from upstream")
+
+
+def _upstream_message(body: bytes | None) -> str | None:
+    """A short message out of an upstream JSON error body, if there is one."""
+    try:
+        data = json.loads(body or b"")
+    except ValueError:
+        return None
+    if isinstance(data, dict):
+        error = data.get("error")
+        for candidate in (error.get("message") if isinstance(error, dict) else error, data.get("message")):
+            if isinstance(candidate, str) and candidate:
+                return candidate[:200]
+    return None

@@ -1,0 +1,160 @@
+"""Exactly-once records of the real-time parts: idempotent sends and delivered receipts.
+
+``SendRecords`` makes ``message:send`` idempotent per (user, clientMessageId):
+the first send reserves the key (Redis ``SET NX`` with a short TTL while the
+upstream call runs), then stores the created message for SEND_RECORD_TTL; a
+retry on any node gets the stored message back and is not fanned out again.
+A retry that arrives while the first is still running waits for its result.
+
+``OnceMarks`` answers "first time for this key?" cluster-wide (``SET NX``),
+after a local check so repeats on one node cost no Redis round trip; the
+delivered receipts use it per (message, recipient user).
+
+Without Redis (memory mode), or while Redis is unreachable, both fall back to
+this process's memory (so during an outage a retry that lands on another node
+may be fanned out twice; logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from tornado_gateway.realtime_payloads import EventError
+
+log = logging.getLogger("tornado_gateway.realtime")
+PENDING = "pending"
+PENDING_TTL = 60  # seconds a reservation lives if its node dies mid-call
+SEND_RECORD_TTL = 24 * 3600
+RETRY_WAIT = 30.0  # seconds a retry waits for the first attempt's result
+LOCAL_MAX = 200_000
+
+
+class _LocalTtlDict:
+    """A bounded dict whose entries expire; the memory fallback of both classes."""
+
+    def __init__(self, max_entries: int = LOCAL_MAX):
+        self.entries: dict[str, tuple[float, object]] = {}
+        self.max_entries = max_entries
+
+    def get(self, key: str):
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] < time.monotonic():
+            del self.entries[key]
+            return None
+        return entry[1]
+
+    def set(self, key: str, value, ttl: float) -> None:
+        if len(self.entries) >= self.max_entries:
+            now = time.monotonic()
+            self.entries = {k: v for k, v in self.entries.items() if v[0] > now}
+            while len(self.entries) >= self.max_entries:
+                self.entries.pop(next(iter(self.entries)))
+        self.entries[key] = (time.monotonic() + ttl, value)
+
+    def pop(self, key: str) -> None:
+        self.entries.pop(key, None)
+
+
+class SendRecords:
+    """Reserve / complete / release idempotency records of message:send."""
+
+    def __init__(self, redis_link):
+        self.redis = redis_link
+        self.local = _LocalTtlDict()
+
+    @staticmethod
+    def key(user_id: str, client_message_id: str) -> str:
+        return f"gw:send:{user_id}:{client_message_id}"
+
+    async def reserve(self, user_id: str, client_message_id: str) -> dict | None:
+        """None: this call owns the send. A dict: the message of an earlier identical send."""
+        key = self.key(user_id, client_message_id)
+        deadline = time.monotonic() + RETRY_WAIT
+        while True:
+            stored = await self._reserve_once(key)
+            if stored is None:
+                return None
+            if stored != PENDING:
+                return json.loads(stored)
+            if time.monotonic() > deadline:
+                raise EventError("UPSTREAM_UNAVAILABLE",
+                                 "an earlier send with this clientMessageId is still in progress")
+            await asyncio.sleep(0.05)
+
+    async def _reserve_once(self, key: str) -> str | None:
+        if self._redis_usable():
+            try:
+                client = self.redis.client
+                if await client.set(key, PENDING, nx=True, ex=PENDING_TTL):
+                    return None
+                stored = await client.get(key)
+                if stored is None:  # expired between the two calls: try again
+                    return PENDING
+                return stored.decode() if isinstance(stored, bytes) else stored
+            except Exception as exc:
+                self._failed(exc)
+        stored = self.local.get(key)
+        if stored is None:
+            self.local.set(key, PENDING, PENDING_TTL)
+        return stored
+
+    async def complete(self, user_id: str, client_message_id: str, message: dict) -> None:
+        key = self.key(user_id, client_message_id)
+        value = json.dumps(message, separators=(",", ":"))
+        self.local.set(key, value, SEND_RECORD_TTL)
+        if self._redis_usable():
+            try:
+                await self.redis.client.set(key, value, ex=SEND_RECORD_TTL)
+            except Exception as exc:
+                self._failed(exc)
+
+    async def release(self, user_id: str, client_message_id: str) -> None:
+        """The send failed: a retry may try again."""
+        key = self.key(user_id, client_message_id)
+        self.local.pop(key)
+        if self._redis_usable():
+            try:
+                await self.redis.client.delete(key)
+            except Exception as exc:
+                self._failed(exc)
+
+    def _redis_usable(self) -> bool:
+        return self.redis is not None and self.redis.up
+
+    def _failed(self, exc: Exception) -> None:
+        log.warning("send dedupe falls back to local memory: %s", exc)
+        self.redis.note_failure(exc)
+
+
+class OnceMarks:
+    """``first(keys)``: which keys were never marked before, on any node."""
+
+    def __init__(self, redis_link, prefix: str, ttl: float = SEND_RECORD_TTL):
+        self.redis = redis_link
+        self.prefix = prefix
+        self.ttl = int(ttl)
+        self.local = _LocalTtlDict()
+
+    async def first(self, keys: list[str]) -> list[str]:
+        fresh = []
+        for key in keys:
+            if self.local.get(key) is None:
+                self.local.set(key, True, self.ttl)
+                fresh.append(key)
+        if not fresh or self.redis is None or not self.redis.up:
+            return fresh
+        try:
+            pipe = self.redis.client.pipeline(transaction=False)
+            for key in fresh:
+                pipe.set(self.prefix + key, "1", nx=True, ex=self.ttl)
+            results = await pipe.execute()
+        except Exception as exc:
+            log.warning("receipt dedupe falls back to local memory: %s", exc)
+            self.redis.note_failure(exc)
+            return fresh
+        return [key for key, won in zip(fresh, results) if won]

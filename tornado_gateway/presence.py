@@ -1,0 +1,295 @@
+"""Presence: who is online across all nodes, heartbeated so a dead node's users go offline.
+
+Redis layout (all keys expire on their own if every node disappears):
+
+* ``gw:presence:user:<userId>`` sorted set, member = node id, score = the
+  time (epoch s) that node's claim runs out. A node claims a user while it
+  holds at least one authenticated socket of that user (multi-device: the
+  node counts sockets itself).
+* ``gw:presence:node:<nodeId>`` set of the users that node claims, and
+  ``gw:presence:nodes`` sorted set node id -> claim expiry, so a dead node's
+  users can be found.
+* ``gw:presence:chats:<userId>`` set of chats that user's sockets joined (the
+  rooms told when the user goes offline), ``gw:presence:seen:<userId>`` the
+  last-seen time.
+
+Claims last ``PRESENCE_TTL / 2`` and every node renews its own every
+``PRESENCE_TTL / 5``. Every node also sweeps every ``PRESENCE_TTL / 5``:
+nodes whose claim ran out are dead; the node that removes a dead node from
+``gw:presence:nodes`` (``ZREM`` answers 1 to one node only) withdraws its
+claims and announces ``offline`` for users with no live claim left. So a
+SIGKILLed node's users go offline within about 0.7 x PRESENCE_TTL.
+
+Online/offline transitions are decided by Lua scripts (atomic), so exactly
+one node announces each: online when a user's first claim appears, offline
+when the last claim goes. Announcements go to the ``chat:`` rooms of the
+user's joined chats; in addition a socket joining a chat tells that chat
+its user is online. Without Redis the same rules apply within the process.
+While Redis is down, each node decides from its own sockets, and its claims
+are renewed when Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import tornado.web
+
+from tornado_gateway.auth import AuthError, bearer_token
+from tornado_gateway.errors import GatewayError
+from tornado_gateway.handlers import GatewayHandler
+from tornado_gateway.realtime_payloads import EventError, check_user_ids, iso_time
+
+log = logging.getLogger("tornado_gateway.presence")
+PREFIX = "gw:presence:"
+SEEN_TTL = 30 * 86400
+CHATS_TTL = 7 * 86400
+
+# KEYS[1] user claims; ARGV node, claim expiry, now, key ttl (ms). 1 = the user was offline.
+CLAIM_SCRIPT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+local before = redis.call('ZCARD', KEYS[1])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if before == 0 then return 1 end
+return 0
+"""
+# KEYS[1] user claims, KEYS[2] last seen; ARGV node, now, last seen text. 1 = now offline.
+RELEASE_SCRIPT = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+if redis.call('ZCARD', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
+  return 1
+end
+return 0
+"""
+
+
+class Presence:
+    """This node's share of presence, and the cluster-wide view."""
+
+    def __init__(self, gateway, announce):
+        self.gateway = gateway
+        self.redis = gateway.redis
+        self.node = gateway.node_id
+        self.ttl = gateway.settings.presence_ttl
+        self.announce = announce  # async fn(user_id, status, last_seen, chat_ids)
+        self.sockets: dict[str, int] = {}  # user -> authenticated sockets on this node
+        self.chats: dict[str, set[str]] = {}  # memory mode: user -> joined chats
+        self.seen: dict[str, str] = {}  # memory mode: user -> last seen
+        self._task: asyncio.Task | None = None
+        self._claim = self._release = None
+        if self.redis is not None:
+            self._claim = self.redis.client.register_script(CLAIM_SCRIPT)
+            self._release = self.redis.client.register_script(RELEASE_SCRIPT)
+
+    @property
+    def interval(self) -> float:
+        return self.ttl / 5
+
+    def start(self) -> None:
+        if self.redis is not None:
+            self._task = asyncio.ensure_future(self._heartbeat_loop())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def _redis_usable(self) -> bool:
+        return self.redis is not None and self.redis.up
+
+    # -- sockets coming and going ------------------------------------------
+
+    async def socket_online(self, user_id: str) -> None:
+        count = self.sockets.get(user_id, 0) + 1
+        self.sockets[user_id] = count
+        if count > 1:
+            return
+        became_online = True
+        if self._redis_usable():
+            try:
+                became_online = await self._claim_user(user_id) == 1
+                await self.redis.client.sadd(PREFIX + "node:" + self.node, user_id)
+            except Exception as exc:
+                self._failed(exc)
+        if became_online:
+            await self.announce(user_id, "online", None, await self.joined_chats(user_id))
+
+    async def socket_offline(self, user_id: str) -> None:
+        count = self.sockets.get(user_id, 0) - 1
+        if count > 0:
+            self.sockets[user_id] = count
+            return
+        self.sockets.pop(user_id, None)
+        await self._release_user(user_id, self.node)
+
+    async def chat_joined(self, user_id: str, chat_id: str) -> None:
+        if self._redis_usable():
+            try:
+                key = PREFIX + "chats:" + user_id
+                pipe = self.redis.client.pipeline(transaction=False)
+                pipe.sadd(key, chat_id)
+                pipe.expire(key, CHATS_TTL)
+                await pipe.execute()
+                return
+            except Exception as exc:
+                self._failed(exc)
+        self.chats.setdefault(user_id, set()).add(chat_id)
+
+    async def joined_chats(self, user_id: str) -> list[str]:
+        chats = set(self.chats.get(user_id, ()))
+        if self._redis_usable():
+            try:
+                chats.update(c.decode() for c in await self.redis.client.smembers(PREFIX + "chats:" + user_id))
+            except Exception as exc:
+                self._failed(exc)
+        return sorted(chats)
+
+    async def _release_user(self, user_id: str, node: str) -> None:
+        last_seen = iso_time()
+        went_offline = self.sockets.get(user_id, 0) == 0 or node != self.node
+        if self._redis_usable():
+            try:
+                went_offline = await self._release(
+                    keys=[PREFIX + "user:" + user_id, PREFIX + "seen:" + user_id],
+                    args=[node, time.time(), last_seen, SEEN_TTL]) == 1
+                if node == self.node:
+                    await self.redis.client.srem(PREFIX + "node:" + node, user_id)
+            except Exception as exc:
+                self._failed(exc)
+        if not went_offline:
+            return
+        chats = await self.joined_chats(user_id)
+        self.seen[user_id] = last_seen
+        self.chats.pop(user_id, None)
+        if self._redis_usable():
+            try:
+                await self.redis.client.delete(PREFIX + "chats:" + user_id)
+            except Exception as exc:
+                self._failed(exc)
+        await self.announce(user_id, "offline", last_seen, chats)
+
+    async def _claim_user(self, user_id: str) -> int:
+        now = time.time()
+        return await self._claim(keys=[PREFIX + "user:" + user_id],
+                                 args=[self.node, now + self.ttl / 2, now, int(self.ttl * 2000)])
+
+    # -- heartbeat and sweep -----------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                if self._redis_usable():
+                    await self.heartbeat()
+                    await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._failed(exc)
+            await asyncio.sleep(self.interval)
+
+    async def heartbeat(self) -> None:
+        """Renew this node's claims; a claim found missing (Redis restart, false sweep) re-announces."""
+        now = time.time()
+        client = self.redis.client
+        users = list(self.sockets)
+        pipe = client.pipeline(transaction=False)
+        pipe.zadd(PREFIX + "nodes", {self.node: now + self.ttl / 2})
+        pipe.pexpire(PREFIX + "nodes", int(self.ttl * 4000))
+        node_key = PREFIX + "node:" + self.node
+        if users:
+            pipe.sadd(node_key, *users)
+        pipe.pexpire(node_key, int(self.ttl * 4000))
+        for user_id in users:
+            self._claim(keys=[PREFIX + "user:" + user_id],
+                        args=[self.node, now + self.ttl / 2, now, int(self.ttl * 2000)], client=pipe)
+        results = await pipe.execute()
+        for user_id, became_online in zip(users, results[-len(users):] if users else ()):
+            if became_online == 1 and user_id in self.sockets:
+                await self.announce(user_id, "online", None, await self.joined_chats(user_id))
+
+    async def sweep(self) -> None:
+        client = self.redis.client
+        dead = await client.zrangebyscore(PREFIX + "nodes", "-inf", time.time())
+        for raw in dead:
+            node = raw.decode()
+            if node == self.node or not await client.zrem(PREFIX + "nodes", node):
+                continue  # ourselves (late heartbeat) or another node took it
+            users = [u.decode() for u in await client.smembers(PREFIX + "node:" + node)]
+            log.warning("presence: node %s stopped heartbeating; withdrawing its %d user(s)", node, len(users))
+            for user_id in users:
+                await self._release_user(user_id, node)
+            await client.delete(PREFIX + "node:" + node)
+
+    async def withdraw_all(self) -> None:
+        """Drain: this node's users go offline unless they have sockets elsewhere."""
+        users = list(self.sockets)
+        self.sockets.clear()
+        for user_id in users:
+            await self._release_user(user_id, self.node)
+        if self._redis_usable():
+            try:
+                await self.redis.client.zrem(PREFIX + "nodes", self.node)
+                await self.redis.client.delete(PREFIX + "node:" + self.node)
+            except Exception as exc:
+                self._failed(exc)
+
+    # -- queries --------------------------------------------------------------
+
+    async def status(self, user_ids: list[str]) -> list[dict]:
+        now = time.time()
+        if self._redis_usable():
+            try:
+                pipe = self.redis.client.pipeline(transaction=False)
+                for user_id in user_ids:
+                    pipe.zcount(PREFIX + "user:" + user_id, now, "+inf")
+                    pipe.get(PREFIX + "seen:" + user_id)
+                results = await pipe.execute()
+                out = []
+                for i, user_id in enumerate(user_ids):
+                    online = results[2 * i] > 0 or user_id in self.sockets
+                    seen = results[2 * i + 1]
+                    out.append(_entry(user_id, online, seen.decode() if seen else None))
+                return out
+            except Exception as exc:
+                self._failed(exc)
+        return [_entry(u, u in self.sockets, self.seen.get(u)) for u in user_ids]
+
+    def _failed(self, exc: Exception) -> None:
+        log.warning("presence: redis call failed, using this node's view: %s", exc)
+        if self.redis is not None:
+            self.redis.note_failure(exc)
+
+
+def _entry(user_id: str, online: bool, last_seen: str | None) -> dict:
+    entry = {"userId": user_id, "status": "online" if online else "offline"}
+    if not online and last_seen:
+        entry["lastSeen"] = last_seen
+    return entry
+
+
+class PresenceHandler(GatewayHandler):
+    """``GET /api/presence?userIds=a,b`` (Bearer token required)."""
+
+    route_name = "presence"
+
+    async def get(self) -> None:
+        token = bearer_token(self.request.headers.get("Authorization"))
+        if token is None:
+            raise AuthError("UNAUTHENTICATED", "a Bearer token is required")
+        identity = self.gateway.tokens.verify_access(token)
+        revocations = getattr(self.gateway, "revocations", None)
+        if revocations is not None and await revocations.is_revoked(identity):
+            raise AuthError("TOKEN_REVOKED", "token revoked")
+        self.user_id = identity.user_id
+        try:
+            user_ids = check_user_ids(self.get_query_argument("userIds", ""))
+        except EventError as exc:
+            raise GatewayError(exc.code, exc.message, 400) from None
+        except tornado.web.MissingArgumentError:
+            raise GatewayError("VALIDATION_FAILED", "userIds is required", 400) from None
+        self.write_json(200, {"presence": await self.gateway.realtime.presence.status(user_ids)})

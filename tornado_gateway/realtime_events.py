@@ -1,0 +1,144 @@
+"""The client->server events of SPEC §5 (after authentication), one method each.
+
+Every event is rate-limited per user by its class (message, typing, join),
+its payload validated, then it calls the chats/messages services and fans
+out. ``auth:hello`` lives in realtime.py with the rest of authentication.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tornado_gateway.realtime_payloads import (
+    EventError,
+    check_chat_create,
+    check_chat_id,
+    check_message_read,
+    check_message_send,
+    check_reaction_set,
+    iso_time,
+)
+
+log = logging.getLogger("tornado_gateway.realtime")
+
+# event -> (rate class, method name)
+EVENTS = {
+    "chat:create": ("message", "chat_create"),
+    "chat:join": ("join", "chat_join"),
+    "chat:leave": ("join", "chat_leave"),
+    "message:send": ("message", "message_send"),
+    "message:read": ("message", "message_read"),
+    "typing:start": ("typing", "typing_start"),
+    "typing:stop": ("typing", "typing_stop"),
+    "reaction:set": ("message", "reaction_set"),
+}
+KNOWN_EVENTS = frozenset(EVENTS) | {"auth:hello"}
+
+
+class RealtimeEvents:
+    def __init__(self, realtime):
+        self.realtime = realtime
+        self.services = realtime.services
+        settings = realtime.settings
+        self.rates = {"message": settings.socket_rate_message, "typing": settings.socket_rate_typing,
+                      "join": settings.socket_rate_join}
+
+    async def dispatch(self, state, event: str, payload):
+        entry = EVENTS.get(event)
+        if entry is None:
+            raise EventError("VALIDATION_FAILED", f"unknown event {event!r}")
+        rate_class, method = entry
+        await self.realtime.check_rate(state, "socket_" + rate_class, self.rates[rate_class])
+        return await getattr(self, method)(state, payload)
+
+    async def chat_create(self, state, payload) -> dict:
+        body = check_chat_create(payload)
+        chat = await self.services.create_chat(state.identity, body)
+        members = set(body["memberIds"]) | {state.user_id} | set(_member_ids(chat))
+        await self.realtime.broadcast("chat:updated", {"chat": chat}, ["user:" + m for m in sorted(members)])
+        return {"chat": chat}
+
+    async def chat_join(self, state, payload) -> dict:
+        chat_id = check_chat_id(payload)["chatId"]
+        await self.services.check_member(state.identity, chat_id)
+        await self.realtime.sio.enter_room(state.sid, "chat:" + chat_id)
+        state.chats.add(chat_id)
+        await self.realtime.presence.chat_joined(state.user_id, chat_id)
+        await self.realtime.broadcast("presence:update", {"userId": state.user_id, "status": "online"},
+                                      "chat:" + chat_id, skip_sid=state.sid)
+        return {"chatId": chat_id}
+
+    async def chat_leave(self, state, payload) -> dict:
+        chat_id = check_chat_id(payload)["chatId"]
+        await self.realtime.typing.stop(state.sid, chat_id)
+        await self.realtime.sio.leave_room(state.sid, "chat:" + chat_id)
+        state.chats.discard(chat_id)
+        return {"chatId": chat_id}
+
+    async def message_send(self, state, payload) -> dict:
+        body = check_message_send(payload)
+        identity = state.identity
+        await self.services.check_member(identity, body["chatId"])
+        sends = self.realtime.sends
+        earlier = await sends.reserve(identity.user_id, body["clientMessageId"])
+        if earlier is not None:
+            return {"message": earlier}  # a retry: same message, no second message:new
+        try:
+            message = await self.services.send_message(identity, body, body["clientMessageId"])
+        except BaseException:
+            await sends.release(identity.user_id, body["clientMessageId"])
+            raise
+        message.setdefault("chatId", body["chatId"])
+        message.setdefault("senderId", identity.user_id)
+        message.setdefault("clientMessageId", body["clientMessageId"])
+        await sends.complete(identity.user_id, body["clientMessageId"], message)
+        await self.realtime.broadcast("message:new", {"message": message}, "chat:" + body["chatId"],
+                                      skip_sid=state.sid)
+        return {"message": message}
+
+    async def message_read(self, state, payload) -> dict:
+        body = check_message_read(payload)
+        await self.services.check_member(state.identity, body["chatId"])
+        await self.services.mark_read(state.identity, body["chatId"], body["messageIds"])
+        await self.realtime.broadcast("receipt:read", {
+            "chatId": body["chatId"], "messageIds": body["messageIds"], "userId": state.user_id,
+            "at": iso_time()}, "chat:" + body["chatId"])
+        return {}
+
+    async def typing_start(self, state, payload) -> dict:
+        chat_id = self._joined(state, payload)
+        await self.realtime.typing.start(state.sid, state.user_id, chat_id)
+        return {}
+
+    async def typing_stop(self, state, payload) -> dict:
+        chat_id = self._joined(state, payload)
+        await self.realtime.typing.stop(state.sid, chat_id)
+        return {}
+
+    async def reaction_set(self, state, payload) -> dict:
+        body = check_reaction_set(payload)
+        await self.services.check_member(state.identity, body["chatId"])
+        message = await self.services.set_reaction(state.identity, body["chatId"], body["messageId"],
+                                                   body["emoji"])
+        message.setdefault("id", body["messageId"])
+        message.setdefault("chatId", body["chatId"])
+        await self.realtime.broadcast("message:edit", {"message": message}, "chat:" + body["chatId"])
+        return {"message": message}
+
+    @staticmethod
+    def _joined(state, payload) -> str:
+        chat_id = check_chat_id(payload)["chatId"]
+        if chat_id not in state.chats:
+            raise EventError("FORBIDDEN", "join the chat (chat:join) before typing in it")
+        return chat_id
+
+
+def _member_ids(chat: dict) -> list[str]:
+    """Member ids out of a chat object: ``memberIds`` or ``members`` (ids or {id}/{userId})."""
+    out = []
+    for member in chat.get("memberIds") or chat.get("members") or ():
+        if isinstance(member, dict):
+            member = member.get("id", member.get("userId"))
+        if isinstance(member, (str, int)) and not isinstance(member, bool):
+            out.append(str(member))
+    return out
