@@ -1,0 +1,149 @@
+"""Request paths: validation, dot-segment resolution and route matching.
+
+The gateway routes on the path exactly as the client sent it (percent-encoded,
+case-sensitive), and only then resolves dot segments in what follows the
+matched prefix. That order makes the rules simple to state:
+
+* the path must start with ``/`` and hold only RFC 3986 path characters
+  (unreserved, sub-delims, ``:``, ``@``, ``/`` and well-formed ``%XX``); a
+  literal backslash, ``#``, space, control or non-ASCII byte is refused;
+* an encoded slash or backslash (``%2F``, ``%5C``) or an encoded control
+  character (``%00``-``%1F``, ``%7F``) is refused anywhere: an upstream might
+  decode it into a separator the gateway did not route on;
+* an empty segment (``//``) is refused anywhere but at the very end: after a
+  prefix it could read as a network-path reference (``//evil.com``);
+* ``.``/``..`` segments, also when percent-encoded (``%2e``, ``.%2E``), are
+  resolved per RFC 3986 remove_dot_segments, but only inside the part after
+  the matched prefix: a dot segment among the prefix's own segments, or a
+  ``..`` that would climb above the prefix, is refused. So
+  ``/api/users/a/../b`` reaches the users service as ``/b``, while
+  ``/api/users/../auth/x`` is refused instead of quietly becoming an auth call.
+
+Every refusal is :class:`PathError`; the proxy answers it with 400 BAD_PATH
+and forwards nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from tornado_gateway.config import Route
+
+# RFC 3986 pchar plus "/": unreserved, sub-delims, ":", "@", pct-encoded.
+_PATH_CHARS_RE = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*$")
+_ESCAPE_RE = re.compile(r"%(..)?", re.S)
+_HEX = frozenset("0123456789abcdefABCDEF")
+# Escapes never accepted: slash, backslash, and controls (decoded, they change meaning).
+_FORBIDDEN_ESCAPES = frozenset({0x2F, 0x5C, 0x7F, *range(0x00, 0x20)})
+# Query: printable ASCII except "#" (a fragment would be dropped by the upstream URL parser).
+_QUERY_RE = re.compile(r"^[\x21-\x22\x24-\x7e]*$")
+
+
+class PathError(ValueError):
+    """The path is malformed or would escape its route; the message says why."""
+
+
+def check_query(query: str) -> None:
+    """Refuse a query string that could not be forwarded byte-for-byte."""
+    if query and not _QUERY_RE.match(query):
+        raise PathError("query string holds a control, space, '#' or non-ASCII character")
+
+
+def split_segments(path: str) -> list[str]:
+    """Validate ``path`` (raw, as sent) and return its segments (still encoded).
+
+    ``"/api/users/42"`` -> ``["api", "users", "42"]``; a trailing slash gives a
+    last empty segment (``"/api/users/"`` -> ``["api", "users", ""]``).
+    """
+    if not path.startswith("/"):
+        raise PathError("path must start with '/'")
+    if not _PATH_CHARS_RE.match(path):
+        raise PathError("path holds a character that must be percent-encoded "
+                        "(backslash, space, control, non-ASCII, '#', ...)")
+    for match in _ESCAPE_RE.finditer(path):
+        digits = match.group(1)
+        if digits is None or not (digits[0] in _HEX and digits[1] in _HEX):
+            raise PathError("malformed percent-escape in path")
+        if int(digits, 16) in _FORBIDDEN_ESCAPES:
+            raise PathError("encoded slash, backslash or control character in path")
+    segments = path[1:].split("/")
+    if "" in segments[:-1]:
+        raise PathError("empty path segment ('//')")
+    return segments
+
+
+def dot_kind(segment: str) -> str | None:
+    """``"."`` or ``".."`` when the segment is a dot segment (encoded or not), else None."""
+    if len(segment) > 6 or "." not in segment and "%" not in segment:
+        return None
+    decoded = segment.replace("%2e", ".").replace("%2E", ".")
+    return decoded if decoded in (".", "..") else None
+
+
+def match_route(routes: Sequence[Route], segments: Sequence[str]) -> Route | None:
+    """The route whose prefix is the longest whole-segment match (routes are longest first)."""
+    for route in routes:
+        prefix = route_segments(route)
+        if list(segments[: len(prefix)]) == prefix:
+            return route
+    return None
+
+
+def route_segments(route: Route) -> list[str]:
+    return route.prefix.strip("/").split("/")
+
+
+def remove_dot_segments(segments: Sequence[str]) -> list[str]:
+    """RFC 3986 §5.2.4 on a segment list, refusing any climb above its root.
+
+    A final ``.`` or ``..`` leaves a trailing slash, as in the RFC.
+    """
+    out: list[str] = []
+    last = len(segments) - 1
+    for index, segment in enumerate(segments):
+        kind = dot_kind(segment)
+        if kind is None:
+            out.append(segment)
+            continue
+        if kind == "..":
+            if not out:
+                raise PathError("'..' climbs above the route prefix")
+            out.pop()
+        if index == last:
+            out.append("")
+    return out
+
+
+def is_under(path: str, prefix: str) -> bool:
+    """``path`` equals ``prefix`` or continues it at a segment boundary."""
+    prefix = prefix.rstrip("/")
+    return path == prefix or path.startswith(prefix + "/") or not prefix
+
+
+class Resolved:
+    """Where a request goes: its route, the normalised path, the upstream path."""
+
+    __slots__ = ("route", "path", "upstream_path")
+
+    def __init__(self, route: Route, path: str, upstream_path: str):
+        self.route = route
+        self.path = path  # normalised public path, e.g. "/api/users/b"
+        self.upstream_path = upstream_path  # e.g. "/users/b" for upstream ".../users"
+
+
+def resolve(routes: Sequence[Route], raw_path: str) -> Resolved | None:
+    """Route ``raw_path``; None when no route matches. Raises PathError on a bad path."""
+    segments = split_segments(raw_path)
+    route = match_route(routes, segments)
+    if route is None:
+        if any(dot_kind(s) for s in segments):
+            raise PathError("dot segments in a path outside every route")
+        return None
+    prefix = route_segments(route)
+    rest = remove_dot_segments(segments[len(prefix):])
+    if rest != segments[len(prefix):] and match_route(routes, [*prefix, *rest]) is not route:
+        raise PathError("dot segments would move the path to another route")
+    tail = "/" + "/".join(rest) if rest else ""
+    upstream_path = (route.upstream_path + tail) or "/"
+    return Resolved(route, route.prefix + tail, upstream_path)
