@@ -6,6 +6,7 @@ of the server's library, so the tests check interoperability, not a copy.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -78,3 +79,53 @@ async def metric_value(gateway, name: str, **labels) -> float:
         if all(found.get(k) == v for k, v in wanted.items()):
             return float(value)
     return 0.0
+
+
+class RecordingSocket:
+    """A python-socketio client that records every server->client event it gets."""
+
+    EVENTS = ("message:new", "message:edit", "message:delete", "receipt:delivered", "receipt:read",
+              "typing:update", "chat:updated", "presence:update", "error")
+
+    def __init__(self):
+        import socketio
+
+        self.client = socketio.AsyncClient(reconnection=False)
+        self.received: list[tuple[str, object]] = []
+        self.disconnected = asyncio.Event()
+        for event in self.EVENTS:
+            self.client.on(event, self._recorder(event))
+        self.client.on("disconnect", lambda *args: self.disconnected.set())
+
+    def _recorder(self, event):
+        def record(data=None, *rest):
+            self.received.append((event, data))
+        return record
+
+    async def connect(self, node, token: str) -> "RecordingSocket":
+        from harness import ORIGIN
+
+        await self.client.connect(node.base, auth={"token": token}, headers={"Origin": ORIGIN},
+                                  transports=["websocket"], wait_timeout=5)
+        return self
+
+    def got(self, event: str, marker=None) -> list:
+        """Payloads of ``event`` received (those whose data["marker"] == marker, if given)."""
+        return [data for name, data in self.received if name == event
+                and (marker is None or (isinstance(data, dict) and data.get("marker") == marker))]
+
+    async def wait_for(self, event: str, marker=None, timeout: float = 5.0) -> list:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self.got(event, marker):
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"no {event} {marker!r}; got {self.received}")
+            await asyncio.sleep(0.02)
+        return self.got(event, marker)
+
+    async def close(self) -> None:
+        if self.client.connected:
+            await self.client.disconnect()
+
+
+async def open_sockets(*node_tokens) -> list[RecordingSocket]:
+    return [await RecordingSocket().connect(node, token) for node, token in node_tokens]

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
-from harness import GatewayProcess
-from internal_client import AUTH_ENV, basic_header, digest_challenge, digest_header, fetch, post_event
+from harness import GatewayProcess, make_token
+from internal_client import (AUTH_ENV, basic_header, digest_challenge, digest_header, fetch,
+                             open_sockets, post_event)
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +161,98 @@ async def test_invalid_events_on_the_channel_are_logged_without_payload_and_drop
     messages = " ".join(r["message"] for r in lines)
     assert "unknown event 'nope'" in messages and "not valid JSON" in messages
     assert secret not in node.logs()
+
+
+# -- delivery to sockets, two nodes ------------------------------------------------
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{time.time_ns()}"
+
+
+class Scene:
+    """alice on both nodes (two devices), bob on node 1, carol on node 0; bob and carol share a chat."""
+
+    def __init__(self, nodes, redis_server, via: str):
+        self.nodes, self.via = nodes, via
+        self.redis = redis_server.client()
+        self.users = {name: _unique(name) for name in ("alice", "bob", "carol")}
+        self.chat = _unique("chat")
+
+    async def open(self) -> "Scene":
+        users, nodes = self.users, self.nodes
+        self.all = await open_sockets((nodes[0], make_token(users["alice"])),
+                                      (nodes[1], make_token(users["alice"])),
+                                      (nodes[1], make_token(users["bob"])),
+                                      (nodes[0], make_token(users["carol"])))
+        self.alice, self.bob, self.carol = self.all[:2], self.all[2], self.all[3]
+        for sock in (self.bob, self.carol):
+            ack = await sock.client.call("chat:join", {"chatId": self.chat}, timeout=5)
+            assert ack["ok"], ack
+        return self
+
+    async def close(self) -> None:
+        for sock in self.all:
+            await sock.close()
+
+    async def send(self, payload, expect: int = 202) -> None:
+        """POST to node 0, or PUBLISH on the channel (where nothing answers)."""
+        if self.via == "post":
+            response = await post_event(self.nodes[0], payload)
+            assert response.code == expect, response.body
+        else:
+            self.redis.publish("gateway:events", json.dumps(payload))
+
+    async def settle(self) -> None:
+        """A marker event to every user, awaited on every socket: all earlier events are in."""
+        marker = _unique("settle")
+        await self.send({"event": "presence:update", "to": {"users": list(self.users.values())},
+                         "data": {"marker": marker}})
+        for sock in self.all:
+            await sock.wait_for("presence:update", marker)
+
+
+@pytest.mark.parametrize("via", ["post", "publish"])
+@pytest.mark.gen_test(timeout=30)
+async def test_events_reach_each_targeted_socket_exactly_once(nodes, redis_server, via):
+    scene = await Scene(nodes, redis_server, via).open()
+    try:
+        users = scene.users
+        to_user, to_users, to_chat = _unique("user"), _unique("users"), _unique("chat")
+        await scene.send({"event": "message:new", "to": {"user": users["alice"]},
+                          "data": {"marker": to_user}})
+        await scene.send({"event": "chat:updated", "to": {"users": [users["alice"], users["bob"]]},
+                          "data": {"marker": to_users}})
+        await scene.send({"event": "message:edit", "to": {"chat": scene.chat},
+                          "data": {"marker": to_chat}})
+        await scene.settle()
+        for sock in scene.alice:  # one device on each node
+            assert len(sock.got("message:new", to_user)) == 1
+            assert len(sock.got("chat:updated", to_users)) == 1
+            assert sock.got("message:edit", to_chat) == []
+        assert len(scene.bob.got("chat:updated", to_users)) == 1
+        assert len(scene.bob.got("message:edit", to_chat)) == 1
+        assert len(scene.carol.got("message:edit", to_chat)) == 1
+        assert scene.bob.got("message:new", to_user) == []
+        assert scene.carol.got("message:new", to_user) == []
+        assert scene.carol.got("chat:updated", to_users) == []
+    finally:
+        await scene.close()
+
+
+@pytest.mark.parametrize("via", ["post", "publish"])
+@pytest.mark.gen_test(timeout=30)
+async def test_bad_events_deliver_nothing(nodes, redis_server, via):
+    scene = await Scene(nodes, redis_server, via).open()
+    try:
+        alice, marker = scene.users["alice"], _unique("bad")
+        for payload in (
+            {"event": "message:send", "to": {"user": alice}, "data": {"marker": marker}},
+            {"event": "message:new", "to": {"room": alice}, "data": {"marker": marker}},
+            {"event": "message:new", "to": {"user": alice}, "data": {"marker": marker}, "x": 1},
+        ):
+            await scene.send(payload, expect=400)
+        await scene.settle()
+        for sock in scene.all:
+            assert [d for _, d in sock.received if isinstance(d, dict) and d.get("marker") == marker] == []
+    finally:
+        await scene.close()

@@ -10,7 +10,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from harness import GatewayProcess, make_token
-from internal_client import AUTH_ENV, post_event
+from internal_client import AUTH_ENV, open_sockets, post_event
 from tornado_gateway.auth import Identity
 from tornado_gateway.redis_link import RedisLink
 from tornado_gateway.revocation import Revocations
@@ -128,3 +128,46 @@ async def test_a_node_started_later_loads_stored_revocations(nodes, stub_upstrea
         assert code == 401 and body["error"]["code"] == "TOKEN_REVOKED"
     finally:
         late.stop()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_revoking_a_jti_disconnects_its_sockets_on_both_nodes_only(nodes):
+    user = f"u-sock-{time.time_ns()}"
+    doomed, kept = make_token(user, jti=f"{user}-a"), make_token(user, jti=f"{user}-b")
+    sockets = await open_sockets((nodes[0], doomed), (nodes[1], doomed), (nodes[1], kept))
+    try:
+        response = await post_event(nodes[1], {"type": "session:revoke", "userId": user,
+                                               "jti": f"{user}-a"})
+        assert response.code == 202
+        for sock in sockets[:2]:
+            await asyncio.wait_for(sock.disconnected.wait(), 5)
+            assert [e["code"] for e in sock.got("error")] == ["TOKEN_REVOKED"]
+        survivor = sockets[2]
+        assert survivor.client.connected and survivor.got("error") == []
+        await post_event(nodes[0], {"event": "chat:updated", "to": {"user": user},
+                                    "data": {"marker": "still-here"}})
+        await survivor.wait_for("chat:updated", "still-here")
+        for node in nodes:
+            code, body = await api_status(node, doomed)
+            assert code == 401 and body["error"]["code"] == "TOKEN_REVOKED"
+    finally:
+        for sock in sockets:
+            await sock.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_revoking_before_by_publish_disconnects_old_sessions_on_both_nodes(nodes, redis_server):
+    user = f"u-sock-before-{time.time_ns()}"
+    old = make_token(user, iat=int(time.time()) - 120)
+    sockets = await open_sockets((nodes[0], old), (nodes[1], old))
+    try:
+        redis_server.client().publish("gateway:events", json.dumps(
+            {"type": "session:revoke", "userId": user, "before": time.time() - 60}))
+        for sock in sockets:
+            await asyncio.wait_for(sock.disconnected.wait(), 5)
+            assert [e["code"] for e in sock.got("error")] == ["TOKEN_REVOKED"]
+        for node in nodes:
+            assert (await api_status(node, old))[0] == 401
+    finally:
+        for sock in sockets:
+            await sock.close()
