@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from harness import GatewayProcess
-from internal_client import AUTH_ENV, fetch, metric_value, post_event
+from harness import GatewayProcess, make_token
+from internal_client import AUTH_ENV, fetch, metric_value, open_sockets, post_event
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +63,32 @@ async def test_request_and_event_counters_move_with_traffic(node):
         await asyncio.sleep(0.05)
     assert await metric_value(node, "gateway_events_in_total", event="presence:update",
                               source="redis") == before_channel + 1
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_proxy_refusal_socket_and_event_out_metrics_move(node):
+    ok_before = await metric_value(node, "gateway_http_requests_total", route="auth", method="GET",
+                                   status="200")
+    refused_before = await metric_value(node, "gateway_rate_limited_total", scope="ip")
+    for _ in range(5):  # RATE_LIMIT_IP is 3/60 on this node
+        await AsyncHTTPClient().fetch(node.url("/api/auth/session"), raise_error=False)
+    assert await metric_value(node, "gateway_http_requests_total", route="auth", method="GET",
+                              status="200") == ok_before + 3
+    assert await metric_value(node, "gateway_http_requests_total", route="auth", method="GET",
+                              status="429") >= 2
+    assert await metric_value(node, "gateway_rate_limited_total", scope="ip") == refused_before + 2
+    assert await metric_value(node, "gateway_upstream_duration_seconds_count", upstream="auth") >= 3
+
+    user = f"u-metrics-{time.time_ns()}"
+    sockets = await open_sockets((node, make_token(user)))
+    try:
+        assert await metric_value(node, "gateway_open_sockets") >= 1
+        out_before = await metric_value(node, "gateway_events_out_total", event="receipt:read")
+        await post_event(node, {"event": "receipt:read", "to": {"user": user},
+                                "data": {"marker": "m"}})
+        await sockets[0].wait_for("receipt:read", "m")
+        assert await metric_value(node, "gateway_events_out_total",
+                                  event="receipt:read") == out_before + 1
+    finally:
+        for sock in sockets:
+            await sock.close()
