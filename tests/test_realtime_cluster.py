@@ -1,0 +1,162 @@
+"""Socket.IO across gateway nodes sharing one real redis-server: fan-out, receipts, presence, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+import uuid
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+
+from chat_fakes import ChatFakes, connected
+from harness import make_token
+
+ENV = {"PRESENCE_TTL": "3", "TYPING_TIMEOUT": "1"}
+
+
+@pytest.fixture
+def fakes(stubs):
+    return ChatFakes(stubs)
+
+
+@pytest.fixture
+def two_nodes(start_gateway, redis_server):
+    env = {**ENV, "REDIS_URL": redis_server.url}
+    return start_gateway(env), start_gateway(env)
+
+
+def uid(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:6]}"
+
+
+async def join(client, chat):
+    assert (await client.call("chat:join", {"chatId": chat}))["ok"]
+
+
+async def presence_of(gw, user):
+    response = await AsyncHTTPClient().fetch(gw.url(f"/api/presence?userIds={user}"), raise_error=False,
+                                             headers={"Authorization": f"Bearer {make_token('asker')}"})
+    return json.loads(response.body)["presence"][0]["status"]
+
+
+async def eventually(check, timeout: float = 6.0, step: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(step)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_message_crosses_nodes_exactly_once_with_receipt_and_presence(two_nodes, fakes):
+    node1, node2 = two_nodes
+    alice, bob = uid("alice"), uid("bob")
+    chat = uid("chat")
+    fakes.add_chat(chat, [alice, bob])
+    b = await connected(node2, bob)
+    await join(b, chat)
+    a = await connected(node1, alice)
+    await join(a, chat)
+    assert await presence_of(node2, alice) == "online"  # node 2 sees node 1's user
+    reply = await a.call("message:send", {"chatId": chat, "clientMessageId": uid("c"), "text": "hop"})
+    message = reply["data"]["message"]
+    assert (await b.next("message:new")) == [{"message": message}]
+    receipt = (await a.next("receipt:delivered"))[0]  # acked on node 2, receipt to node 1
+    assert receipt["userId"] == bob and receipt["messageId"] == message["id"]
+    # the same clientMessageId retried on the other node: same message, no second message:new
+    a2 = await connected(node2, alice)
+    again = await a2.call("message:send", {"chatId": chat, "clientMessageId": reply["data"]["message"]
+                                           ["clientMessageId"], "text": "hop"})
+    assert again["data"]["message"] == message
+    await asyncio.sleep(0.5)
+    assert len(b.events("message:new")) == 1 and len(a.events("receipt:delivered")) == 1
+    # multi-device across nodes: offline only when the last socket (on any node) closes
+    await a.close()
+    await asyncio.sleep(0.5)
+    assert await presence_of(node1, alice) == "online"
+    assert not [p for p in b.events("presence:update") if p["status"] == "offline"]
+    await a2.close()
+    offline = await eventually(lambda: _offline(b, alice))
+    assert offline and await presence_of(node1, alice) == "offline"
+    await b.close()
+
+
+async def _offline(client, user):
+    return [p for p in client.events("presence:update") if p == {**p, "userId": user, "status": "offline"}]
+
+
+@pytest.mark.gen_test(timeout=40)
+async def test_redis_restart_local_delivery_meanwhile_cross_node_resumes(start_gateway, own_redis, fakes):
+    env = {**ENV, "REDIS_URL": own_redis.url}
+    node1, node2 = start_gateway(env), start_gateway(env)
+    alice, bob, carol = uid("alice"), uid("bob"), uid("carol")
+    chat = uid("chat")
+    fakes.add_chat(chat, [alice, bob, carol])
+    a, b, c = await connected(node1, alice), await connected(node1, bob), await connected(node2, carol)
+    for client in (a, b, c):
+        await join(client, chat)
+    own_redis.kill()
+    await asyncio.sleep(1.5)
+    reply = await a.call("message:send", {"chatId": chat, "clientMessageId": uid("c"), "text": "local"})
+    assert reply["ok"], reply
+    await b.next("message:new")  # same node: delivered while Redis is down
+    status, _ = node1.get_json("/readyz")
+    assert status == 503
+    own_redis.start()
+
+    async def crossed():
+        send = {"chatId": chat, "clientMessageId": uid("c"), "text": "after"}
+        await a.call("message:send", send)
+        await asyncio.sleep(0.3)
+        return [m for m in c.events("message:new") if m["message"]["text"] == "after"]
+
+    assert await eventually(crossed, timeout=15, step=0.2), "cross-node delivery did not resume"
+    assert (await eventually(lambda: _ready(node1), timeout=5))
+    for client in (a, b, c):
+        await client.close()
+
+
+async def _ready(gw):
+    return gw.get_json("/readyz")[0] == 200
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_sigkilled_node_users_go_offline_within_presence_ttl(two_nodes, fakes):
+    node1, node2 = two_nodes
+    alice, bob = uid("alice"), uid("bob")
+    chat = uid("chat")
+    fakes.add_chat(chat, [alice, bob])
+    b = await connected(node1, bob)
+    await join(b, chat)
+    a = await connected(node2, alice)
+    await join(a, chat)
+    assert await presence_of(node1, alice) == "online"
+    node2.kill()  # SIGKILL: no clean-up at all
+    # PRESENCE_TTL=3: claims last 1.5 s, sweeps every 0.6 s (+1 s slack for a busy test machine)
+    offline = await eventually(lambda: _offline(b, alice), timeout=3 + 1)
+    assert offline, "no offline presence:update within PRESENCE_TTL for the dead node's user"
+    assert await presence_of(node1, alice) == "offline"
+    await b.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_sigterm_drain_closes_sockets_and_removes_presence(two_nodes, fakes):
+    node1, node2 = two_nodes
+    alice, bob = uid("alice"), uid("bob")
+    chat = uid("chat")
+    fakes.add_chat(chat, [alice, bob])
+    b = await connected(node1, bob)
+    await join(b, chat)
+    a = await connected(node2, alice)
+    await join(a, chat)
+    node2.signal(signal.SIGTERM)
+    await asyncio.wait_for(a.disconnected.wait(), 10)
+    assert a.events("error")[-1]["code"] == "DRAINING"
+    assert await eventually(lambda: _offline(b, alice))
+    assert await presence_of(node1, alice) == "offline"
+    assert node2.wait(15) == 0
+    await b.close()
