@@ -66,6 +66,7 @@ class SendRecords:
     def __init__(self, redis_link):
         self.redis = redis_link
         self.local = _LocalTtlDict()
+        self._writes: set = set()
 
     @staticmethod
     def key(user_id: str, client_message_id: str) -> str:
@@ -108,10 +109,16 @@ class SendRecords:
         value = json.dumps(message, separators=(",", ":"))
         self.local.set(key, value, SEND_RECORD_TTL)
         if self._redis_usable():
-            try:
-                await self.redis.client.set(key, value, ex=SEND_RECORD_TTL)
-            except Exception as exc:
-                self._failed(exc)
+            # Not awaited: a retry meanwhile finds "pending" and waits for this write.
+            task = asyncio.ensure_future(self._store(key, value))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def _store(self, key: str, value: str) -> None:
+        try:
+            await self.redis.client.set(key, value, ex=SEND_RECORD_TTL)
+        except Exception as exc:
+            self._failed(exc)
 
     async def release(self, user_id: str, client_message_id: str) -> None:
         """The send failed: a retry may try again."""

@@ -30,6 +30,7 @@ import logging
 from engineio import packet as eio_packet
 from socketio.async_manager import AsyncManager
 from socketio.async_redis_manager import AsyncRedisManager
+from tornado.websocket import WebSocketClosedError
 
 from tornado_gateway import metrics
 from tornado_gateway.redis_link import connect
@@ -47,6 +48,35 @@ class FastDelivery:
 
     on_delivery_ack = None  # set by Realtime: fn(sid, data) when a socket acks ACKED_EVENT
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.websockets: dict = {}  # eio sid -> Tornado WebSocketHandler, written directly
+
+    def write_directly(self, eio_sid: str, socket, handler) -> None:
+        """Write this websocket's messages at once instead of through Engine.IO's queue.
+
+        A socket that connected with the websocket transport has no reason for
+        engineio's per-socket writer task (one task wake-up and ``wait_for``
+        per packet): its MESSAGE packets are written synchronously, in call
+        order. PING/CLOSE still use the queue, which keeps engineio's writer
+        and close logic as they are. Sockets upgraded from polling keep the
+        queue for everything.
+        """
+        queue_send = socket.send
+
+        async def send(pkt):
+            if pkt.packet_type != eio_packet.MESSAGE:
+                return await queue_send(pkt)
+            if socket.closed or socket.closing:
+                return
+            _write(handler, pkt.encode())
+
+        socket.send = send
+        self.websockets[eio_sid] = handler
+
+    def forget_websocket(self, eio_sid: str) -> None:
+        self.websockets.pop(eio_sid, None)
+
     def deliver_local(self, event: str, data, room, skip_sid=None) -> int:
         """Queue ``event`` for this node's sockets in ``room`` (a room or list of rooms)."""
         participants = list(self.get_participants("/", room))
@@ -57,6 +87,7 @@ class FastDelivery:
         sockets = self.server.eio.sockets
         shared = eio_packet.Packet(eio_packet.MESSAGE, "2" + body)
         track = event == ACKED_EVENT and self.on_delivery_ack is not None
+        websockets = self.websockets
         sent = 0
         for sid, eio_sid in participants:
             if sid in skip:
@@ -69,7 +100,11 @@ class FastDelivery:
                 pkt = eio_packet.Packet(eio_packet.MESSAGE, f"2{ack_id}{body}")
             else:
                 pkt = shared
-            socket.queue.put_nowait(pkt)
+            handler = websockets.get(eio_sid)
+            if handler is not None:
+                _write(handler, pkt.encode())
+            else:
+                socket.queue.put_nowait(pkt)
             sent += 1
         if sent:
             metrics.EVENTS_OUT.labels(event).inc(sent)
@@ -91,6 +126,13 @@ class FastDelivery:
         result = callback(*data)
         if asyncio.iscoroutine(result):
             await result
+
+
+def _write(handler, text) -> None:
+    try:
+        handler.write_message(text, binary=isinstance(text, bytes))
+    except WebSocketClosedError:
+        pass  # closing: engineio notices and cleans up
 
 
 class LocalManager(FastDelivery, AsyncManager):

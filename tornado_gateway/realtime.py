@@ -221,6 +221,7 @@ class Realtime:
             self._check_user_cap(identity.user_id)
         state = SocketState(sid, ip)
         self.states[sid] = state
+        self._write_directly(sid, environ["tornado.handler"])
         self.sockets_of_ip[ip] = self.sockets_of_ip.get(ip, 0) + 1
         metrics.OPEN_SOCKETS.inc()
         if identity is not None:
@@ -230,8 +231,18 @@ class Realtime:
                 self.settings.auth_timeout, self._spawn, self._auth_timed_out(sid))
         return True
 
+    def _write_directly(self, sid: str, handler) -> None:
+        """A socket connected with the websocket transport is written without engineio's queue."""
+        eio_sid = self.manager.eio_sid_from_sid(sid, "/")
+        socket = self.sio.eio.sockets.get(eio_sid)
+        if getattr(handler, "ws_connection", None) is not None and socket is not None and socket.upgraded:
+            self.manager.write_directly(eio_sid, socket, handler)
+
     async def _on_disconnect(self, sid, reason=None):
         state = self.states.pop(sid, None)
+        eio_sid = self.manager.eio_sid_from_sid(sid, "/")
+        if eio_sid is not None:
+            self.manager.forget_websocket(eio_sid)
         if state is None:
             return
         state.closing = True
@@ -334,21 +345,21 @@ class Realtime:
             self._spawn(self._reply(state, _event_name(data), ack_id,
                                     _failure("RATE_LIMITED", "too many events in flight on this socket")))
             return
-        state.pending.append((data, ack_id))
+        state.pending.append((data, ack_id, self.events.check_rate_early(state, _event_name(data))))
         if state.worker is None:
             state.worker = asyncio.ensure_future(self._run_pending(state))
 
     async def _run_pending(self, state: SocketState) -> None:
         try:
             while state.pending and not state.closing:
-                data, ack_id = state.pending.popleft()
-                await self._handle(state, data, ack_id)
+                data, ack_id, rate_checked = state.pending.popleft()
+                await self._handle(state, data, ack_id, rate_checked)
         finally:
             state.worker = None
             if state.closing:
                 state.pending.clear()
 
-    async def _handle(self, state: SocketState, data: list, ack_id) -> None:
+    async def _handle(self, state: SocketState, data: list, ack_id, rate_checked=None) -> None:
         event = _event_name(data)
         metrics.EVENTS_IN.labels(event if event in KNOWN_EVENTS else "unknown", "socket").inc()
         payload = data[1] if len(data) > 1 else None
@@ -357,7 +368,7 @@ class Realtime:
                 result = await self.auth_hello(state, payload)
             else:
                 await self._check_authenticated(state)
-                result = await self.events.dispatch(state, event, payload)
+                result = await self.events.dispatch(state, event, payload, rate_checked)
             reply = {"ok": True, "data": {} if result is None else result}
         except EventError as exc:
             reply = _failure(exc.code, exc.message)
@@ -388,8 +399,8 @@ class Realtime:
         elif not reply["ok"]:
             self.emit_to_sid(state.sid, "error", {**reply["error"], "event": event})
 
-    async def check_rate(self, state: SocketState, scope: str, limit) -> None:
-        decision = await self.limits.allow(scope, state.user_id, limit)
+    async def check_rate(self, user_id: str, scope: str, limit) -> None:
+        decision = await self.limits.allow(scope, user_id, limit)
         if not decision.allowed:
             if getattr(self.gateway, "limits", None) is None:
                 metrics.RATE_LIMITED.labels(scope).inc()

@@ -7,6 +7,7 @@ out. ``auth:hello`` lives in realtime.py with the rest of authentication.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from tornado_gateway.realtime_payloads import (
@@ -43,12 +44,28 @@ class RealtimeEvents:
         self.rates = {"message": settings.socket_rate_message, "typing": settings.socket_rate_typing,
                       "join": settings.socket_rate_join}
 
-    async def dispatch(self, state, event: str, payload):
+    def check_rate_early(self, state, event: str):
+        """Start the event's rate-limit check as it arrives (a Redis round trip that
+        need not wait behind the socket's earlier events); None when not possible yet."""
+        entry = EVENTS.get(event)
+        if entry is None or state.identity is None:
+            return None
+        task = asyncio.ensure_future(self._check_rate(state, entry[0], state.user_id))
+        task.add_done_callback(_retrieve)
+        return task
+
+    async def _check_rate(self, state, rate_class: str, user_id: str) -> None:
+        await self.realtime.check_rate(user_id, "socket_" + rate_class, self.rates[rate_class])
+
+    async def dispatch(self, state, event: str, payload, rate_checked=None):
         entry = EVENTS.get(event)
         if entry is None:
             raise EventError("VALIDATION_FAILED", f"unknown event {event!r}")
         rate_class, method = entry
-        await self.realtime.check_rate(state, "socket_" + rate_class, self.rates[rate_class])
+        if rate_checked is None:
+            await self._check_rate(state, rate_class, state.user_id)
+        else:
+            await rate_checked
         return await getattr(self, method)(state, payload)
 
     async def chat_create(self, state, payload) -> dict:
@@ -131,6 +148,12 @@ class RealtimeEvents:
         if chat_id not in state.chats:
             raise EventError("FORBIDDEN", "join the chat (chat:join) before typing in it")
         return chat_id
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    """An early check whose event was dropped (socket closed) must not warn."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _member_ids(chat: dict) -> list[str]:
