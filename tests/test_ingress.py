@@ -256,3 +256,38 @@ async def test_bad_events_deliver_nothing(nodes, redis_server, via):
             assert [d for _, d in sock.received if isinstance(d, dict) and d.get("marker") == marker] == []
     finally:
         await scene.close()
+
+
+@pytest.mark.gen_test(timeout=40)
+async def test_subscriber_survives_a_redis_restart(own_redis, start_gateway):
+    node = start_gateway({**AUTH_ENV, "REDIS_URL": own_redis.url})
+    user = _unique("restart")
+    own_redis.kill()
+    for _ in range(50):
+        if node.get_json("/readyz")[0] == 503:
+            break
+        await asyncio.sleep(0.1)
+    response = await post_event(node, {"event": "chat:updated", "to": {"user": user}, "data": {}})
+    assert response.code == 503  # nothing was sent anywhere: the service must retry
+    assert json.loads(response.body)["error"]["code"] == "REDIS_UNAVAILABLE"
+    own_redis.start()
+    for _ in range(100):
+        status, ready = node.get_json("/readyz")
+        if status == 200 and ready["checks"]["events"]["subscribed"]:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"not subscribed again: {ready}")
+    sockets = await open_sockets((node, make_token(user)))
+    try:
+        own_redis.client().publish("gateway:events", json.dumps(
+            {"event": "chat:updated", "to": {"user": user}, "data": {"marker": "back"}}))
+        await sockets[0].wait_for("chat:updated", "back")
+    finally:
+        await sockets[0].close()
+    # One line per transition, never one per retry. (redis-py may also re-subscribe by itself
+    # inside one read, in which case the subscriber never saw the loss at all.)
+    messages = [r.get("message", "") for r in node.log_records()]
+    lost = sum("lost subscription to gateway:events" in m for m in messages)
+    assert lost <= 1
+    assert sum(m == "subscribed to gateway:events" for m in messages) == 1 + lost
