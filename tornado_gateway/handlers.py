@@ -54,8 +54,13 @@ class GatewayHandler(tornado.web.RequestHandler):
         headers["X-Request-ID"] = self.request_id
         for name, value in self.gateway.cors.response_headers(self.request.headers.get("Origin")):
             headers[name] = value
-        if self.gateway.draining:
-            headers["Connection"] = "close"
+
+    def flush(self, include_footers: bool = False):
+        # Decided when the headers go out, not when the request came in: a response
+        # that started before SIGTERM and ends during the drain still says so.
+        if not self._headers_written and self.gateway.draining:
+            self.set_header("Connection", "close")
+        return super().flush(include_footers)
 
     @property
     def client_ip(self) -> str:

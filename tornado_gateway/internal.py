@@ -1,7 +1,7 @@
-"""The internal listener: ``POST /internal/events``, ``GET /metrics``, ``GET /healthz``.
+"""The internal listener: ``POST /internal/events``, ``GET /metrics``, ``GET /healthz``, ``GET /readyz``.
 
 It listens on INTERNAL_HOST:INTERNAL_PORT (default 127.0.0.1:3100, loopback
-only) and every path but ``/healthz`` requires HTTP Digest (MD5, qop=auth) or
+only) and every path but ``/healthz`` and ``/readyz`` requires HTTP Digest (MD5, qop=auth) or
 Basic authentication with INTERNAL_AUTH_USER / INTERNAL_AUTH_PASSWORD,
 through tornado-http-auth's ``DigestAuthMixin``. That library is old, so:
 
@@ -157,7 +157,7 @@ class MetricsHandler(InternalHandler):
 
 def internal_handlers(settings) -> list:
     """The internal listener's routes (``/healthz`` needs no credentials)."""
-    from tornado_gateway.health import HealthHandler
+    from tornado_gateway.health import HealthHandler, ReadyHandler
     from tornado_gateway.ingress import EventsHandler
 
     credentials = InternalCredentials.from_settings(settings)
@@ -167,6 +167,8 @@ def internal_handlers(settings) -> list:
                     settings.internal_port)
     return [
         (r"/healthz", HealthHandler),
+        # Readiness here too: it stays reachable while the public listener drains.
+        (r"/readyz", ReadyHandler),
         (r"/internal/events", EventsHandler, {"credentials": credentials}),
         (r"/metrics", MetricsHandler, {"credentials": credentials}),
     ]

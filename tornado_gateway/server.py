@@ -1,7 +1,19 @@
 """Start-up and shutdown: settings, logging, listeners, signals, drain.
 
-``main`` turns configuration errors into one line on stderr and exit code 2.
-SIGTERM/SIGINT drain the node (see README "Draining") and exit 0.
+``main`` turns configuration errors into one line on stderr and exit code 2,
+and a listener that cannot bind into one log line and exit code 1.
+
+SIGTERM/SIGINT drain the node (README "Running several processes per VM, and
+draining"), all within DRAIN_TIMEOUT:
+
+1. the public listener stops accepting; idle keep-alive connections are
+   closed now, busy ones right after their response (which carries
+   ``Connection: close``);
+2. ``Gateway.drain``: readiness turns 503 (still visible on the internal
+   listener's ``/readyz``), the ``on_drain`` callbacks run (Socket.IO sockets
+   told and closed, presence withdrawn), in-flight proxied requests finish;
+3. connections still busy when the timeout ends are cut, the internal
+   listener closes, exit code 0. A second SIGTERM exits at once with code 1.
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ import socket
 import sys
 from typing import Sequence
 
+from tornado import httputil
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
@@ -27,7 +40,11 @@ IDLE_CONNECTION_TIMEOUT = 75.0  # longer than common client/proxy keep-alive tim
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
     if any(a in ("--help", "-h") for a in argv[1:]):
-        config.make_parser().print_help(sys.stdout)
+        try:
+            config.make_parser().print_help(sys.stdout)
+            sys.stdout.flush()
+        except BrokenPipeError:  # e.g. `--help | head`
+            sys.stderr.close()
         sys.exit(0)
     try:
         settings = config.load(argv)
@@ -63,6 +80,81 @@ def _bind(port: int, host: str, what: str) -> list[socket.socket]:
         raise StartupError(f"cannot listen on {host}:{port} ({what}): {exc.strerror}") from None
 
 
+class DrainableHTTPServer(HTTPServer):
+    """An HTTPServer that tells busy connections from idle keep-alive ones.
+
+    A connection is busy from the moment a request's headers arrive until
+    tornado starts waiting for its next request (``start_request`` again).
+    ``drain`` closes idle connections at once and busy ones as soon as their
+    response is done, so nothing in flight is cut before the timeout.
+    """
+
+    _busy: set | None = None
+    _draining = False
+    _all_closed: asyncio.Event | None = None
+
+    def start_request(self, server_conn, request_conn) -> httputil.HTTPMessageDelegate:
+        busy = self._busy_set()
+        busy.discard(server_conn)  # the previous response (if any) is done
+        if self._draining:
+            asyncio.ensure_future(server_conn.close())
+        return _MarkBusy(super().start_request(server_conn, request_conn), busy, server_conn)
+
+    def on_close(self, server_conn) -> None:
+        self._busy_set().discard(server_conn)
+        super().on_close(server_conn)
+        if self._all_closed is not None and not self._connections:
+            self._all_closed.set()
+
+    def _busy_set(self) -> set:
+        if self._busy is None:
+            self._busy = set()
+        return self._busy
+
+    def start_drain(self) -> None:
+        """Stop accepting and close the idle keep-alive connections."""
+        self.stop()
+        self._draining = True
+        self._all_closed = asyncio.Event()
+        if not self._connections:
+            self._all_closed.set()
+        for conn in list(self._connections):
+            if conn not in self._busy_set():
+                asyncio.ensure_future(conn.close())
+
+    async def wait_drained(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for every connection to close; cut the rest. Returns how many were cut."""
+        try:
+            await asyncio.wait_for(self._all_closed.wait(), timeout=max(timeout, 0))
+        except asyncio.TimeoutError:
+            pass
+        cut = len(self._connections)
+        await self.close_all_connections()
+        return cut
+
+
+class _MarkBusy(httputil.HTTPMessageDelegate):
+    """Passes a request through, marking its connection busy once headers arrived."""
+
+    def __init__(self, delegate, busy: set, server_conn):
+        self.delegate = delegate
+        self.busy = busy
+        self.server_conn = server_conn
+
+    def headers_received(self, start_line, headers):
+        self.busy.add(self.server_conn)
+        return self.delegate.headers_received(start_line, headers)
+
+    def data_received(self, chunk):
+        return self.delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        self.delegate.finish()
+
+    def on_connection_close(self) -> None:
+        self.delegate.on_connection_close()
+
+
 async def run(settings: config.Settings) -> int:
     gateway = Gateway(settings)
     public_sockets = _bind(settings.port, settings.host, "public")
@@ -71,7 +163,7 @@ async def run(settings: config.Settings) -> int:
         if settings.internal_port else []
     )
     await gateway.start()
-    public = HTTPServer(
+    public = DrainableHTTPServer(
         gateway.public_app(),
         xheaders=False,  # forwarding.py applies TRUSTED_PROXIES instead
         idle_connection_timeout=IDLE_CONNECTION_TIMEOUT,
@@ -97,9 +189,12 @@ async def run(settings: config.Settings) -> int:
     loop.add_signal_handler(signal.SIGTERM, lambda: sys.exit(1))
 
     log.info("draining (timeout %gs)", settings.drain_timeout)
-    public.stop()  # no new connections
+    deadline = loop.time() + settings.drain_timeout
+    public.start_drain()  # no new connections; idle keep-alive ones closed
     await gateway.drain(settings.drain_timeout)
-    await public.close_all_connections()
+    cut = await public.wait_drained(deadline - loop.time())
+    if cut:
+        log.warning("drain timeout: cut %d connection(s) still busy", cut)
     if internal is not None:
         internal.stop()
         await internal.close_all_connections()
