@@ -175,3 +175,24 @@ async def test_issuer_audience_and_public_paths_from_settings(start_gateway, stu
     assert (await call(gw, "/api/notifications/publicity")).code == 401  # segment boundary
     assert (await call(gw, "/api/notifications/private")).code == 401
     assert [r.path for r in stubs.received()] == ["/me", "/public/feed"]
+
+
+def test_a_remembered_token_is_refused_once_it_expires():
+    from tornado_gateway import config
+    from tornado_gateway.auth import AuthError, TokenVerifier
+
+    settings = config.load(["gw"], {"JWT_ACCESS_SECRET": ACCESS_SECRET, "JWT_LEEWAY": "0",
+                                    "REDIS_URL": "memory://"})
+    verifier = TokenVerifier(settings)
+    exp = int(time.time()) + 1
+    token = make_token("u1", exp=exp)
+    assert verifier.verify_access(token).user_id == "u1"
+    assert verifier.verify_access(token).user_id == "u1"  # remembered
+    time.sleep(max(0.0, exp - time.time()) + 0.05)
+    with pytest.raises(AuthError) as refused:
+        verifier.verify_access(token)
+    assert refused.value.code == "TOKEN_EXPIRED"
+    forged = make_token("u1", secret=WRONG_SECRET)
+    for _ in range(2):  # a refusal is never remembered as a success
+        with pytest.raises(AuthError):
+            verifier.verify_access(forged)

@@ -6,10 +6,16 @@ so a token cannot choose how it is checked. ``exp`` is required; ``nbf`` and
 when configured. The user id is ``sub`` (fallback ``userId``). A token whose
 ``type`` or ``typ`` says ``refresh`` is refused as an access token, and the
 other way round.
+
+Verified access tokens are remembered (by their exact text, so the signature
+is part of the key) until their ``exp``: a client sends the same token with
+every request, and HMAC verification plus claim checks are a large part of a
+proxied request's CPU. A remembered token past its ``exp`` is verified afresh.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import jwt
@@ -52,10 +58,15 @@ def bearer_token(header: str | None) -> str | None:
     return token
 
 
+ACCESS_CACHE_SIZE = 4096  # verified access tokens remembered
+CACHEABLE_TOKEN_CHARS = 2048  # longer tokens are verified every time (bounds the cache's memory)
+
+
 class TokenVerifier:
     """Verifies access and refresh tokens with the configured secrets."""
 
     def __init__(self, settings: Settings):
+        self._access_cache: dict[str, Identity] = {}
         self.access_secret = settings.jwt_access_secret
         self.refresh_secret = settings.jwt_refresh_secret
         self.algorithms = list(settings.jwt_algorithms)
@@ -64,7 +75,14 @@ class TokenVerifier:
         self.audience = settings.jwt_audience or None
 
     def verify_access(self, token: str) -> Identity:
+        identity = self._access_cache.get(token)
+        if identity is not None and time.time() < identity.expires_at:
+            return identity
         identity = self._verify(token, self.access_secret, "access")
+        if len(token) <= CACHEABLE_TOKEN_CHARS:
+            if len(self._access_cache) >= ACCESS_CACHE_SIZE:
+                del self._access_cache[next(iter(self._access_cache))]  # the oldest entry
+            self._access_cache[token] = identity
         return identity
 
     def verify_refresh(self, token: str) -> Identity:

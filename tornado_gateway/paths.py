@@ -26,6 +26,7 @@ and forwards nothing.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Sequence
 
 from tornado_gateway.config import Route
@@ -83,15 +84,21 @@ def dot_kind(segment: str) -> str | None:
 
 def match_route(routes: Sequence[Route], segments: Sequence[str]) -> Route | None:
     """The route whose prefix is the longest whole-segment match (routes are longest first)."""
+    segments = tuple(segments)
     for route in routes:
-        prefix = route_segments(route)
-        if list(segments[: len(prefix)]) == prefix:
+        prefix = _prefix_segments(route.prefix)
+        if segments[: len(prefix)] == prefix:
             return route
     return None
 
 
+@lru_cache(maxsize=1024)
+def _prefix_segments(prefix: str) -> tuple[str, ...]:
+    return tuple(prefix.strip("/").split("/"))
+
+
 def route_segments(route: Route) -> list[str]:
-    return route.prefix.strip("/").split("/")
+    return list(_prefix_segments(route.prefix))
 
 
 def remove_dot_segments(segments: Sequence[str]) -> list[str]:

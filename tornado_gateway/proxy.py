@@ -113,10 +113,10 @@ class _QuietAbandon(logging.Filter):
 logging.getLogger("tornado.application").addFilter(_QuietAbandon())
 
 
-def connection_named(headers: httputil.HTTPHeaders) -> set[str]:
-    """Lower-case names listed in the Connection header(s): hop-by-hop too."""
+def connection_named(values) -> set[str]:
+    """Lower-case names listed in the given Connection header values: hop-by-hop too."""
     names = set()
-    for value in headers.get_list("Connection"):
+    for value in values:
         names.update(part.strip().lower() for part in value.split(",") if part.strip())
     return names
 
@@ -400,7 +400,7 @@ class ProxyHandler(GatewayHandler):
 
     def _upstream_headers(self, route) -> httputil.HTTPHeaders:
         incoming = self.request.headers
-        dropped = connection_named(incoming)
+        dropped = connection_named(incoming.get_list("Connection"))
         out = httputil.HTTPHeaders()
         for name, value in incoming.get_all():
             lower = name.lower()
@@ -431,14 +431,14 @@ class ProxyHandler(GatewayHandler):
         start = httputil.parse_response_start_line(lines[0].strip())
         if 100 <= start.code < 200:
             return  # interim response (e.g. 100 Continue): not relayed
-        headers = httputil.HTTPHeaders()
+        headers = []
         for header in lines[1:]:
             name, _, value = header.partition(":")
-            headers.add(name.strip(), value.strip())
+            headers.append((name.strip(), value.strip()))
         self._copy_head(start.code, start.reason, headers)
 
-    def _copy_head(self, code: int, reason: str | None, headers: httputil.HTTPHeaders) -> None:
-        """Status and end-to-end headers of the upstream response, over our defaults."""
+    def _copy_head(self, code: int, reason: str | None, headers) -> None:
+        """Status and end-to-end headers (``(name, value)`` pairs) of the upstream response."""
         self._head_lines = None
         service = self.upstream_name or "unknown"
         metrics.UPSTREAM_LATENCY.labels(service).observe(time.monotonic() - self._attempt_started)
@@ -448,9 +448,11 @@ class ProxyHandler(GatewayHandler):
         out = self._headers
         out.pop("Content-Type", None)  # never invent one
         our_vary = out.get("Vary")
-        dropped = connection_named(headers)
+        if isinstance(headers, httputil.HTTPHeaders):
+            headers = list(headers.get_all())
+        dropped = connection_named(value for name, value in headers if name.lower() == "connection")
         replaced: set[str] = set()
-        for name, value in headers.get_all():
+        for name, value in headers:
             lower = name.lower()
             if (lower in RESPONSE_DROP or lower in dropped or lower.startswith("access-control-")
                     or any(c in value for c in "\r\n\0")):
