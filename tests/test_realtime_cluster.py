@@ -36,6 +36,18 @@ async def join(client, chat):
     assert (await client.call("chat:join", {"chatId": chat}))["ok"]
 
 
+async def alice_and_bob(fakes, alice_on, bob_on):
+    """A fresh chat of alice and bob, bob joined first: (chat, (alice, client), (bob, client))."""
+    alice, bob = uid("alice"), uid("bob")
+    chat = uid("chat")
+    fakes.add_chat(chat, [alice, bob])
+    b = await connected(bob_on, bob)
+    await join(b, chat)
+    a = await connected(alice_on, alice)
+    await join(a, chat)
+    return chat, (alice, a), (bob, b)
+
+
 async def presence_of(gw, user):
     response = await AsyncHTTPClient().fetch(gw.url(f"/api/presence?userIds={user}"), raise_error=False,
                                              headers={"Authorization": f"Bearer {make_token('asker')}"})
@@ -54,13 +66,7 @@ async def eventually(check, timeout: float = 6.0, step: float = 0.1):
 @pytest.mark.gen_test(timeout=30)
 async def test_message_crosses_nodes_exactly_once_with_receipt_and_presence(two_nodes, fakes):
     node1, node2 = two_nodes
-    alice, bob = uid("alice"), uid("bob")
-    chat = uid("chat")
-    fakes.add_chat(chat, [alice, bob])
-    b = await connected(node2, bob)
-    await join(b, chat)
-    a = await connected(node1, alice)
-    await join(a, chat)
+    chat, (alice, a), (bob, b) = await alice_and_bob(fakes, alice_on=node1, bob_on=node2)
     assert await presence_of(node2, alice) == "online"  # node 2 sees node 1's user
     reply = await a.call("message:send", {"chatId": chat, "clientMessageId": uid("c"), "text": "hop"})
     message = reply["data"]["message"]
@@ -127,13 +133,7 @@ async def _ready(gw):
 @pytest.mark.gen_test(timeout=30)
 async def test_sigkilled_node_users_go_offline_within_presence_ttl(two_nodes, fakes):
     node1, node2 = two_nodes
-    alice, bob = uid("alice"), uid("bob")
-    chat = uid("chat")
-    fakes.add_chat(chat, [alice, bob])
-    b = await connected(node1, bob)
-    await join(b, chat)
-    a = await connected(node2, alice)
-    await join(a, chat)
+    chat, (alice, a), (bob, b) = await alice_and_bob(fakes, alice_on=node2, bob_on=node1)
     assert await presence_of(node1, alice) == "online"
     node2.kill()  # SIGKILL: no clean-up at all
     # PRESENCE_TTL=3: claims last 1.5 s, sweeps every 0.6 s (+1 s slack for a busy test machine)
@@ -146,13 +146,7 @@ async def test_sigkilled_node_users_go_offline_within_presence_ttl(two_nodes, fa
 @pytest.mark.gen_test(timeout=30)
 async def test_sigterm_drain_closes_sockets_and_removes_presence(two_nodes, fakes):
     node1, node2 = two_nodes
-    alice, bob = uid("alice"), uid("bob")
-    chat = uid("chat")
-    fakes.add_chat(chat, [alice, bob])
-    b = await connected(node1, bob)
-    await join(b, chat)
-    a = await connected(node2, alice)
-    await join(a, chat)
+    chat, (alice, a), (bob, b) = await alice_and_bob(fakes, alice_on=node2, bob_on=node1)
     node2.signal(signal.SIGTERM)
     await asyncio.wait_for(a.disconnected.wait(), 10)
     assert a.events("error")[-1]["code"] == "DRAINING"
