@@ -10,13 +10,13 @@ or malformed raises :class:`ConfigError` with one line naming it.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import sys
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 from urllib.parse import urlsplit
 
-from tornado.options import Error as OptionsError
 from tornado.options import OptionParser
 
 SERVICES = ("auth", "users", "chats", "messages", "media", "notifications")
@@ -243,48 +243,73 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     argv = list(sys.argv if argv is None else argv)
     environ = dict(os.environ if environ is None else environ)
     parser = make_parser()
-    argv = normalise_argv(argv, parser)
-    pre = _scan_flags(argv, ("config", "env_file"))
-    if pre.get("env_file"):
-        environ = {**_read_env_file(pre["env_file"]), **environ}
-    if pre.get("config"):
-        _apply_config_file(parser, pre["config"])
+    flags = parse_flags(argv, parser)
+    env_file = flags.pop("env_file", "")
+    config_file = flags.pop("config", "")
+    if env_file:
+        # The real environment wins over the file, as with docker's --env-file.
+        environ = {**_read_env_file(env_file), **environ}
+    if config_file:
+        _apply_config_file(parser, config_file)
     _apply_environment(parser, environ)
-    try:
-        parser.parse_command_line(argv, final=False)
-    except OptionsError as exc:
-        raise ConfigError(f"command line: {exc}") from None
+    for name, raw in flags.items():
+        _set_raw(parser, name, raw, f"--{name.replace('_', '-')}")
     return build_settings(parser.as_dict())
 
 
-def normalise_argv(argv: Sequence[str], parser: OptionParser) -> list[str]:
-    """Accept ``--name value`` and ``--name-with-dashes`` beside tornado's ``--name=value``."""
-    out = [argv[0] if argv else "gateway"]
+def parse_flags(argv: Sequence[str], parser: OptionParser) -> dict[str, str]:
+    """``--name value``, ``--name=value`` (``_`` or ``-`` in names) into {option: raw value}.
+
+    Anything else on the command line (unknown options, positional words,
+    single-dash options) is refused rather than silently ignored.
+    """
+    flags: dict[str, str] = {}
     args = iter(argv[1:])
     for arg in args:
-        if arg.startswith("--") and "=" not in arg and arg != "--":
-            name = arg[2:].replace("_", "-")
-            option = parser._options.get(name)
-            if option is not None and option.type is not bool:
-                value = next(args, None)
-                if value is None:
-                    raise ConfigError(f"command line: --{name} needs a value")
-                arg = f"--{name}={value}"
-        if arg.startswith("--") and arg != "--":
-            name = arg[2:].partition("=")[0].replace("_", "-")
-            if name not in parser._options:
-                raise ConfigError(f"command line: unknown option --{name}")
-        out.append(arg)
-    return out
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"command line: unexpected argument {_shown_arg(arg)} (options look like --name=value)")
+        name, eq, value = arg[2:].partition("=")
+        dashed = name.replace("_", "-")
+        option = parser._options.get(dashed)
+        if option is None or dashed == "help":
+            raise ConfigError(f"command line: unknown option --{dashed}")
+        if not eq:
+            if option.type is bool:
+                value = "true"
+            else:
+                following = next(args, None)
+                if following is None:
+                    raise ConfigError(f"command line: --{dashed} needs a value")
+                value = following
+        flags[dashed.replace("-", "_")] = value
+    return flags
 
 
-def _scan_flags(argv: Sequence[str], names: Sequence[str]) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for arg in argv[1:]:
-        key, eq, value = arg[2:].partition("=")
-        if arg.startswith("--") and eq and key.replace("-", "_") in names:
-            found[key.replace("-", "_")] = value
-    return found
+def _shown_arg(arg: str) -> str:
+    return repr(arg) if len(arg) <= 40 else repr(arg[:20] + "...")
+
+
+def _parse_bool(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+_PARSERS = {bool: _parse_bool, int: int, float: float, str: str}
+_EXPECTED = {int: "expected an integer", float: "expected a number", bool: "expected true or false"}
+
+
+def _set_raw(parser: OptionParser, name: str, raw: str, source: str) -> None:
+    """Parse ``raw`` as option ``name`` wants; errors name ``source``, never a secret."""
+    option = parser._options[name.replace("_", "-")]
+    try:
+        value = _PARSERS[option.type](raw.strip() if option.type is not str else raw)
+    except ValueError:
+        raise ConfigError(f"{source}={_shown(name, raw)}: {_EXPECTED[option.type]}") from None
+    option.set(value)
 
 
 def _read_env_file(path: str) -> dict[str, str]:
@@ -292,41 +317,56 @@ def _read_env_file(path: str) -> dict[str, str]:
 
     if not os.path.isfile(path):
         raise ConfigError(f"--env-file: no such file: {path}")
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+    try:
+        values = dotenv_values(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--env-file {path}: cannot read: {type(exc).__name__}") from None
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _apply_config_file(parser: OptionParser, path: str) -> None:
+    """Run the file (tornado.options syntax: ``name = value`` Python lines) and take its names.
+
+    Errors name the setting or the line, never a value: a config file holds secrets.
+    """
     if not os.path.isfile(path):
         raise ConfigError(f"--config: no such file: {path}")
     namespace: dict[str, object] = {"__file__": os.path.abspath(path)}
     try:
         with open(path, "rb") as f:
             exec(compile(f.read(), path, "exec"), namespace)  # noqa: S102 - operator's own file
-    except Exception as exc:  # syntax or runtime error in the operator's file
-        raise ConfigError(f"--config {path}: {type(exc).__name__}: {exc}") from None
-    known = parser.as_dict()
+    except SyntaxError as exc:
+        raise ConfigError(f"--config {path}: syntax error at line {exc.lineno}") from None
+    except Exception as exc:  # runtime error in the operator's file
+        line = _error_line(exc, path)
+        raise ConfigError(f"--config {path}: {type(exc).__name__} at line {line}") from None
     for key, value in namespace.items():
         if key.startswith("_") or callable(value) or type(value).__name__ == "module":
             continue
         name = key.lower().replace("-", "_")
-        if name not in known:
+        option = parser._options.get(name.replace("_", "-"))
+        if option is None or name in ("config", "env_file", "help"):
             raise ConfigError(f"--config {path}: unknown setting {key!r}")
-        try:
-            setattr(parser, name, value)
-        except OptionsError as exc:
-            raise ConfigError(f"--config {path}: setting {key!r}: {exc}") from None
+        if option.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, option.type):
+            raise ConfigError(f"--config {path}: setting {key!r} must be {option.type.__name__}, "
+                              f"not {type(value).__name__}")
+        option.set(value)
+
+
+def _error_line(exc: BaseException, path: str) -> object:
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == path]
+    return frames[-1].lineno if frames else "?"
 
 
 def _apply_environment(parser: OptionParser, environ: Mapping[str, str]) -> None:
-    for name, envs, kind, _default, _help in reversed(_OPTIONS):
-        for env in reversed(envs):  # the canonical name is applied last and wins
-            if env not in environ:
-                continue
-            raw = environ[env]
-            try:
-                parser._options[name.replace('_', '-')].parse(raw)  # same parsing as a flag
-            except (OptionsError, ValueError) as exc:
-                raise ConfigError(f"environment {env}={_shown(name, raw)}: {exc}") from None
+    for name, envs, _kind, _default, _help in _OPTIONS:
+        for env in reversed(envs):  # the canonical name is applied last and wins over aliases
+            if env in environ:
+                _set_raw(parser, name, environ[env], env)
 
 
 def _shown(name: str, raw: str) -> str:
@@ -339,7 +379,7 @@ def _rate_limit(name: str, raw: str) -> RateLimit:
         limit = RateLimit(int(count), float(window) if slash else 60.0)
     except ValueError:
         raise ConfigError(f"{name.upper()}={raw!r}: expected COUNT/SECONDS, e.g. 300/60") from None
-    if limit.count < 1 or limit.window <= 0:
+    if limit.count < 1 or not limit.window > 0 or not math.isfinite(limit.window):
         raise ConfigError(f"{name.upper()}={raw!r}: count and window must be positive")
     return limit
 
@@ -371,7 +411,9 @@ def _origins(raw: str) -> tuple[str, ...]:
         if origin == "*":
             continue
         parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+        if (parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc
+                or parts.path not in ("", "/") or parts.query or parts.fragment
+                or not _port_ok(parts)):
             raise ConfigError(f"ALLOWED_ORIGINS: not an origin (scheme://host[:port]): {origin!r}")
     return tuple(o.rstrip("/") for o in origins)
 
@@ -381,9 +423,12 @@ def _redis_url(values: Mapping[str, object]) -> str | None:
     if url:
         if url == "memory://":
             return None
-        scheme = urlsplit(url).scheme
-        if scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
-            raise ConfigError(f"REDIS_URL: unsupported scheme {scheme!r}")
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
+            raise ConfigError(f"REDIS_URL: unsupported scheme {parts.scheme!r} "
+                              "(redis://, rediss://, unix://, redis+sentinel:// or memory://)")
+        if parts.scheme in ("redis", "rediss") and not _port_ok(parts):
+            raise ConfigError("REDIS_URL: bad port")
         return url
     host = str(values["redis_host"]).strip()
     if not host:
@@ -399,16 +444,32 @@ def _quote(text: str) -> str:
     return quote(text, safe="")
 
 
-def _split_upstream(name: str, url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{name}: not an http(s) URL: {url!r}")
-    if parts.query or parts.fragment:
-        raise ConfigError(f"{name}: an upstream URL takes no query or fragment: {url!r}")
+def _port_ok(parts) -> bool:
     try:
         parts.port
     except ValueError:
-        raise ConfigError(f"{name}: bad port in {url!r}") from None
+        return False
+    return True
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` fit for an error message: any ``user:password@`` removed."""
+    scheme, at, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    if at and "@" in netloc:
+        netloc = "<redacted>@" + netloc.rpartition("@")[2]
+    return f"{scheme}{at}{netloc}{slash}{path}"
+
+
+def _split_upstream(name: str, url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    shown = repr(_without_userinfo(url))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name}: not an http(s) URL: {shown}")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{name}: an upstream URL takes no query or fragment: {shown}")
+    if not _port_ok(parts):
+        raise ConfigError(f"{name}: bad port in {shown}")
     return f"{parts.scheme}://{parts.netloc}", parts.path.rstrip("/")
 
 
@@ -464,7 +525,7 @@ def build_settings(values: Mapping[str, object]) -> Settings:
     bad = [a for a in algorithms if a not in ("HS256", "HS384", "HS512")]
     if bad or not algorithms:
         raise ConfigError(f"JWT_ALGORITHMS: only HS256, HS384, HS512 are supported, got {bad or '[]'}")
-    for name in ("port", "internal_port"):
+    for name in ("port", "internal_port", "redis_port"):
         if not 0 <= int(values[name]) <= 65535:
             raise ConfigError(f"{name.upper()}={values[name]}: not a port")
     positive = ("upstream_connect_timeout", "upstream_timeout", "auth_timeout", "typing_timeout",
@@ -472,11 +533,11 @@ def build_settings(values: Mapping[str, object]) -> Settings:
                 "circuit_failures", "circuit_cooldown", "upstream_max_connections",
                 "ingress_max_body_size", "socket_max_payload")
     for name in positive:
-        if float(values[name]) <= 0:
+        if not float(values[name]) > 0 or not math.isfinite(float(values[name])):
             raise ConfigError(f"{name.upper()}={values[name]}: must be positive")
     for name in ("drain_timeout", "jwt_leeway", "socket_token_grace", "membership_cache_ttl",
                  "upstream_idle_timeout"):
-        if float(values[name]) < 0:
+        if not float(values[name]) >= 0 or not math.isfinite(float(values[name])):
             raise ConfigError(f"{name.upper()}={values[name]}: must not be negative")
     public = tuple("/" + p.strip("/") for p in _csv(values["public_paths"]))
     settings = Settings(

@@ -175,8 +175,9 @@ async def run(settings: config.Settings) -> int:
     if internal_sockets:
         internal = HTTPServer(gateway.internal_app(), xheaders=False)
         internal.add_sockets(internal_sockets)
-    log.info("listening on %s:%d (internal %s:%s), node %s", settings.host, settings.port,
-             settings.internal_host, settings.internal_port or "off", gateway.node_id)
+    log.info("listening on %s:%d (internal %s:%s), node %s", settings.host,
+             public_sockets[0].getsockname()[1], settings.internal_host,
+             internal_sockets[0].getsockname()[1] if internal_sockets else "off", gateway.node_id)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
