@@ -112,12 +112,16 @@ class HostPool:
         self.open_count = 0  # idle + in use + being opened
         self.waiters: collections.deque[asyncio.Future] = collections.deque()
 
-    def take_idle(self) -> IOStream | None:
-        """The most recently used idle connection that still looks alive."""
+    def take_idle(self, look: bool = False) -> IOStream | None:
+        """The most recently used idle connection that still looks alive.
+
+        ``look``: also peek at the socket for an EOF the event loop has not
+        reported yet (for requests that cannot be replayed on a new connection).
+        """
         while self.idle:
             stream, _ = self.idle.pop()
             stream.set_close_callback(None)
-            if stream.closed() or _peer_closed(stream):
+            if stream.closed() or (look and _peer_closed(stream)):
                 self._discard(stream)
                 continue
             return stream
@@ -255,11 +259,11 @@ class PooledHTTPClient(AsyncHTTPClient):
             self._start_sweeper()
         return pool
 
-    async def acquire(self, pool: HostPool, target: "_Target",
-                      deadline: float | None) -> tuple[IOStream, bool]:
+    async def acquire(self, pool: HostPool, target: "_Target", deadline: float | None,
+                      replayable: bool = True) -> tuple[IOStream, bool]:
         """A connection for one request, and whether it was reused from the pool."""
         while True:
-            stream = pool.take_idle()
+            stream = pool.take_idle(look=not replayable)
             if stream is not None:
                 return stream, True
             if pool.open_count < pool.limit:
@@ -286,6 +290,10 @@ class PooledHTTPClient(AsyncHTTPClient):
             raise
         self.connections_opened += 1
         stream.set_nodelay(True)
+        # HTTP1Connection turns Nagle back on after every message and off again in
+        # finish(): two setsockopt calls per request. An upstream connection keeps
+        # TCP_NODELAY for its whole life instead.
+        stream.set_nodelay = _keep_nodelay  # type: ignore[method-assign]
         return stream
 
     def _start_sweeper(self) -> None:
@@ -297,6 +305,10 @@ class PooledHTTPClient(AsyncHTTPClient):
         older_than = time.monotonic() - self.idle_timeout
         for pool in self.pools.values():
             pool.evict_idle(older_than)
+
+
+def _keep_nodelay(value: bool) -> None:
+    """Stands in for ``IOStream.set_nodelay`` on pooled connections (always on)."""
 
 
 def _remaining(deadline: float | None) -> float | None:
@@ -383,7 +395,8 @@ class _Exchange(httputil.HTTPMessageDelegate):
             target = _Target(self.request)
             pool = self.client.pool_for(target.pool_key)
             headers = self._request_headers(target)
-            stream, reused = await self.client.acquire(pool, target, self._connect_deadline())
+            stream, reused = await self.client.acquire(
+                pool, target, self._connect_deadline(), self.request.body_producer is None)
             self._start_request_timer()
             if not await self._send_and_read(pool, stream, reused, target, headers):
                 # The reused connection was dead: once more on a new one (may exceed the cap by one).
@@ -401,7 +414,6 @@ class _Exchange(httputil.HTTPMessageDelegate):
                              target: _Target, headers: httputil.HTTPHeaders) -> bool:
         """One attempt on one connection; False when a dead reused connection should be retried."""
         self.stream = stream
-        stream.set_nodelay(True)  # HTTP1Connection turns it off after each message
         connection = HTTP1Connection(stream, True, self.client.connection_params)
         connection.set_max_body_size(self._body_limit())
         try:
@@ -486,8 +498,9 @@ class _Exchange(httputil.HTTPMessageDelegate):
         return min(self.client.max_body_size or UNLIMITED, self.client.max_buffer_size)
 
     def _connect_deadline(self) -> float | None:
-        timeouts = [t for t in (self.request.connect_timeout, self.request.request_timeout) if t]
-        return self.start_time + min(timeouts) if timeouts else None
+        connect, total = self.request.connect_timeout, self.request.request_timeout
+        timeout = min(connect, total) if connect and total else connect or total
+        return self.start_time + timeout if timeout else None
 
     def _start_request_timer(self) -> None:
         timeout = self.request.request_timeout
