@@ -392,6 +392,24 @@ async def test_chunked_body_under_the_limit_arrives_whole(proxy_gw, stubs):
 
 
 @pytest.mark.gen_test
+async def test_expect_100_continue_is_answered_by_the_gateway_not_forwarded(proxy_gw, stubs):
+    response = await fetch(proxy_gw, "/api/chats/upload", method="POST", body=b"d" * 5000,
+                           expect_100_continue=True)
+    assert response.code == 200
+    seen = stubs.received("chats")[0]
+    assert seen.body == b"d" * 5000 and "expect" not in seen.headers
+
+
+@pytest.mark.gen_test
+async def test_cors_preflight_on_a_proxied_route_is_answered_by_the_gateway(proxy_gw, stubs):
+    response = await fetch(proxy_gw, "/api/chats/x", method="OPTIONS", auth=False, headers={
+        "Origin": ORIGIN, "Access-Control-Request-Method": "POST"})
+    assert response.code == 204
+    assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert stubs.received() == []
+
+
+@pytest.mark.gen_test
 async def test_get_with_a_chunked_body_is_411(proxy_gw, stubs):
     data = (f"GET /api/chats/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\n"
             f"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n").encode()
