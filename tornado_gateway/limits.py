@@ -130,7 +130,7 @@ class Limits:
         self._shared = redis_link is not None  # decide through Redis when it is up
         self._args: dict[RateLimit, tuple[str, str]] = {}
         self._pending: list[tuple[str, tuple[str, str], asyncio.Future]] = []
-        self._batches: set[asyncio.Task] = set()
+        self._sender: asyncio.Task | None = None  # sends the pending decisions, one batch at a time
         self.fallback = False  # True while deciding locally although Redis is configured
         if redis_link is not None:
             redis_link.on_change(lambda up: self._set_fallback(not up))
@@ -166,10 +166,11 @@ class Limits:
         if args is None:
             interval_us = limit.window * 1e6 / limit.count
             args = self._args[limit] = (repr(interval_us), repr(limit.window * 1e6))
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._pending.append((bucket, args, future))
-        if len(self._pending) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)
+        if self._sender is None and len(self._pending) == 1:
+            loop.call_soon(self._start_sender)
         reply = await future
         if reply is None:  # Redis gone or failing: decide locally this time
             return None
@@ -177,15 +178,23 @@ class Limits:
         allowed, remaining, retry_us, reset_us = reply
         return Decision(bool(allowed), limit.count, int(remaining), reset_us / 1e6, retry_us / 1e6)
 
-    # Decisions asked for during one event-loop iteration go out together: one
-    # EVALSHA each, pipelined on one connection (one round trip, one write),
-    # which is what keeps the per-request cost low under load.
+    # Decisions go out in batches, one batch in flight at a time: one EVALSHA
+    # per decision, pipelined (one write, one round trip per batch). Decisions
+    # asked for while a batch is in flight wait for the next one, so under load
+    # batches grow and Redis' per-command client overhead is shared; when idle
+    # a batch is a single EVALSHA sent at the end of the current loop iteration.
 
-    def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        task = asyncio.get_running_loop().create_task(self._run_batch(batch))
-        self._batches.add(task)
-        task.add_done_callback(self._batches.discard)
+    def _start_sender(self) -> None:
+        if self._sender is None and self._pending:
+            self._sender = asyncio.get_running_loop().create_task(self._send_pending())
+
+    async def _send_pending(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._run_batch(batch)
+        finally:
+            self._sender = None
 
     async def _run_batch(self, batch) -> None:
         calls = [(bucket, args) for bucket, args, _ in batch]
