@@ -15,7 +15,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from tornado.options import OptionParser
 
@@ -593,6 +593,17 @@ def build_settings(values: Mapping[str, object]) -> Settings:
     if settings.production:
         check_production(settings)
     return settings
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """The configured secret values, for the log formatter to take out of every line."""
+    values = [settings.jwt_access_secret, settings.jwt_refresh_secret,
+              settings.internal_auth_password, settings.internal_auth_key]
+    if settings.redis_url:
+        password = urlsplit(settings.redis_url).password
+        if password:
+            values += [password, unquote(password)]
+    return [v for v in values if v]
 
 
 def weak_secret(secret: str) -> str | None:

@@ -2,8 +2,11 @@
 
 Handlers put the request id, user id, route, upstream, status and duration on
 a record through ``extra=`` (or the context variables below); the formatter
-writes them out. A redaction pass removes anything that looks like a bearer
-token, a JWT, a password or a cookie from the message, whatever logged it.
+writes them out. A redaction pass runs over the message, every string field
+and any traceback, whatever logged it: it removes the configured secret
+values themselves (JWT secrets, Redis and internal passwords), and anything
+that looks like a bearer/basic/digest credential, a JWT, a ``password=`` /
+``token=`` / ``cookie:`` value, or the password of a redis:// URL.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import logging
 import re
 import sys
 import time
+from typing import Iterable
+from urllib.parse import quote
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 user_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("user_id", default=None)
@@ -37,7 +42,20 @@ def redact(text: str) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """Formats a record as a single JSON line."""
+    """Formats a record as a single JSON line, with secrets taken out."""
+
+    def __init__(self, secrets: Iterable[str] = ()):
+        super().__init__()
+        # Literal secret values (and their URL-quoted forms), longest first so a
+        # secret containing another is removed whole. Short ones would eat words.
+        values = {v for secret in secrets if len(secret) >= 6 for v in (secret, quote(secret, safe=""))}
+        self.secrets = sorted(values, key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, "[redacted]")
+        return redact(text)
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -45,7 +63,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": redact(record.getMessage()),
+            "message": self.redact(record.getMessage()),
         }
         request_id = getattr(record, "request_id", None) or request_id_var.get()
         user_id = getattr(record, "user_id", None) or user_id_var.get()
@@ -56,16 +74,18 @@ class JsonFormatter(logging.Formatter):
         for name in CONTEXT_FIELDS[2:]:
             value = getattr(record, name, None)
             if value is not None:
-                entry[name] = value
+                entry[name] = self.redact(value) if isinstance(value, str) else value
         if record.exc_info:
-            entry["error"] = redact(self.formatException(record.exc_info))
+            entry["error"] = self.redact(self.formatException(record.exc_info))
+        if record.stack_info:
+            entry["stack"] = self.redact(self.formatStack(record.stack_info))
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def setup_logging(level: str) -> None:
-    """Send every logger (ours, tornado's, socketio's) to stdout as JSON."""
+def setup_logging(level: str, secrets: Iterable[str] = ()) -> None:
+    """Send every logger (ours, tornado's, socketio's) to stdout as JSON; never print ``secrets``."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

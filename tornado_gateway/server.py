@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except config.ConfigError as exc:
         print(f"tornado_gateway: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, secrets=config.secret_values(settings))
     _install_fast_loop()
     try:
         code = asyncio.run(run(settings))
