@@ -258,3 +258,11 @@ def test_nginx_example_is_sticky_and_forwards_upgrades():
     assert "proxy_set_header Upgrade $http_upgrade;" in text
     assert "X-Forwarded-For $proxy_add_x_forwarded_for" in text
     assert "TRUSTED_PROXIES" in text
+
+
+def test_readme_configuration_table_lists_every_setting():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    for name, envs, *_ in config._OPTIONS:
+        assert any(f"`{envs[0]}`" in row and f"`--{name.replace('_', '-')}`" in row for row in rows), name
