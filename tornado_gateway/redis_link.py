@@ -112,6 +112,10 @@ class RedisLink:
     async def close(self) -> None:
         if self._watcher:
             self._watcher.cancel()
+            try:
+                await self._watcher  # let it finish before the client it pings goes away
+            except asyncio.CancelledError:
+                pass
         try:
             await self.client.aclose()
         except Exception:
