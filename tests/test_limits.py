@@ -156,6 +156,9 @@ async def test_auth_paths_have_a_stricter_class_than_other_requests(nodes):
     codes = [(await get(nodes[i % 2], "/api/auth/login", ip)).code for i in range(5)]
     assert codes == [200, 200, 200, 429, 429]
     assert (await get(nodes[0], "/api/auth/register", ip)).code == 429
+    for disguised in ("/api/auth/LOGIN", "/api/auth/x/../login", "/api//auth/login/"):
+        response = await get(nodes[1], disguised, ip)
+        assert response.code in (400, 429), disguised  # refused, never a fresh bucket
     refresh = make_token("u-refresh", secret=REFRESH_SECRET, type="refresh")
     refused = await get(nodes[1], "/api/auth/refresh", ip, refresh)
     assert refused.code == 429 and refused.headers["RateLimit-Policy"] == '"auth";q=3;w=60'

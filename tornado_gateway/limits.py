@@ -259,7 +259,8 @@ class HttpPolicy:
     """
 
     def __init__(self, settings: Settings):
-        self.auth_paths = settings.rate_limit_auth_paths
+        # Compared without case: an upstream may route /api/auth/LOGIN like /api/auth/login.
+        self.auth_paths = tuple(p.lower() for p in settings.rate_limit_auth_paths)
         self.classes = {"auth": settings.rate_limit_auth, "user": settings.rate_limit_user,
                         "ip": settings.rate_limit_ip}
         self.policy_headers = {
@@ -268,9 +269,10 @@ class HttpPolicy:
         }
 
     def bucket(self, path: str, user_id: str | None, client_ip: str) -> tuple[str, str, RateLimit]:
-        """(scope, key, limit) for one request."""
+        """(scope, key, limit) for one request (``path`` normalised by the proxy)."""
+        lowered = path.lower()
         for prefix in self.auth_paths:
-            if path == prefix or path.startswith(prefix + "/"):
+            if lowered == prefix or lowered.startswith(prefix + "/"):
                 return "auth", client_ip, self.classes["auth"]
         if user_id is not None:
             return "user", user_id, self.classes["user"]

@@ -172,6 +172,7 @@ class ProxyHandler(GatewayHandler):
             raise GatewayError("NOT_FOUND", "no route for this path")
         route = resolved.route
         self.route_name = self.upstream_name = route.service
+        self.public_path = resolved.path  # normalised: what limits classify by
         self.identity = self.authenticate(resolved.path)
         if self.identity is not None:
             self.user_id = self.identity.user_id
@@ -222,7 +223,7 @@ class ProxyHandler(GatewayHandler):
             raise AuthError("TOKEN_REVOKED", "token has been revoked")
         if gateway.settings.rate_limit_enabled:
             user_id = identity.user_id if identity is not None else None
-            headers = await gateway.limits.admit_http(self.request.path, user_id, self.client_ip)
+            headers = await gateway.limits.admit_http(self.public_path, user_id, self.client_ip)
             for name, value in headers.items():
                 self.set_header(name, value)
 
