@@ -26,6 +26,7 @@ import asyncio
 import logging
 import time
 from functools import lru_cache
+from typing import Awaitable
 from urllib.parse import urlsplit
 
 import tornado.web
@@ -146,7 +147,7 @@ class ProxyHandler(GatewayHandler):
     _tracked = False
     _client_gone = False
     _pipe: BodyPipe | None = None
-    _task: asyncio.Future | None = None
+    _task: Awaitable[None] | None = None  # the upstream exchange (a task when a body streams)
     _body_limit = 0
     _discarding = False  # the body is oversize: dropped as it arrives, answered 413
     _received = 0
@@ -184,7 +185,11 @@ class ProxyHandler(GatewayHandler):
             metrics.UPSTREAM_ERRORS.labels(route.service, "circuit_open").inc()
             raise GatewayError("CIRCUIT_OPEN", f"the {route.service} service is failing; retry later",
                                headers={"Retry-After": str(breaker.retry_after())})
-        self._task = asyncio.ensure_future(self._proxy(resolved, breaker))
+        exchange = self._proxy(resolved, breaker)
+        if self._pipe is not None:  # the upstream request starts now, the body follows
+            self._task = asyncio.ensure_future(exchange)
+        else:  # nothing to stream: _relay runs it at once
+            self._task = exchange
 
     def authenticate(self, path: str) -> Identity | None:
         """The caller's identity, None when anonymous on a public path; raises AuthError."""
@@ -308,8 +313,9 @@ class ProxyHandler(GatewayHandler):
         """Runs once the whole request body arrived; waits for the response to finish."""
         if self._pipe is not None and not self._finished and not self._discarding:
             await self._pipe.end()
-        if self._task is not None:
-            await self._task
+        exchange, self._task = self._task, None
+        if exchange is not None:
+            await exchange
         if self._discarding and not self._finished:
             self._refuse_oversize()
 
@@ -496,6 +502,8 @@ class ProxyHandler(GatewayHandler):
         self._client_gone = True
         if self._pipe is not None:
             self._pipe.abort()
+        if asyncio.iscoroutine(self._task):
+            self._task.close()  # never started: nothing was sent upstream
         self._track_end()
 
     def _abandon(self) -> None:
