@@ -410,6 +410,20 @@ async def test_cors_preflight_on_a_proxied_route_is_answered_by_the_gateway(prox
 
 
 @pytest.mark.gen_test
+@pytest.mark.parametrize("framing", [
+    "Content-Length: 5\r\nTransfer-Encoding: chunked",
+    "Transfer-Encoding: gzip, chunked",
+    "Content-Length: 5, 6",
+    "Content-Length: -5",
+], ids=["cl_and_te", "te_not_chunked", "two_lengths", "negative"])
+async def test_ambiguous_body_framing_is_400_and_never_forwarded(proxy_gw, stubs, framing):
+    data = (f"POST /api/chats/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"{framing}\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n").encode()
+    assert parse_raw(raw_exchange(proxy_gw.port, data))[0] == 400
+    assert stubs.received() == []
+
+
+@pytest.mark.gen_test
 async def test_get_with_a_chunked_body_is_411(proxy_gw, stubs):
     data = (f"GET /api/chats/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\n"
             f"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n").encode()
