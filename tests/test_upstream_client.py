@@ -504,3 +504,27 @@ async def test_ip_literal_skips_the_resolver(client, upstream):
     assert resolved == [(socket.AF_INET, ("127.0.0.1", 80))]
     assert (await client.fetch(upstream.base.replace("127.0.0.1", "localhost") + "/hello",
                                )).body == b"hello"
+
+
+@pytest.mark.gen_test
+async def test_https_upstream_is_pooled_too(client):
+    import os
+    import ssl
+
+    import tornado.test
+    certs = os.path.dirname(tornado.test.__file__)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(os.path.join(certs, "test.crt"), os.path.join(certs, "test.key"))
+    server = CountingServer(tornado.web.Application([(r"/hello", Hello)]), ssl_options=context)
+    sockets = bind_sockets(0, "127.0.0.1")
+    server.add_sockets(sockets)
+    base = f"https://127.0.0.1:{sockets[0].getsockname()[1]}"
+    try:
+        for _ in range(3):
+            response = await client.fetch(base + "/hello", validate_cert=False)
+            assert response.body == b"hello"
+        with pytest.raises(ssl.SSLError):  # the self-signed certificate is refused by default
+            await client.fetch(base + "/hello")
+    finally:
+        server.stop()
+    assert server.accepts == 2

@@ -21,13 +21,14 @@ the failure contract of ``SimpleAsyncHTTPClient`` and adds what a proxy needs:
   queue")``);
 * idle connections are closed after ``idle_timeout`` seconds, shorter than
   the upstream's own keep-alive timeout (Node's default is 5 s), and one the
-  upstream closed while idle is noticed (close callback, and a ``MSG_PEEK``
-  look before reuse);
+  upstream closed while idle is noticed (close callback; plus a ``MSG_PEEK``
+  look before it carries a request that could not be replayed);
 * a request that fails on a *reused* connection before any byte of the
   response arrived is sent again once on a new connection, when it can be
   replayed: no body, a ``body`` in memory, or a ``body_producer`` that had not
   written anything yet;
-* ``TCP_NODELAY``; IP-literal hosts skip the resolver (asyncio's default
+* ``TCP_NODELAY``, kept on for the connection's life (HTTP1Connection would
+  toggle it twice per request); IP-literal hosts skip the resolver (asyncio's default
   resolver would send even ``127.0.0.1`` through a thread pool);
 * https through ``TCPClient`` with the request's ssl settings;
 * never follows redirects and never decompresses (``follow_redirects`` and
@@ -229,6 +230,7 @@ class PooledHTTPClient(AsyncHTTPClient):
         self.connections_opened = 0
         self._sweeper: PeriodicCallback | None = None
         self._running: set[asyncio.Task] = set()
+        self._ssl_contexts: dict[tuple, ssl.SSLContext | dict] = {}
 
     def close(self) -> None:
         if self._closed:
@@ -296,6 +298,13 @@ class PooledHTTPClient(AsyncHTTPClient):
         stream.set_nodelay = _keep_nodelay  # type: ignore[method-assign]
         return stream
 
+    def ssl_options_for(self, key: tuple, request: HTTPRequest) -> ssl.SSLContext | dict:
+        """One TLS context per distinct ssl settings, made on first use."""
+        options = self._ssl_contexts.get(key)
+        if options is None:
+            options = self._ssl_contexts[key] = _ssl_options(request)
+        return options
+
     def _start_sweeper(self) -> None:
         if self._sweeper is None and self.idle_timeout > 0:
             self._sweeper = PeriodicCallback(self._evict_idle, self.idle_timeout * 1000 / 2)
@@ -320,7 +329,7 @@ def _remaining(deadline: float | None) -> float | None:
 class _Target:
     """Where a request goes: parsed once per fetch."""
 
-    __slots__ = ("scheme", "host", "port", "netloc", "path", "userinfo", "ssl_options")
+    __slots__ = ("scheme", "host", "port", "netloc", "path", "userinfo", "ssl_key", "ssl_options")
 
     def __init__(self, request: HTTPRequest):
         parsed = urllib.parse.urlsplit(request.url)
@@ -333,11 +342,23 @@ class _Target:
         self.host = host[1:-1] if host.startswith("[") else host
         self.port = port or (443 if parsed.scheme == "https" else 80)
         self.path = (parsed.path or "/") + ("?" + parsed.query if parsed.query else "")
-        self.ssl_options = _ssl_options(request) if parsed.scheme == "https" else None
+        self.ssl_key = _ssl_key(request) if parsed.scheme == "https" else None
+        self.ssl_options = None  # filled in by the client, one context per ssl_key
 
     @property
     def pool_key(self) -> tuple:
-        return (self.scheme, self.host, self.port, _ssl_key(self.ssl_options))
+        return (self.scheme, self.host, self.port, self.ssl_key)
+
+
+def _ssl_key(request: HTTPRequest) -> tuple:
+    """What a request's TLS settings are, as a hashable key (connections differ by it)."""
+    options = request.ssl_options
+    if isinstance(options, ssl.SSLContext):
+        return ("context", id(options))
+    if options is not None:
+        return ("dict", tuple(sorted((k, str(v)) for k, v in options.items())))
+    return ("settings", request.validate_cert, request.ca_certs, request.client_cert,
+            request.client_key)
 
 
 def _ssl_options(request: HTTPRequest) -> ssl.SSLContext | dict:
@@ -354,12 +375,6 @@ def _ssl_options(request: HTTPRequest) -> ssl.SSLContext | dict:
     if request.client_cert is not None:
         context.load_cert_chain(request.client_cert, request.client_key)
     return context
-
-
-def _ssl_key(options) -> object:
-    if options is None or isinstance(options, ssl.SSLContext):
-        return id(options) if options is not None else None
-    return tuple(sorted((k, str(v)) for k, v in options.items()))
 
 
 class _Exchange(httputil.HTTPMessageDelegate):
@@ -393,6 +408,8 @@ class _Exchange(httputil.HTTPMessageDelegate):
     async def run(self) -> None:
         try:
             target = _Target(self.request)
+            if target.ssl_key is not None:
+                target.ssl_options = self.client.ssl_options_for(target.ssl_key, self.request)
             pool = self.client.pool_for(target.pool_key)
             headers = self._request_headers(target)
             stream, reused = await self.client.acquire(
@@ -400,7 +417,9 @@ class _Exchange(httputil.HTTPMessageDelegate):
             self._start_request_timer()
             if not await self._send_and_read(pool, stream, reused, target, headers):
                 # The reused connection was dead: once more on a new one (may exceed the cap by one).
-                stream = await self.client.open(pool, target, self._connect_deadline())
+                connect_timeout = self.request.connect_timeout
+                deadline = self.io_loop.time() + connect_timeout if connect_timeout else None
+                stream = await self.client.open(pool, target, deadline)
                 await self._send_and_read(pool, stream, False, target, headers)
         except asyncio.CancelledError:
             self._settle_error(HTTPStreamClosedError("client closed"))
@@ -413,6 +432,9 @@ class _Exchange(httputil.HTTPMessageDelegate):
     async def _send_and_read(self, pool: HostPool, stream: IOStream, reused: bool,
                              target: _Target, headers: httputil.HTTPHeaders) -> bool:
         """One attempt on one connection; False when a dead reused connection should be retried."""
+        if self.callback is None:  # the request timed out while this connection was opened
+            pool.give_back(stream)
+            return True
         self.stream = stream
         connection = HTTP1Connection(stream, True, self.client.connection_params)
         connection.set_max_body_size(self._body_limit())
