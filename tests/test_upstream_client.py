@@ -280,13 +280,16 @@ async def test_pooled_connection_closed_by_upstream_is_replaced(client):
     assert raw.accepts == 3
 
 
+def second_request_dies(conn, n):
+    """Answer one request, then reset the connection when the next one arrives."""
+    read_request(conn)
+    conn.sendall(OK_RESPONSE)
+    read_request(conn)  # the upstream closed it while our request was on its way
+    reset(conn)
+
+
 @pytest.mark.gen_test
 async def test_request_on_a_connection_closed_in_flight_is_retried_once(client):
-    def second_request_dies(conn, n):
-        read_request(conn)
-        conn.sendall(OK_RESPONSE)
-        read_request(conn)  # the upstream closed it while our request was on its way
-        reset(conn)
     raw = RawUpstream(second_request_dies)
     try:
         assert (await client.fetch(raw.base + "/")).body == b"ok"
@@ -298,11 +301,6 @@ async def test_request_on_a_connection_closed_in_flight_is_retried_once(client):
 
 @pytest.mark.gen_test
 async def test_started_upload_on_a_dead_connection_is_not_replayed(client):
-    def second_request_dies(conn, n):
-        read_request(conn)
-        conn.sendall(OK_RESPONSE)
-        read_request(conn)
-        reset(conn)
     raw = RawUpstream(second_request_dies)
     calls = []
 
