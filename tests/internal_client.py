@@ -129,3 +129,14 @@ class RecordingSocket:
 
 async def open_sockets(*node_tokens) -> list[RecordingSocket]:
     return [await RecordingSocket().connect(node, token) for node, token in node_tokens]
+
+
+def running_nodes(redis_server, stub_upstreams, env: dict | None = None, count: int = 2):
+    """Generator for module fixtures: ``count`` gateways on one Redis, with internal credentials."""
+    from harness import GatewayProcess
+
+    full_env = {**stub_upstreams.env(), **AUTH_ENV, "REDIS_URL": redis_server.url, **(env or {})}
+    started = [GatewayProcess(full_env).start() for _ in range(count)]
+    yield started
+    for node in started:
+        node.stop()

@@ -12,19 +12,15 @@ import time
 
 import pytest
 
-from harness import GatewayProcess, make_token
+from harness import make_token
 from internal_client import (AUTH_ENV, basic_header, digest_challenge, digest_header, fetch,
-                             open_sockets, post_event)
+                             open_sockets, post_event, running_nodes)
 
 
 @pytest.fixture(scope="module")
 def nodes(redis_server, stub_upstreams):
     """Two gateway nodes on one Redis, with internal credentials."""
-    env = {**stub_upstreams.env(), **AUTH_ENV, "REDIS_URL": redis_server.url}
-    started = [GatewayProcess(env).start() for _ in range(2)]
-    yield started
-    for node in started:
-        node.stop()
+    yield from running_nodes(redis_server, stub_upstreams)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ import time
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from harness import REFRESH_SECRET, GatewayProcess, make_token
+from harness import REFRESH_SECRET, make_token
+from internal_client import running_nodes
 from tornado_gateway.config import RateLimit
 from tornado_gateway.limits import LocalLimiter, Limits
 from tornado_gateway.redis_link import RedisLink
@@ -105,11 +106,7 @@ def fresh_ip() -> str:
 
 @pytest.fixture(scope="module")
 def nodes(redis_server, stub_upstreams):
-    env = {**stub_upstreams.env(), **LIMIT_ENV, "REDIS_URL": redis_server.url}
-    started = [GatewayProcess(env).start() for _ in range(2)]
-    yield started
-    for node in started:
-        node.stop()
+    yield from running_nodes(redis_server, stub_upstreams, LIMIT_ENV)
 
 
 async def get(node, path, ip, token=None):

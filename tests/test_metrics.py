@@ -8,17 +8,14 @@ import time
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from harness import GatewayProcess, make_token
-from internal_client import AUTH_ENV, fetch, metric_value, open_sockets, post_event
+from harness import make_token
+from internal_client import fetch, metric_value, open_sockets, post_event, running_nodes
 
 
 @pytest.fixture(scope="module")
 def node(redis_server, stub_upstreams):
-    env = {**stub_upstreams.env(), **AUTH_ENV, "REDIS_URL": redis_server.url,
-           "RATE_LIMIT_IP": "3/60"}
-    process = GatewayProcess(env).start()
-    yield process
-    process.stop()
+    for started in running_nodes(redis_server, stub_upstreams, {"RATE_LIMIT_IP": "3/60"}, count=1):
+        yield started[0]
 
 
 @pytest.mark.gen_test

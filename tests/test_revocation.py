@@ -10,7 +10,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from harness import GatewayProcess, make_token
-from internal_client import AUTH_ENV, open_sockets, post_event
+from internal_client import open_sockets, post_event, running_nodes
 from tornado_gateway.auth import Identity
 from tornado_gateway.redis_link import RedisLink
 from tornado_gateway.revocation import Revocations
@@ -66,11 +66,7 @@ async def test_memory_mode_revocations_apply_locally():
 
 @pytest.fixture(scope="module")
 def nodes(redis_server, stub_upstreams):
-    env = {**stub_upstreams.env(), **AUTH_ENV, "REDIS_URL": redis_server.url}
-    started = [GatewayProcess(env).start() for _ in range(2)]
-    yield started
-    for node in started:
-        node.stop()
+    yield from running_nodes(redis_server, stub_upstreams)
 
 
 async def api_status(node, token) -> tuple[int, dict]:
