@@ -287,3 +287,11 @@ async def test_subscriber_survives_a_redis_restart(own_redis, start_gateway):
     lost = sum("lost subscription to gateway:events" in m for m in messages)
     assert lost <= 1
     assert sum(m == "subscribed to gateway:events" for m in messages) == 1 + lost
+
+
+@pytest.mark.gen_test
+async def test_events_endpoint_takes_post_only(node):
+    for method, body in (("GET", None), ("PUT", "{}")):
+        response = await fetch(node, "/internal/events", method, body)
+        assert response.code == 405, method
+        assert json.loads(response.body)["error"]["code"] == "METHOD_NOT_ALLOWED"

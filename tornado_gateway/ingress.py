@@ -166,8 +166,10 @@ class Ingress:
         if self.redis is None:
             return
         self._task = asyncio.create_task(self._subscribe_forever())
-        try:  # listen before serving, when Redis is there
-            await asyncio.wait_for(self._first_subscription.wait(), timeout=3.0)
+        if not self.redis.up:
+            return  # the loop subscribes when Redis comes; do not hold start-up
+        try:  # listen before serving
+            await asyncio.wait_for(self._first_subscription.wait(), timeout=2.0)
         except asyncio.TimeoutError:
             pass
 
@@ -288,7 +290,8 @@ class EventsHandler(InternalHandler):
         if self._finished:
             return
         if self.request.method != "POST":
-            return
+            raise GatewayError("METHOD_NOT_ALLOWED", "only POST is accepted here",
+                               headers={"Allow": "POST"})
         self.max_size = self.gateway.ingress.max_size
         self.body = bytearray()
         length = self.request.headers.get("Content-Length")
