@@ -9,9 +9,9 @@ so a decision is one read-modify-write.
 With Redis, a decision is ONE ``EVALSHA`` of :data:`GCRA_SCRIPT` on the
 node's shared client: atomic on the server and timed by Redis' own clock
 (``TIME``), so all nodes agree on one limit and on one clock, with no race
-between reading and writing the counter. Decisions requested in the same
-event-loop iteration are pipelined together (one write, one round trip). Keys are ``gw:rl:<scope>:<key>`` and
-expire as soon as the bucket is full again.
+between reading and writing the counter. Decisions are pipelined in batches,
+one batch in flight at a time (see ``_send_pending``). Keys are
+``gw:rl:<scope>:<key>`` and expire as soon as the bucket is full again.
 
 While Redis is unreachable (``RedisLink.up`` is false, or a call fails) the
 node decides with :class:`LocalLimiter`, the same algorithm in memory: limits
@@ -192,7 +192,10 @@ class Limits:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
-                await self._run_batch(batch)
+                if self.redis.up:
+                    await self._run_batch(batch)
+                else:  # the last batch failed: the rest decide locally, no second timeout
+                    self._resolve(batch, [None] * len(batch))
         finally:
             self._sender = None
 
@@ -211,6 +214,10 @@ class Limits:
         except Exception as exc:
             self.redis.note_failure(exc)
             replies = [None] * len(batch)
+        self._resolve(batch, replies)
+
+    @staticmethod
+    def _resolve(batch, replies) -> None:
         for (_, _, future), reply in zip(batch, replies):
             if not future.done():
                 future.set_result(reply)
