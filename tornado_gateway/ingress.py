@@ -151,7 +151,7 @@ def event_name(message: dict) -> str:
 class Ingress:
     """Validates, fans out (through Redis) and delivers ingress events on this node."""
 
-    RECONNECT_MIN, RECONNECT_MAX = 0.1, 5.0
+    RECONNECT_MIN, RECONNECT_MAX = 0.1, 2.0
     READ_TIMEOUT = 1.0  # a get_message() wait; socket_timeout bounds the rest
 
     def __init__(self, gateway):
