@@ -7,6 +7,7 @@ them, error and traceback lines included.
 
 import base64
 import json
+import socket
 import uuid
 
 import pytest
@@ -84,6 +85,13 @@ async def test_secrets_sent_in_requests_never_reach_the_logs(noisy, stubs):
             await send(url, method, headers, body)
         except HTTPClientError:  # /reset: the upstream dies mid-body, so the client is cut
             pass
+    # A malformed header: tornado itself logs the offending value.
+    for header in (f"Cookie: session={OPAQUE_COOKIE}; refreshToken={REFRESH}\x01",
+                   f"Authorization: Basic {INTERNAL_PASSWORD}\x7f", f"X-{OPAQUE_COOKIE}\x01: 1"):
+        with socket.create_connection(("127.0.0.1", noisy.port)) as raw:
+            raw.sendall(f"GET /api/users/echo HTTP/1.1\r\nHost: x\r\n{header}\r\n\r\n".encode())
+            raw.settimeout(5)
+            assert raw.recv(4096).startswith(b"HTTP/1.1 400")
     await send(base("/healthz"))  # the last line written after all of the above
     output = noisy.logs()
     assert output.strip()

@@ -31,6 +31,9 @@ _REDACTIONS = (
     (re.compile(r"(?i)((?:password|passwd|secret|token|cookie|authorization)[\"']?\s*[:=]\s*[\"']?)[^\s,;\"'&}]+"),
      r"\1[redacted]"),
     (re.compile(r"(?i)(redis(?:s)?(?:\+sentinel)?://[^:/@\s]*:)[^@\s]+@"), r"\1[redacted]@"),
+    # tornado logs a malformed request's offending header value (a whole Cookie
+    # or Authorization header) at info: keep the reason, drop the value.
+    (re.compile(r"(Invalid header (?:value|name)) .*"), r"\1 [redacted]"),
 )
 
 
