@@ -295,3 +295,18 @@ async def test_events_endpoint_takes_post_only(node):
         response = await fetch(node, "/internal/events", method, body)
         assert response.code == 405, method
         assert json.loads(response.body)["error"]["code"] == "METHOD_NOT_ALLOWED"
+
+
+@pytest.mark.gen_test
+async def test_digest_opaque_signed_with_the_librarys_default_key_is_refused(node):
+    import base64
+    import hashlib
+    import os
+
+    nonce = os.urandom(12).hex()
+    key = f"{nonce},127.0.0.1,{int(time.time())}".encode()
+    opaque = hashlib.md5(key + b"secret-random").hexdigest() + "-" + base64.b64encode(key).decode()
+    forged = f'Digest realm="tornado_gateway internal", qop="auth", nonce="{nonce}", opaque="{opaque}"'
+    response = await fetch(node, "/metrics", headers=digest_header(forged, "GET", "/metrics"),
+                           auth=None)
+    assert response.code == 401  # right password, but a challenge this node never issued
