@@ -77,20 +77,36 @@ class Gateway:
         await self.realtime.start()
 
     async def drain(self, timeout: float) -> None:
-        """Turn not-ready, let in-flight requests finish (up to ``timeout``)."""
+        """Turn not-ready, run the ``on_drain`` callbacks, let in-flight requests finish.
+
+        ``timeout`` bounds all of it: a callback still running when it ends is
+        cancelled. server.py has already stopped the public listener and
+        closes the remaining connections afterwards.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         self.draining = True
         for hook in self._drain_hooks:
             try:
-                await hook()
+                await asyncio.wait_for(hook(), timeout=max(deadline - loop.time(), 0))
+            except asyncio.TimeoutError:
+                log.warning("drain timeout: drain callback %r did not finish", hook)
             except Exception:
                 log.exception("drain hook %r failed", hook)
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout=timeout)
+            await asyncio.wait_for(self._idle.wait(), timeout=max(deadline - loop.time(), 0))
         except asyncio.TimeoutError:
             log.warning("drain timeout: %d request(s) still in flight", self.in_flight)
 
     def on_drain(self, callback) -> None:
-        """Run ``await callback()`` when SIGTERM starts the drain (sockets, presence...)."""
+        """Run ``await callback()`` when SIGTERM starts the drain, in registration order.
+
+        The place for anything that must happen before the process exits:
+        telling and closing Socket.IO sockets, withdrawing presence. Callbacks
+        run after readiness turned 503 and the public listener stopped
+        accepting, while in-flight HTTP requests still run, and share the
+        DRAIN_TIMEOUT with them.
+        """
         self._drain_hooks.append(callback)
 
     async def close(self) -> None:
