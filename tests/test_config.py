@@ -198,8 +198,9 @@ def test_production_refuses_weak_settings(env, words):
 
 
 def test_the_same_settings_in_development_start(stubs, processes):
+    # NODE_ENV (the harness sets development) wins over its alias GATEWAY_ENV.
     process = GatewayProcess({**stubs.env(), "JWT_ACCESS_SECRET": "your-access-secret",
-                              "ALLOWED_ORIGINS": "*"})
+                              "ALLOWED_ORIGINS": "*", "GATEWAY_ENV": "production"})
     processes.append(process.start())
     assert process.get_json("/healthz")[0] == 200
 
@@ -266,3 +267,20 @@ def test_readme_configuration_table_lists_every_setting():
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     for name, envs, *_ in config._OPTIONS:
         assert any(f"`{envs[0]}`" in row and f"`--{name.replace('_', '-')}`" in row for row in rows), name
+
+
+@pytest.mark.parametrize("url", [
+    "rediss://:pw@redis.test:6380/1",
+    "redis+sentinel://:pw@s1.test:26379,s2.test:26379/mymaster",
+    "unix:///run/redis.sock?db=2",
+    "redis://redis.test",
+])
+def test_redis_url_forms_of_the_spec_are_accepted(url):
+    settings = config.load(["gw"], {"REDIS_URL": url})
+    assert settings.redis_url == url and not settings.single_node
+
+
+def test_redis_host_port_password_make_the_url_with_the_password_quoted():
+    settings = config.load(["gw"], {"REDIS_HOST": "r.test", "REDIS_PORT": "6390", "REDIS_PASSWORD": "p@ss/w:rd"})
+    assert settings.redis_url == "redis://:p%40ss%2Fw%3Ard@r.test:6390/0"
+    assert config.secret_values(settings)[-1] == "p@ss/w:rd"

@@ -40,7 +40,11 @@ async def test_sigterm_drains_in_flight_request_then_exits_0(start_gateway, stub
     assert idle.recv(4096).startswith(b"HTTP/1.1 200")
 
     slow = client.fetch(gateway.url("/api/users/slow/1500"), headers=AUTH, raise_error=False)
-    await wait_until(lambda: stubs.received("users", "/slow/1500"))
+    # A keep-alive connection busy with a request when the signal comes.
+    busy = socket.create_connection(("127.0.0.1", gateway.port))
+    busy.sendall(f"GET /api/users/slow/1200 HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH['Authorization']}"
+                 "\r\n\r\n".encode())
+    await wait_until(lambda: stubs.received("users", "/slow/1500") and stubs.received("users", "/slow/1200"))
     gateway.signal()
 
     # Readiness turns 503 (the internal listener stays up for the whole drain) ...
@@ -64,6 +68,15 @@ async def test_sigterm_drains_in_flight_request_then_exits_0(start_gateway, stub
     assert response.code == 200
     assert json.loads(response.body)["slept_ms"] == 1500
     assert response.headers.get("Connection") == "close"
+    # The busy keep-alive connection got its whole response, then was closed.
+    busy.settimeout(5)
+    received = b""
+    while chunk := busy.recv(65536):
+        received += chunk
+    busy.close()
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head
+    assert json.loads(body)["slept_ms"] == 1200
     assert gateway.wait(15) == 0
     messages = [r.get("message", "") for r in gateway.log_records()]
     assert any(m.startswith("draining") for m in messages)
