@@ -105,3 +105,18 @@ def test_sigterm_with_nothing_in_flight_exits_0_at_once(start_gateway):
     gateway.signal()
     # Nothing to wait for: far quicker than the 20 s drain timeout.
     assert gateway.wait(8) == 0
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_second_sigterm_during_the_drain_exits_at_once_with_1(start_gateway, stubs):
+    gateway = start_gateway({"DRAIN_TIMEOUT": "20"})
+    client = AsyncHTTPClient(force_instance=True)
+    slow = client.fetch(gateway.url("/api/users/slow/20000"), headers=AUTH, request_timeout=30)
+    await wait_until(lambda: stubs.received("users", "/slow/20000"))
+    gateway.signal()
+    await wait_until(lambda: any(r.get("message", "").startswith("draining") for r in gateway.log_records()))
+    gateway.signal()
+    assert gateway.wait(8) == 1  # not the 20 s drain
+    with pytest.raises((HTTPClientError, OSError)):
+        await slow
+    client.close()
