@@ -58,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except StartupError as exc:
         log.error("start-up failed: %s", exc)
         code = 1
+    except Exception:  # a bug: still one JSON line (redacted like every other), not a bare traceback
+        log.exception("fatal error")
+        code = 1
     sys.exit(code)
 
 
