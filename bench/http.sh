@@ -138,10 +138,22 @@ ticks_after=$(cpu_ticks "$GW_PID")
 sleep 1.5
 opened=$(new_connections "$log_before")
 
+# The floor: a bare Tornado handler, same machine, same moment (see bench/tornado_floor.py).
+FLOOR_PORT=$(free_port)
+"$PY" "$ROOT/bench/tornado_floor.py" "$FLOOR_PORT" >"$WORK/floor.log" 2>&1 &
+FLOOR_PID=$!
+PIDS+=("$FLOOR_PID")
+wait_port "$FLOOR_PORT"
+floor_before=$(cpu_ticks "$FLOOR_PID")
+read -r floor_rps _ _ floor_requests _ < <(run_wrk "http://127.0.0.1:$FLOOR_PORT/users/42")
+floor_after=$(cpu_ticks "$FLOOR_PID")
+kill "$FLOOR_PID"
+
 "$PY" - "$direct_rps" "$direct_p50" "$direct_p99" "$gw_rps" "$gw_p50" "$gw_p99" "$gw_requests" \
-  "$gw_bad" "$((ticks_after - ticks_before))" "$hz" "$opened" <<'EOF'
+  "$gw_bad" "$((ticks_after - ticks_before))" "$hz" "$opened" \
+  "$floor_rps" "$floor_requests" "$((floor_after - floor_before))" <<'EOF'
 import sys
-d_rps, d50, d99, g_rps, g50, g99, n, bad, ticks, hz, opened = sys.argv[1:]
+d_rps, d50, d99, g_rps, g50, g99, n, bad, ticks, hz, opened, f_rps, f_n, f_ticks = sys.argv[1:]
 n = int(n)
 print(f"{'':10} {'req/s':>10} {'p50':>9} {'p99':>9}")
 print(f"{'nginx':10} {float(d_rps):>10.0f} {d50:>9} {d99:>9}")
@@ -149,6 +161,8 @@ print(f"{'gateway':10} {float(g_rps):>10.0f} {g50:>9} {g99:>9}")
 print(f"gateway/nginx throughput: {float(g_rps) / float(d_rps):.3f}")
 print(f"gateway CPU per request: {int(ticks) / int(hz) * 1e6 / n:.0f} us ({n} requests, {bad} non-2xx)")
 print(f"upstream connections opened per request: {int(opened) / n:.4f} ({opened} opened)")
+print(f"floor, bare Tornado handler: {float(f_rps):.0f} req/s, "
+      f"{int(f_ticks) / int(hz) * 1e6 / int(f_n):.0f} us CPU per request")
 EOF
 
 [[ $SKIP_TRANSFERS == 1 ]] && exit 0
