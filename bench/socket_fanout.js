@@ -85,7 +85,7 @@ async function fanout() {
 
 async function idle() {
   const sockets = [];
-  const batch = 20;
+  const batch = 100; // simultaneous connects (the gateway queues Redis work of a burst)
   for (let i = 0; i < opt.connections; i += batch) {
     const group = [];
     for (let j = i; j < Math.min(opt.connections, i + batch); j++) group.push(connect(`idle${j}`));

@@ -154,3 +154,31 @@ async def test_sigterm_drain_closes_sockets_and_removes_presence(two_nodes, fake
     assert await presence_of(node1, alice) == "offline"
     assert node2.wait(15) == 0
     await b.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_burst_of_simultaneous_connects_all_succeed_and_node_stays_ready(start_gateway, own_redis):
+    # own_redis: the session's Redis holds earlier tests' connect buckets for 127.0.0.1 (at 60/60)
+    gw = start_gateway({**ENV, "REDIS_URL": own_redis.url, "SOCKET_RATE_CONNECT": "1000/1",
+                        "MAX_CONNECTIONS_PER_IP": "0"})
+    http = AsyncHTTPClient()
+    readiness = []
+    done = asyncio.Event()
+
+    async def watch_readiness():
+        while not done.is_set():
+            readiness.append((await http.fetch(gw.url("/readyz"), raise_error=False)).code)
+            await asyncio.sleep(0.02)
+
+    watcher = asyncio.ensure_future(watch_readiness())
+    results = await asyncio.gather(*(connected(gw, uid(f"burst{i}")) for i in range(120)),
+                                   return_exceptions=True)
+    clients = [c for c in results if not isinstance(c, BaseException)]
+    replies = await asyncio.gather(*(c.call("chat:leave", {"chatId": "c1"}) for c in clients))
+    done.set()
+    await watcher
+    assert len(clients) == 120, [r for r in results if isinstance(r, BaseException)][:3]
+    assert all(reply["ok"] for reply in replies)
+    assert readiness and set(readiness) == {200}
+    assert "redis lost" not in gw.logs() and "Too many connections" not in gw.logs()
+    await asyncio.gather(*(c.close() for c in clients))

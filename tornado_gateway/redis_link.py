@@ -1,8 +1,9 @@
 """The node's connection to Redis and whether Redis is reachable right now.
 
-One client (a connection pool) serves limits, presence, dedupe and
-revocations. A watcher pings Redis once a second, logs each loss and
-recovery once, and feeds ``/readyz``; the node keeps serving while Redis is
+One client (a bounded connection pool: a burst of commands waits for a free
+connection instead of failing, and a busy pool never counts as Redis being
+down) serves limits, presence, dedupe and revocations. A watcher pings Redis
+once a second, logs each loss and recovery once, and feeds ``/readyz``; the node keeps serving while Redis is
 down (callers fall back to local state) and the pool reconnects by itself.
 """
 
@@ -15,6 +16,8 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MaxConnectionsError
 from socketio.redis_manager import parse_redis_sentinel_url
 
 from tornado_gateway import metrics
@@ -33,6 +36,11 @@ CLIENT_OPTIONS = {
 }
 
 
+# The shared client's pool: bounded, and a burst waits for a free connection.
+POOL_MAX_CONNECTIONS = 100
+POOL_WAIT = 1.0  # below the watcher's 2 s ping timeout
+
+
 def redis_options(url: str) -> dict:
     """Client keyword arguments for ``url`` (shared with the Socket.IO manager)."""
     options = dict(CLIENT_OPTIONS)
@@ -41,14 +49,29 @@ def redis_options(url: str) -> dict:
     return options
 
 
-def connect(url: str, **overrides) -> aioredis.Redis:
-    """A redis.asyncio client for a redis://, rediss://, unix:// or redis+sentinel:// URL."""
+def connect(url: str, bounded_pool: bool = False, **overrides) -> aioredis.Redis:
+    """A redis.asyncio client for a redis://, rediss://, unix:// or redis+sentinel:// URL.
+
+    ``bounded_pool``: at most POOL_MAX_CONNECTIONS connections, and a command
+    that finds them all busy waits up to POOL_WAIT s for one (a burst queues
+    instead of failing with "Too many connections"). Not for sentinel URLs.
+    """
     options = {**redis_options(url), **overrides}
     if urlsplit(url).scheme == "redis+sentinel":
         sentinels, service, connection_kwargs = parse_redis_sentinel_url(url)
         sentinel = aioredis.sentinel.Sentinel(sentinels, **{**options, **connection_kwargs})
         return sentinel.master_for(service or "mymaster")
+    if bounded_pool:
+        return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=POOL_MAX_CONNECTIONS, timeout=POOL_WAIT, **options))
     return aioredis.Redis.from_url(url, **options)
+
+
+def pool_exhausted(exc: BaseException) -> bool:
+    """A command failed for want of a free pooled connection, not because Redis is unreachable."""
+    if isinstance(exc, MaxConnectionsError):
+        return True
+    return isinstance(exc, RedisConnectionError) and isinstance(exc.__cause__, asyncio.TimeoutError)
 
 
 class RedisLink:
@@ -58,7 +81,7 @@ class RedisLink:
 
     def __init__(self, url: str):
         self.url = url
-        self.client = connect(url)
+        self.client = connect(url, bounded_pool=True)
         self.up = False
         self.last_error: str | None = None
         self._watcher: asyncio.Task | None = None
@@ -78,8 +101,9 @@ class RedisLink:
     async def _ping(self) -> None:
         try:
             await asyncio.wait_for(self.client.ping(), timeout=2.0)
-        except Exception as exc:  # any failure means "not reachable now"
-            self._set(False, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # any failure but a busy pool means "not reachable now"
+            if not pool_exhausted(exc):
+                self._set(False, f"{type(exc).__name__}: {exc}")
         else:
             self._set(True, None)
 
@@ -106,7 +130,10 @@ class RedisLink:
             await self._ping()
 
     def note_failure(self, exc: BaseException) -> None:
-        """Callers report a failed command so readiness turns at once."""
+        """Callers report a failed command so readiness turns at once (a busy pool is no outage)."""
+        if pool_exhausted(exc):
+            log.warning("redis connection pool busy: %s", exc)
+            return
         self._set(False, f"{type(exc).__name__}: {exc}")
 
     async def close(self) -> None:
