@@ -16,6 +16,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +33,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class ClientCpu:
+    """CPU seconds of the Node client, read from a thread until it exits."""
+
+    def __init__(self, pid: int):
+        self.seconds = 0.0
+        threading.Thread(target=self._watch, args=(pid,), daemon=True).start()
+
+    def _watch(self, pid: int) -> None:
+        while True:
+            try:
+                self.seconds = cpu_seconds(pid)
+            except (OSError, IndexError):
+                return
+            time.sleep(0.2)
+
+
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -45,6 +62,14 @@ def run_client(mode: str, options: dict, **popen) -> subprocess.Popen:
                             **popen)
 
 
+def profile(pid: int, svg: str, seconds: float) -> subprocess.Popen:
+    """py-spy (``.venv/bin/pip install py-spy``) sampling the gateway for ``seconds``."""
+    spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)),
+                             "--output", svg, "--format", "flamegraph" if svg.endswith(".svg") else "raw",
+                             "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--receivers", type=int, default=50)
@@ -53,6 +78,7 @@ def main() -> None:
     parser.add_argument("--ack", action="store_true", help="receivers ack message:new (receipts on)")
     parser.add_argument("--idle", type=int, default=2000, help="idle connections (0: skip)")
     parser.add_argument("--skip-fanout", action="store_true")
+    parser.add_argument("--profile", metavar="SVG", help="py-spy flame graph of the gateway during fan-out")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
@@ -74,13 +100,20 @@ def main() -> None:
         print(f"load before: {os.getloadavg()[0]:.2f} (1-min average), {os.cpu_count()} cores")
         if not args.skip_fanout:
             cpu_before, wall_before = cpu_seconds(pid), time.monotonic()
+            stub_cpu_before = cpu_seconds(stub.pid)
             client = run_client("fanout", {**base, "chat": "bench", "receivers": args.receivers,
                                            "inflight": args.inflight, "duration": args.duration,
                                            "ack": args.ack})
+            spy = profile(pid, args.profile, args.duration + 4) if args.profile else None
+            client_cpu = ClientCpu(client.pid)
             out, _ = client.communicate(timeout=args.duration + 120)
+            if spy is not None:
+                spy.wait(60)
             wall = time.monotonic() - wall_before
             result = json.loads(out.strip().splitlines()[-1])
             result["gatewayCpuPercent"] = round(100 * (cpu_seconds(pid) - cpu_before) / wall)
+            result["stubCpuPercent"] = round(100 * (cpu_seconds(stub.pid) - stub_cpu_before) / wall)
+            result["clientCpuPercent"] = round(100 * client_cpu.seconds / wall)
             result["allDelivered"] = result.get("deliveries") == result.get("expectedDeliveries")
             print("fan-out:", json.dumps(result))
         if args.idle:

@@ -7,8 +7,9 @@ retry on any node gets the stored message back and is not fanned out again.
 A retry that arrives while the first is still running waits for its result.
 
 ``OnceMarks`` answers "first time for this key?" cluster-wide (``SET NX``),
-after a local check so repeats on one node cost no Redis round trip; the
-delivered receipts use it per (message, recipient user).
+after a local check so repeats on one node cost no Redis round trip, for a
+whole batch of keys in one script call; the delivered receipts use it per
+(message, recipient user).
 
 Without Redis (memory mode), or while Redis is unreachable, both fall back to
 this process's memory (so during an outage a retry that lands on another node
@@ -30,6 +31,16 @@ PENDING_TTL = 60  # seconds a reservation lives if its node dies mid-call
 SEND_RECORD_TTL = 24 * 3600
 RETRY_WAIT = 30.0  # seconds a retry waits for the first attempt's result
 LOCAL_MAX = 200_000
+
+
+# SET key 1 NX EX ttl for every key in ONE command: 1 where the key was set, 0 where it existed.
+SET_NX_MANY = """
+local won = {}
+for i, key in ipairs(KEYS) do
+  won[i] = redis.call('SET', key, '1', 'NX', 'EX', ARGV[1]) and 1 or 0
+end
+return won
+"""
 
 
 class _LocalTtlDict:
@@ -146,6 +157,7 @@ class OnceMarks:
         self.prefix = prefix
         self.ttl = int(ttl)
         self.local = _LocalTtlDict()
+        self._script = None
 
     async def first(self, keys: list[str]) -> list[str]:
         fresh = []
@@ -156,10 +168,9 @@ class OnceMarks:
         if not fresh or self.redis is None or not self.redis.up:
             return fresh
         try:
-            pipe = self.redis.client.pipeline(transaction=False)
-            for key in fresh:
-                pipe.set(self.prefix + key, "1", nx=True, ex=self.ttl)
-            results = await pipe.execute()
+            if self._script is None:
+                self._script = self.redis.client.register_script(SET_NX_MANY)
+            results = await self._script(keys=[self.prefix + key for key in fresh], args=[self.ttl])
         except Exception as exc:
             log.warning("receipt dedupe falls back to local memory: %s", exc)
             self.redis.note_failure(exc)

@@ -236,7 +236,8 @@ class Realtime:
         eio_sid = self.manager.eio_sid_from_sid(sid, "/")
         socket = self.sio.eio.sockets.get(eio_sid)
         if getattr(handler, "ws_connection", None) is not None and socket is not None and socket.upgraded:
-            self.manager.write_directly(eio_sid, socket, handler)
+            if self.manager.write_directly(eio_sid, socket, handler):
+                handler.direct_eio_sid = eio_sid  # its events and acks skip engineio's queue too
 
     async def _on_disconnect(self, sid, reason=None):
         state = self.states.pop(sid, None)
@@ -345,21 +346,23 @@ class Realtime:
             self._spawn(self._reply(state, _event_name(data), ack_id,
                                     _failure("RATE_LIMITED", "too many events in flight on this socket")))
             return
-        state.pending.append((data, ack_id, self.events.check_rate_early(state, _event_name(data))))
+        payload = data[1] if isinstance(data, list) and len(data) > 1 else None
+        state.pending.append((data, ack_id, self.events.start_early(state, _event_name(data), payload)))
         if state.worker is None:
             state.worker = asyncio.ensure_future(self._run_pending(state))
 
     async def _run_pending(self, state: SocketState) -> None:
         try:
             while state.pending and not state.closing:
-                data, ack_id, rate_checked = state.pending.popleft()
-                await self._handle(state, data, ack_id, rate_checked)
+                data, ack_id, early = state.pending.popleft()
+                await self._handle(state, data, ack_id, early)
         finally:
             state.worker = None
             if state.closing:
-                state.pending.clear()
+                while state.pending:
+                    self.events.abandon(state.pending.popleft()[2])
 
-    async def _handle(self, state: SocketState, data: list, ack_id, rate_checked=None) -> None:
+    async def _handle(self, state: SocketState, data: list, ack_id, early=None) -> None:
         event = _event_name(data)
         metrics.EVENTS_IN.labels(event if event in KNOWN_EVENTS else "unknown", "socket").inc()
         payload = data[1] if len(data) > 1 else None
@@ -367,8 +370,12 @@ class Realtime:
             if event == "auth:hello":
                 result = await self.auth_hello(state, payload)
             else:
-                await self._check_authenticated(state)
-                result = await self.events.dispatch(state, event, payload, rate_checked)
+                try:
+                    await self._check_authenticated(state)
+                except EventError:
+                    self.events.abandon(early)
+                    raise
+                result = await self.events.dispatch(state, event, payload, early)
             reply = {"ok": True, "data": {} if result is None else result}
         except EventError as exc:
             reply = _failure(exc.code, exc.message)
@@ -393,7 +400,7 @@ class Realtime:
         """The ack envelope, or an ``error`` event when the client asked for no ack."""
         if ack_id is not None:
             eio_sid = self.manager.eio_sid_from_sid(state.sid, "/")
-            if eio_sid is not None:
+            if eio_sid is not None and not self.manager.send_ack(eio_sid, ack_id, reply):
                 await self.sio._send_packet(eio_sid, self.sio.packet_class(
                     sio_packet.ACK, namespace="/", id=ack_id, data=[reply]))
         elif not reply["ok"]:
@@ -482,11 +489,12 @@ class Realtime:
             while self._receipts:
                 batch, self._receipts = self._receipts, []
                 by_key = {f"{m}:{r}": (m, c, s, r) for m, c, s, r in batch}
+                at = iso_time()
                 for key in await self.receipt_marks.first(list(by_key)):
                     message_id, chat_id, sender, recipient = by_key[key]
-                    await self.broadcast("receipt:delivered", {
+                    self.manager.emit_now("receipt:delivered", {
                         "chatId": chat_id, "messageId": message_id, "userId": recipient,
-                        "at": iso_time()}, "user:" + sender)
+                        "at": at}, "user:" + sender)
         except Exception:
             log.exception("delivered receipts failed")
         finally:
@@ -523,6 +531,18 @@ def make_socket_handler(realtime: Realtime):
 
         def check_origin(self, origin: str) -> bool:
             return realtime.origin_allowed(origin)
+
+        direct_eio_sid = None  # set once the socket is written directly (websocket from the start)
+
+        def on_message(self, message):
+            """Events and acks of a direct websocket go straight to the gateway, in
+            arrival order (anything else, or while engineio still holds earlier
+            messages, through engineio's queue as usual)."""
+            eio_sid = self.direct_eio_sid
+            if (eio_sid is not None and type(message) is str and message[:1] == "4"
+                    and self.receive_queue.empty() and realtime.manager.receive_fast(eio_sid, message[1:])):
+                return
+            self.receive_queue.put_nowait(message)
 
         def prepare(self):
             origin = self.request.headers.get("Origin")

@@ -36,6 +36,18 @@ EVENTS = {
 KNOWN_EVENTS = frozenset(EVENTS) | {"auth:hello"}
 
 
+class PreparedSend:
+    """A validated message:send whose clientMessageId is reserved (earlier is None) or
+    was sent before (earlier = that message)."""
+
+    __slots__ = ("user_id", "body", "earlier")
+
+    def __init__(self, user_id: str, body: dict, earlier: dict | None):
+        self.user_id = user_id
+        self.body = body
+        self.earlier = earlier
+
+
 class RealtimeEvents:
     def __init__(self, realtime):
         self.realtime = realtime
@@ -44,28 +56,52 @@ class RealtimeEvents:
         self.rates = {"message": settings.socket_rate_message, "typing": settings.socket_rate_typing,
                       "join": settings.socket_rate_join}
 
-    def check_rate_early(self, state, event: str):
-        """Start the event's rate-limit check as it arrives (a Redis round trip that
-        need not wait behind the socket's earlier events); None when not possible yet."""
+    def start_early(self, state, event: str, payload):
+        """Start, as the event arrives, the part of its work that needs no earlier event
+        of the socket to have taken effect: the rate-limit check (a Redis round trip)
+        and, for ``message:send``, validation, the membership check and the idempotency
+        reservation. The socket's worker awaits it when the event's turn comes, so
+        these round trips overlap the earlier events' upstream calls while the events
+        still take effect in order. None when not possible yet (unauthenticated)."""
         entry = EVENTS.get(event)
         if entry is None or state.identity is None:
             return None
-        task = asyncio.ensure_future(self._check_rate(state, entry[0], state.user_id))
+        if event == "message:send":
+            coro = self._prepare_send_early(state.identity, payload)
+        else:
+            coro = self._check_rate(entry[0], state.user_id)
+        task = asyncio.ensure_future(coro)
         task.add_done_callback(_retrieve)
         return task
 
-    async def _check_rate(self, state, rate_class: str, user_id: str) -> None:
+    def abandon(self, early) -> None:
+        """The event will not run (socket closing, token refused): undo its reservation."""
+        if early is not None:
+            early.add_done_callback(self._release_unused)
+
+    def _release_unused(self, task: asyncio.Task) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        prepared = task.result()
+        if isinstance(prepared, PreparedSend) and prepared.earlier is None:
+            release = asyncio.ensure_future(self.realtime.sends.release(
+                prepared.user_id, prepared.body["clientMessageId"]))
+            release.add_done_callback(_retrieve)
+
+    async def _check_rate(self, rate_class: str, user_id: str) -> None:
         await self.realtime.check_rate(user_id, "socket_" + rate_class, self.rates[rate_class])
 
-    async def dispatch(self, state, event: str, payload, rate_checked=None):
+    async def dispatch(self, state, event: str, payload, early=None):
         entry = EVENTS.get(event)
         if entry is None:
             raise EventError("VALIDATION_FAILED", f"unknown event {event!r}")
         rate_class, method = entry
-        if rate_checked is None:
-            await self._check_rate(state, rate_class, state.user_id)
+        if early is None:
+            await self._check_rate(rate_class, state.user_id)
         else:
-            await rate_checked
+            prepared = await early
+            if isinstance(prepared, PreparedSend):
+                return await self._send_prepared(state, prepared)
         return await getattr(self, method)(state, payload)
 
     async def chat_create(self, state, payload) -> dict:
@@ -93,13 +129,24 @@ class RealtimeEvents:
         return {"chatId": chat_id}
 
     async def message_send(self, state, payload) -> dict:
+        return await self._send_prepared(state, await self._prepare_send(state.identity, payload))
+
+    async def _prepare_send_early(self, identity, payload) -> "PreparedSend":
+        await self._check_rate("message", identity.user_id)
+        return await self._prepare_send(identity, payload)
+
+    async def _prepare_send(self, identity, payload) -> "PreparedSend":
+        """Validate, check membership, reserve the clientMessageId (or find its message)."""
         body = check_message_send(payload)
-        identity = state.identity
         await self.services.check_member(identity, body["chatId"])
-        sends = self.realtime.sends
-        earlier = await sends.reserve(identity.user_id, body["clientMessageId"])
-        if earlier is not None:
-            return {"message": earlier}  # a retry: same message, no second message:new
+        earlier = await self.realtime.sends.reserve(identity.user_id, body["clientMessageId"])
+        return PreparedSend(identity.user_id, body, earlier)
+
+    async def _send_prepared(self, state, prepared: "PreparedSend") -> dict:
+        """The in-order part of message:send: the upstream call, then the fan-out."""
+        if prepared.earlier is not None:
+            return {"message": prepared.earlier}  # a retry: same message, no second message:new
+        body, identity, sends = prepared.body, state.identity, self.realtime.sends
         try:
             message = await self.services.send_message(identity, body, body["clientMessageId"])
         except BaseException:
