@@ -369,6 +369,30 @@ async def test_body_with_content_length_over_the_limit_is_413_and_never_forwarde
     assert stubs.received() == []
 
 
+@pytest.mark.parametrize("path, auth, status, code", [
+    ("/api/chats/upload", True, 413, "PAYLOAD_TOO_LARGE"),  # declared far beyond the limit
+    ("/api/chats/upload", False, 401, "UNAUTHENTICATED"),
+    ("/nowhere", True, 404, "NOT_FOUND"),
+])
+@pytest.mark.gen_test(timeout=20)
+async def test_refusal_before_the_body_reaches_a_client_still_sending_it(proxy_gw, stubs, path, auth,
+                                                                         status, code):
+    """Answered from the head while the body is on its way: the client reads the whole JSON
+    error and then EOF, never a connection reset (the gateway's lingering close)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_gw.port)
+    head = f"POST {path} HTTP/1.1\r\nHost: gw\r\nContent-Length: {50 * MIB}\r\n"
+    if auth:
+        head += f"Authorization: Bearer {TOKEN}\r\n"
+    writer.write(head.encode() + b"\r\n" + b"z" * (512 * 1024))
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 10)  # to EOF; a reset raises here
+    got, headers, body = parse_raw(data)
+    assert got == status and headers["connection"] == "close"
+    assert len(body) == int(headers["content-length"]) and json.loads(body)["error"]["code"] == code
+    writer.close()
+    assert stubs.received() == []
+
+
 @pytest.mark.gen_test
 async def test_chunked_body_over_the_limit_is_413_and_the_upstream_request_aborted(proxy_gw, stubs):
     piece = 40000

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 import socketio
+import tornado.simple_httpclient
 from tornado.httpclient import AsyncHTTPClient
 
 from chat_fakes import ChatFakes, SocketClient, connected
@@ -329,3 +330,39 @@ async def test_client_ip_follows_trusted_proxy_rules(start_gateway):
     assert error["data"]["code"] == "TOO_MANY_CONNECTIONS"
     await first.close()
     await second.close()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_oversized_polling_post_refused_before_its_body_is_read(gw):
+    http = AsyncHTTPClient()
+    opened = await http.fetch(gw.url("/socket.io/?EIO=4&transport=polling"), headers={"Origin": ORIGIN})
+    sid = json.loads(opened.body.decode()[1:])["sid"]
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    # 5 MiB announced, only 64 KiB sent: the answer must come without the rest of the body
+    writer.write(f"POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\n"
+                 f"Host: 127.0.0.1\r\nOrigin: {ORIGIN}\r\nContent-Type: text/plain\r\n"
+                 f"Content-Length: {5 * 1024 * 1024}\r\n\r\n".encode() + b"4" * 65536)
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 413 ")
+    assert b"PAYLOAD_TOO_LARGE" in await asyncio.wait_for(reader.read(4096), 10)
+    writer.close()
+    # a chunked body over the limit is cut off too, and the node stays healthy
+    try:
+        response = await http.fetch(gw.url(f"/socket.io/?EIO=4&transport=polling&sid={sid}"), method="POST",
+                                    body_producer=_chunks(b"4" * 65536, 80), raise_error=False,
+                                    headers={"Origin": ORIGIN, "Content-Type": "text/plain"})
+        assert response.code == 400
+    except (OSError, tornado.simple_httpclient.HTTPStreamClosedError):
+        pass  # refused and closed while the client was still sending
+    assert (await http.fetch(gw.url("/healthz"))).code == 200
+    client = await connected(gw, uid("after-post"))
+    assert (await client.call("chat:leave", {"chatId": "c1"}))["ok"]
+    await client.close()
+
+
+def _chunks(chunk: bytes, count: int):
+    async def produce(write):
+        for _ in range(count):
+            await write(chunk)
+    return produce

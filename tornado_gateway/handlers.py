@@ -2,16 +2,22 @@
 
 Every public handler derives from :class:`GatewayHandler`, so every response,
 including errors and 404s, carries the same headers and error envelope.
+:class:`LingeringClose` (part of it, and of the Socket.IO handler) makes a
+refusal sent before the request body was read reach the client intact.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+import socket
+import time
 import uuid
 
 import tornado.web
+from tornado.iostream import StreamClosedError
 
 from tornado_gateway import metrics
 from tornado_gateway.errors import HTTP_STATUS, GatewayError, error_body
@@ -23,6 +29,9 @@ _CODE_OF_STATUS = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 403: "FORBIDDEN",
                    503: "DRAINING"}
 
 
+LINGER_SECONDS = 5.0  # how long a refused request's unread body is still read and dropped
+
+
 def make_request_id(incoming: str | None) -> str:
     """Keep a sane client-supplied X-Request-ID, else make one."""
     if incoming and REQUEST_ID_RE.match(incoming):
@@ -30,7 +39,57 @@ def make_request_id(incoming: str | None) -> str:
     return uuid.uuid4().hex
 
 
-class GatewayHandler(tornado.web.RequestHandler):
+class LingeringClose:
+    """Mixin for ``@stream_request_body`` handlers: a lingering close after an early answer.
+
+    A response finished in ``prepare()`` (a 401, 404, 413, 429 before the body
+    was read) makes Tornado close the connection at once. When the client is
+    still sending a body, the kernel answers the unread bytes with a reset,
+    which can destroy the response before the client has read it: the client
+    sees "connection reset" instead of the JSON error. Here the connection is
+    taken from Tornado instead; once the response is written the sending side
+    is shut down (the client reads the answer, then EOF) and what the client
+    still sends is read and dropped for up to LINGER_SECONDS (nginx's
+    lingering close). Bodyless requests are closed as Tornado does.
+    """
+
+    def finish(self, chunk=None):
+        if not self._body_unread():
+            return super().finish(chunk)
+        connection = self.request.connection
+        # HTTP1Connection.finish() would close the stream itself, possibly before it
+        # returns, because the body is unread; these two flags are what it decides by.
+        connection._read_finished = True
+        connection._disconnect_on_finish = False
+        self.set_header("Connection", "close")
+        future = super().finish(chunk)
+        asyncio.ensure_future(_linger(connection.detach()))
+        return future
+
+    def _body_unread(self) -> bool:
+        # Streaming handlers get _prepared_future, done once prepare() returned: until
+        # then the body has not been read, and detaching the stream is allowed.
+        prepared = getattr(self, "_prepared_future", None)
+        if prepared is None or prepared.done() or self._finished:
+            return False
+        headers = self.request.headers
+        return "Transfer-Encoding" in headers or headers.get("Content-Length", "0") not in ("", "0")
+
+
+async def _linger(stream) -> None:
+    try:
+        await stream.write(b"")  # resolves once the response is on the wire
+        stream.socket.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER_SECONDS
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait_for(stream.read_bytes(65536, partial=True), left)
+    except (StreamClosedError, OSError, asyncio.TimeoutError):
+        pass
+    finally:
+        stream.close()
+
+
+class GatewayHandler(LingeringClose, tornado.web.RequestHandler):
     """Shared behaviour of every public endpoint."""
 
     route_name = "gateway"  # metrics/log label; subclasses name themselves

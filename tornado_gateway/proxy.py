@@ -236,10 +236,10 @@ class ProxyHandler(GatewayHandler):
         """Check the body's framing and size; False when it is oversize and will be dropped.
 
         A declared oversize body is refused before the upstream is contacted:
-        at once (and the connection closed) when the client waits for
-        ``100 Continue`` or the excess is large, else after reading and
-        dropping it, because closing a connection with unread data resets it
-        and the client would see an error instead of the 413.
+        at once when the client waits for ``100 Continue`` or the excess is
+        large (then the connection closes with a lingering close, see
+        handlers.LingeringClose), else after reading and dropping it, which
+        keeps the connection open for the client's next request.
         """
         headers = self.request.headers
         self._body_limit = limit

@@ -40,6 +40,7 @@ import logging
 import time
 
 import socketio
+import tornado.web
 from engineio.async_drivers.tornado import get_tornado_handler
 from socketio import packet as sio_packet
 
@@ -48,6 +49,7 @@ from tornado_gateway.auth import AuthError, bearer_token
 from tornado_gateway.chat_services import ChatServices
 from tornado_gateway.dedupe import OnceMarks, SendRecords
 from tornado_gateway.errors import error_body
+from tornado_gateway.handlers import LingeringClose
 from tornado_gateway.fanout import LocalManager, RedisFanoutManager
 from tornado_gateway.presence import Presence
 from tornado_gateway.realtime_events import KNOWN_EVENTS, RealtimeEvents
@@ -518,9 +520,16 @@ def make_socket_handler(realtime: Realtime):
     base = get_tornado_handler(realtime.sio.eio)
     gateway = realtime.gateway
     max_payload = realtime.settings.socket_max_payload
+    max_body = max_payload + 1024  # a polling POST may carry a few packets' framing
 
-    class SocketIOHandler(base):
+    @tornado.web.stream_request_body
+    class SocketIOHandler(LingeringClose, base):
+        """Streams request bodies so that prepare() can bound a polling POST before it is read:
+        an oversized one is refused without buffering it (the server allows up to the largest
+        route's body size)."""
+
         route_name = "socket.io"  # access log and metrics label
+        _chunks = None
 
         def get_compression_options(self):
             return None  # no permessage-deflate: ~4x the memory and CPU per socket
@@ -550,8 +559,19 @@ def make_socket_handler(realtime: Realtime):
                 self._refuse(403, "FORBIDDEN", "origin not allowed")
             elif gateway.draining and "sid" not in self.request.query_arguments:
                 self._refuse(503, "DRAINING", "this node is shutting down")
-            elif len(self.request.body or b"") > max_payload + 1024:
-                self._refuse(413, "PAYLOAD_TOO_LARGE", "packet too large")
+            elif self.request.method == "POST":
+                self._chunks = []
+                self.request.connection.set_max_body_size(max_body)  # a chunked body too
+                if _content_length(self.request) > max_body:
+                    self._refuse(413, "PAYLOAD_TOO_LARGE", "packet too large")  # the body is not read
+
+        def data_received(self, chunk: bytes) -> None:
+            if self._chunks is not None:
+                self._chunks.append(chunk)
+
+        async def post(self, *args, **kwargs):
+            self.request.body = b"".join(self._chunks or ())
+            await super().post(*args, **kwargs)
 
         def _refuse(self, status: int, code: str, message: str) -> None:
             self.set_status(status)
@@ -561,6 +581,13 @@ def make_socket_handler(realtime: Realtime):
             self.finish(error_body(code, message, None))
 
     return SocketIOHandler
+
+
+def _content_length(request) -> int:
+    try:
+        return int(request.headers.get("Content-Length", "0"))
+    except ValueError:
+        return 0  # tornado refuses it when reading the body
 
 
 def _refuse(code: str, message: str):
