@@ -77,6 +77,10 @@ KINDS = [
     ("502 upstream refused", "/api/notifications/x", "GET", AUTH, None, 502),
     ("204 preflight", "/api/users/echo", "OPTIONS",
      {"Origin": ORIGIN, "Access-Control-Request-Method": "POST"}, None, 204),
+    ("200 socket.io polling handshake", "/socket.io/?EIO=4&transport=polling", "GET", {}, None, 200),
+    ("400 socket.io unknown session", "/socket.io/?EIO=4&transport=polling&sid=nope", "GET", {}, None, 400),
+    ("413 socket.io polling post too large", "/socket.io/?EIO=4&transport=polling&sid=nope", "POST", {},
+     b"4" * (2 * 1024 * 1024), 413),
 ]
 
 
@@ -88,6 +92,16 @@ async def test_every_response_carries_the_security_floor(edge, stubs, path, meth
     assert response.code == status
     assert_floor(response)
     assert response.headers.get("Access-Control-Allow-Origin") == ORIGIN
+    assert "Origin" in ",".join(response.headers.get_list("Vary"))
+
+
+@pytest.mark.gen_test
+async def test_socket_origin_refusal_carries_the_floor_and_no_cors(edge):
+    response = await fetch(edge, "/socket.io/?EIO=4&transport=polling", headers={"Origin": OTHER_ORIGIN})
+    assert response.code == 403
+    assert json.loads(response.body)["error"]["code"] == "FORBIDDEN"
+    assert_floor(response)
+    assert cors_headers(response) == []
 
 
 @pytest.mark.gen_test

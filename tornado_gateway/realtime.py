@@ -541,6 +541,14 @@ def make_socket_handler(realtime: Realtime):
         def check_origin(self, origin: str) -> bool:
             return realtime.origin_allowed(origin)
 
+        def set_default_headers(self) -> None:
+            # What every public response carries (engineio adds its CORS headers itself).
+            headers = self._headers
+            del headers["Server"]
+            for name, value in gateway.security_headers:
+                headers[name] = value
+            headers["Vary"] = "Origin"
+
         direct_eio_sid = None  # set once the socket is written directly (websocket from the start)
 
         def on_message(self, message):
@@ -576,7 +584,7 @@ def make_socket_handler(realtime: Realtime):
         def _refuse(self, status: int, code: str, message: str) -> None:
             self.set_status(status)
             self.set_header("Content-Type", "application/json; charset=utf-8")
-            for name, value in gateway.security_headers:
+            for name, value in gateway.cors.response_headers(self.request.headers.get("Origin")):
                 self.set_header(name, value)
             self.finish(error_body(code, message, None))
 
