@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -34,10 +35,20 @@ ORIGIN = "http://app.test:5173"
 SERVICES = ("auth", "users", "chats", "messages", "media", "notifications")
 
 
+# Below Linux's ephemeral range (32768-60999): a port the kernel hands out for outgoing
+# connections could be taken by one while a server of ours is down, and its restart fail.
+PORT_RANGE = (20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        port = random.randrange(*PORT_RANGE)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
