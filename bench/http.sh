@@ -38,6 +38,7 @@ wait_port() {
   echo "nothing listening on $1" >&2; exit 1
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+sys_ticks() { awk '{print $15}' "/proc/$1/stat"; }  # the kernel's part (syscalls)
 hz=$(getconf CLK_TCK)
 
 NGINX_PORT=$(free_port)
@@ -133,8 +134,16 @@ wrk -t1 -c"$CONNECTIONS" -d2s -H "$AUTH" "http://127.0.0.1:$GW_PORT$URL_PATH" >/
 sleep 1.5  # nginx flushes its access log buffer every second
 log_before=$(wc -l <"$WORK/conn.log")
 ticks_before=$(cpu_ticks "$GW_PID")
+sys_before=$(sys_ticks "$GW_PID")
+if [[ -n ${BENCH_PROFILE:-} ]]; then  # py-spy samples the gateway during its wrk run
+  "$(dirname "$PY")/py-spy" record --pid "$GW_PID" --duration "${DURATION%s}" --nonblocking \
+    --format "$([[ $BENCH_PROFILE == *.svg ]] && echo flamegraph || echo raw)" \
+    --output "$BENCH_PROFILE" >/dev/null 2>&1 &
+  PIDS+=($!)
+fi
 read -r gw_rps gw_p50 gw_p99 gw_requests gw_bad < <(run_wrk "http://127.0.0.1:$GW_PORT$URL_PATH")
 ticks_after=$(cpu_ticks "$GW_PID")
+sys_after=$(sys_ticks "$GW_PID")
 sleep 1.5
 opened=$(new_connections "$log_before")
 
@@ -151,15 +160,16 @@ kill "$FLOOR_PID"
 
 "$PY" - "$direct_rps" "$direct_p50" "$direct_p99" "$gw_rps" "$gw_p50" "$gw_p99" "$gw_requests" \
   "$gw_bad" "$((ticks_after - ticks_before))" "$hz" "$opened" \
-  "$floor_rps" "$floor_requests" "$((floor_after - floor_before))" <<'EOF'
+  "$floor_rps" "$floor_requests" "$((floor_after - floor_before))" "$((sys_after - sys_before))" <<'EOF'
 import sys
-d_rps, d50, d99, g_rps, g50, g99, n, bad, ticks, hz, opened, f_rps, f_n, f_ticks = sys.argv[1:]
+d_rps, d50, d99, g_rps, g50, g99, n, bad, ticks, hz, opened, f_rps, f_n, f_ticks, sys_ticks = sys.argv[1:]
 n = int(n)
 print(f"{'':10} {'req/s':>10} {'p50':>9} {'p99':>9}")
 print(f"{'nginx':10} {float(d_rps):>10.0f} {d50:>9} {d99:>9}")
 print(f"{'gateway':10} {float(g_rps):>10.0f} {g50:>9} {g99:>9}")
 print(f"gateway/nginx throughput: {float(g_rps) / float(d_rps):.3f}")
-print(f"gateway CPU per request: {int(ticks) / int(hz) * 1e6 / n:.0f} us ({n} requests, {bad} non-2xx)")
+print(f"gateway CPU per request: {int(ticks) / int(hz) * 1e6 / n:.0f} us, of which system "
+      f"{int(sys_ticks) / int(hz) * 1e6 / n:.0f} us ({n} requests, {bad} non-2xx)")
 print(f"upstream connections opened per request: {int(opened) / n:.4f} ({opened} opened)")
 print(f"floor, bare Tornado handler: {float(f_rps):.0f} req/s, "
       f"{int(f_ticks) / int(hz) * 1e6 / int(f_n):.0f} us CPU per request")
