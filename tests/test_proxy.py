@@ -369,6 +369,34 @@ async def test_body_with_content_length_over_the_limit_is_413_and_never_forwarde
     assert stubs.received() == []
 
 
+@pytest.mark.gen_test(timeout=20)
+async def test_refusals_of_bodyless_and_small_requests_keep_the_connection(proxy_gw, stubs):
+    """A 401, a 404 with a small body and a 413 just over the limit are answered on the
+    same keep-alive connection, which then still carries a proxied request."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_gw.port)
+
+    async def exchange(raw: bytes) -> tuple[int, dict, bytes]:
+        writer.write(raw)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        status, headers, _ = parse_raw(head)
+        return status, headers, await reader.readexactly(int(headers.get("content-length", 0)))
+
+    auth = f"Authorization: Bearer {TOKEN}\r\n"
+    status, headers, body = await exchange(b"GET /api/users/echo HTTP/1.1\r\nHost: gw\r\n\r\n")
+    assert status == 401 and json.loads(body)["error"]["code"] == "UNAUTHENTICATED"
+    assert headers.get("connection", "").lower() != "close"
+    status, _, body = await exchange(f"POST /nowhere HTTP/1.1\r\nHost: gw\r\n{auth}"
+                                     f"Content-Length: 10\r\n\r\n0123456789".encode())
+    assert status == 404 and json.loads(body)["error"]["code"] == "NOT_FOUND"
+    status, _, body = await exchange(f"POST /api/chats/upload HTTP/1.1\r\nHost: gw\r\n{auth}"
+                                     f"Content-Length: {LIMIT + 1}\r\n\r\n".encode() + b"a" * (LIMIT + 1))
+    assert status == 413 and json.loads(body)["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    status, _, _ = await exchange(f"GET /api/users/echo HTTP/1.1\r\nHost: gw\r\n{auth}\r\n".encode())
+    assert status == 200
+    writer.close()
+    assert [r.path for r in stubs.received()] == ["/users/echo"]  # only the last one went upstream
+
+
 @pytest.mark.parametrize("path, auth, status, code", [
     ("/api/chats/upload", True, 413, "PAYLOAD_TOO_LARGE"),  # declared far beyond the limit
     ("/api/chats/upload", False, 401, "UNAUTHENTICATED"),

@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 
+import tornado.routing
 import tornado.web
 
 from tornado_gateway.auth import TokenVerifier
@@ -25,7 +26,7 @@ from tornado_gateway.ingress import Ingress
 from tornado_gateway.internal import internal_handlers
 from tornado_gateway.limits import Limits
 from tornado_gateway.presence import PresenceHandler
-from tornado_gateway.proxy import ProxyHandler
+from tornado_gateway.proxy import ProxyRouter
 from tornado_gateway.realtime import Realtime
 from tornado_gateway.redis_link import RedisLink
 from tornado_gateway.revocation import Revocations
@@ -143,15 +144,20 @@ class Gateway:
 
     # -- applications ----------------------------------------------------
 
-    def public_app(self) -> tornado.web.Application:
+    def public_router(self) -> tornado.routing.RuleRouter:
+        """The public listener: the application's own paths, everything else to the proxy."""
         handlers = [
             (r"/healthz", HealthHandler),
             (r"/readyz", ReadyHandler),
             *self.realtime.handlers(),  # /socket.io/
             (r"/api/presence", PresenceHandler),
-            (r"/.*", ProxyHandler),  # catch-all: keep it last
         ]
-        return self._application(handlers)
+        app = self._application(handlers)
+        own_paths = tornado.routing.PathMatches("(?:" + "|".join(path for path, _ in handlers) + ")$")
+        return tornado.routing.RuleRouter([
+            tornado.routing.Rule(own_paths, app),
+            tornado.routing.Rule(tornado.routing.AnyMatches(), ProxyRouter(self)),
+        ])
 
     def internal_app(self) -> tornado.web.Application:
         return self._application(internal_handlers(self.settings))

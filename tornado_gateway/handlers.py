@@ -56,15 +56,9 @@ class LingeringClose:
     def finish(self, chunk=None):
         if not self._body_unread():
             return super().finish(chunk)
-        connection = self.request.connection
-        # HTTP1Connection.finish() would close the stream itself, possibly before it
-        # returns, because the body is unread; these two flags are what it decides by.
-        connection._read_finished = True
-        connection._disconnect_on_finish = False
         self.set_header("Connection", "close")
-        future = super().finish(chunk)
-        asyncio.ensure_future(_linger(connection.detach()))
-        return future
+        finish = super().finish
+        return answer_before_body(self.request.connection, lambda: finish(chunk))
 
     def _body_unread(self) -> bool:
         # Streaming handlers get _prepared_future, done once prepare() returned: until
@@ -72,8 +66,35 @@ class LingeringClose:
         prepared = getattr(self, "_prepared_future", None)
         if prepared is None or prepared.done() or self._finished:
             return False
-        headers = self.request.headers
-        return "Transfer-Encoding" in headers or headers.get("Content-Length", "0") not in ("", "0")
+        return has_body(self.request.headers)
+
+
+def answer_before_body(connection, send):
+    """Run ``send()``, which writes a whole response (``Connection: close``) while the
+    request body is still unread, then close with a lingering close; returns what
+    ``send`` returned. Only while the request's headers are being handled (Tornado
+    allows ``detach`` there: a handler's ``prepare``, a delegate's ``headers_received``).
+    """
+    # HTTP1Connection.finish() would close the stream itself, possibly before it
+    # returns, because the body is unread; these two flags are what it decides by.
+    connection._read_finished = True
+    connection._disconnect_on_finish = False
+    result = send()
+    asyncio.ensure_future(_linger(connection.detach()))
+    return result
+
+
+def has_body(headers) -> bool:
+    """Whether a request announces a body (chunked, or a Content-Length above 0)."""
+    return "Transfer-Encoding" in headers or headers.get("Content-Length", "0") not in ("", "0")
+
+
+def default_headers(gateway, request_id: str, origin: str | None):
+    """(name, value) pairs every public response starts from: the security floor, the
+    request id and the CORS headers for ``origin``."""
+    yield from gateway.security_headers
+    yield "X-Request-ID", request_id
+    yield from gateway.cors.response_headers(origin)
 
 
 async def _linger(stream) -> None:
@@ -108,10 +129,8 @@ class GatewayHandler(LingeringClose, tornado.web.RequestHandler):
             self.request_id = make_request_id(self.request.headers.get("X-Request-ID"))
         headers = self._headers
         del headers["Server"]
-        for name, value in self.gateway.security_headers:
-            headers[name] = value
-        headers["X-Request-ID"] = self.request_id
-        for name, value in self.gateway.cors.response_headers(self.request.headers.get("Origin")):
+        for name, value in default_headers(self.gateway, self.request_id,
+                                           self.request.headers.get("Origin")):
             headers[name] = value
 
     def flush(self, include_footers: bool = False):
@@ -195,7 +214,8 @@ class NotFoundHandler(GatewayHandler):
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
-    """Application ``log_function``: one access line and the HTTP metrics per request."""
+    """One access line and the HTTP metrics per request: the applications' ``log_function``,
+    and what the proxy's exchanges call (they answer to the same attributes)."""
     status = handler.get_status()
     duration = handler.request.request_time()
     route = getattr(handler, "route_name", "other")

@@ -1,23 +1,37 @@
 """The reverse proxy: route, authenticate, and stream a request to its upstream and back.
 
-:class:`ProxyHandler` answers every path the other handlers do not. In
-``prepare`` (right after the request headers arrive) it validates and routes
-the path (paths.py), authenticates (SPEC §3), calls :meth:`ProxyHandler.admit`,
-checks the body limit and the upstream's circuit breaker, and starts the
-upstream exchange; the request body is then passed on chunk by chunk as it
-arrives, and the response comes back the same way:
+The public listener is a Tornado ``RuleRouter`` (see ``Gateway.public_router``):
+the application's few paths (health, readiness, presence, Socket.IO) go to the
+``tornado.web.Application``; every other path goes to :class:`ProxyRouter`,
+whose :class:`ProxyExchange` is an ``HTTPMessageDelegate`` writing straight to
+Tornado's ``HTTP1Connection``. A proxy needs nothing of ``RequestHandler``
+(templates, cookies, XSRF, ETags, output transforms), and skipping it halves
+the server side's CPU per request (docs/benchmarks.md, "HTTP edge").
+
+In ``headers_received`` (once the request head arrived) the exchange
+validates and routes the path (paths.py), authenticates (SPEC §3), calls
+:meth:`ProxyExchange.admit` (revocation and rate limits), checks the body
+limit and the upstream's circuit breaker. A request with a body starts its
+upstream request at once and the body follows chunk by chunk; a bodyless one
+starts when Tornado has read the (empty) body:
 
 * client -> upstream: ``data_received`` puts chunks into a :class:`BodyPipe`
   of a few chunks; the upstream client's ``body_producer`` takes them out and
   awaits each write. When the upstream is slower, the pipe fills,
-  ``data_received`` waits, and Tornado stops reading from the client.
-* upstream -> client: ``header_callback`` copies status and headers over,
-  ``streaming_callback`` (a coroutine) writes each chunk and awaits
-  ``flush()``, so a slow client slows the upstream read down.
+  ``data_received`` returns a pending future, and Tornado stops reading from
+  the client.
+* upstream -> client: ``head_callback`` prepares status and headers, which
+  go out together with the first body chunk (one write for a small answer);
+  ``streaming_callback`` (a coroutine) writes each chunk and awaits the
+  write, so a slow client slows the upstream read down.
 
-Upstream failures become the gateway's JSON errors while nothing has been sent
-to the client yet; after that the client connection is cut, so a truncated
-body is never presented as complete.
+A refusal decided from the head (400, 401, 404, 405, 411, 413, 429, 503) is
+answered once the request body was read and dropped, which keeps the
+connection alive, when that body is absent or small; otherwise at once,
+followed by a lingering close (handlers.answer_before_body). Upstream failures
+become the gateway's JSON errors while nothing has been sent to the client
+yet; after that the client connection is cut, so a truncated body is never
+presented as complete.
 """
 
 from __future__ import annotations
@@ -25,23 +39,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from email.utils import formatdate
 from functools import lru_cache
-from typing import Awaitable
 from urllib.parse import urlsplit
 
-import tornado.web
+import tornado.routing
 from tornado import httputil
 from tornado.http1connection import is_transfer_encoding_chunked
-from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.httpclient import HTTPClientError
 from tornado.iostream import StreamClosedError
 from tornado.simple_httpclient import HTTPTimeoutError
 
 from tornado_gateway import metrics
 from tornado_gateway.auth import AuthError, Identity, bearer_token
 from tornado_gateway.circuit import CircuitBreaker
-from tornado_gateway.errors import GatewayError
-from tornado_gateway.handlers import GatewayHandler
+from tornado_gateway.errors import GatewayError, error_body
+from tornado_gateway.handlers import answer_before_body, default_headers, has_body, log_request, make_request_id
 from tornado_gateway.paths import PathError, Resolved, check_query, is_under, resolve
+from tornado_gateway.upstream import UpstreamRequest
 
 log = logging.getLogger("tornado_gateway.proxy")
 
@@ -59,8 +74,12 @@ REFRESH_COOKIE = "refreshToken"
 RETRYABLE_METHODS = ("GET", "HEAD")
 BODY_METHODS = ("POST", "PUT", "PATCH")  # the upstream client frames chunked bodies only for these
 PIPE_DEPTH = 4  # request chunks (each <= 64 KiB) buffered between client and upstream
-# An oversize body up to this much beyond the limit is read and dropped before the 413.
+# A refused request's body up to this size is read and dropped before the answer (the
+# connection stays open); a larger or unknown one gets the answer at once and a lingering close.
+DROP_BODY_MAX = 4 * 1024 * 1024
+# Whatever arrives beyond a body limit up to this much is dropped before the 413.
 OVERSIZE_DRAIN = 4 * 1024 * 1024
+SUPPORTED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class Abandoned(Exception):
@@ -83,6 +102,16 @@ class BodyPipe:
 
     async def end(self) -> None:
         await self.put(self._END)
+
+    def end_nowait(self):
+        """End the body now when the pipe has room; else return the awaitable that will."""
+        if self.aborted:
+            return None
+        try:
+            self._queue.put_nowait(self._END)
+        except asyncio.QueueFull:
+            return self.end()
+        return None
 
     def abort(self) -> None:
         """Stop the upstream request: the producer raises Abandoned at its next read."""
@@ -138,34 +167,89 @@ def host_of(upstream: str) -> str:
     return urlsplit(upstream).netloc
 
 
-@tornado.web.stream_request_body
-class ProxyHandler(GatewayHandler):
-    """Proxies every route of ``settings.routes``; 404 JSON elsewhere."""
+class ProxyRouter(tornado.routing.Router):
+    """The public listener's target for every path the application does not serve."""
+
+    def __init__(self, gateway):
+        self.gateway = gateway
+
+    def find_handler(self, request: httputil.HTTPServerRequest, **kwargs) -> "ProxyExchange":
+        return ProxyExchange(self.gateway, request)
+
+
+class ProxyExchange(httputil.HTTPMessageDelegate):
+    """One client request on its way to an upstream and its answer on the way back.
+
+    Answers to the attributes ``log_request`` reads (``request``,
+    ``get_status()``, ``route_name``, ``request_id``, ``user_id``,
+    ``upstream_name``, ``client_ip``), like the application's handlers.
+    """
 
     route_name = "proxy"
+    upstream_name: str | None = None
+    user_id: str | None = None
     identity: Identity | None = None
-    _tracked = False
-    _client_gone = False
-    _pipe: BodyPipe | None = None
-    _task: Awaitable[None] | None = None  # the upstream exchange (a task when a body streams)
-    _body_limit = 0
-    _discarding = False  # the body is oversize: dropped as it arrives, answered 413
-    _received = 0
-    _head_lines: list[str] | None = None
-    _attempt_started = 0.0
 
-    def compute_etag(self) -> None:
-        return None  # never answer 304 or add an ETag on the upstream's behalf
+    def __init__(self, gateway, request: httputil.HTTPServerRequest):
+        self.gateway = gateway
+        self.request = request
+        self.connection = request.connection
+        self.request_id = make_request_id(request.headers.get("X-Request-ID"))
+        self.status = 200
+        self.extra_headers: dict[str, str] = {}  # rate-limit headers of this request
+        self._head: tuple[httputil.ResponseStartLine, httputil.HTTPHeaders] | None = None
+        self._head_written = False
+        self._finished = False  # the response is complete (or was cut)
+        self._client_gone = False
+        self._tracked = False
+        self._refusal: GatewayError | None = None  # sent once the body was dropped
+        self._preflight = False
+        self._pipe: BodyPipe | None = None
+        self._task: asyncio.Future | None = None  # the upstream exchange
+        self._resolved: Resolved | None = None
+        self._breaker: CircuitBreaker | None = None
+        self._body_limit = 0
+        self._discarding = False  # the body is dropped as it arrives
+        self._received = 0
+        self._attempt_started = 0.0
+        self._response_started = False  # the upstream's head arrived in this attempt
 
-    # -- request admission ---------------------------------------------------
+    @property
+    def client_ip(self) -> str:
+        return self.gateway.forwarding.client_ip(self.request)
 
-    async def prepare(self) -> None:
-        self._track_start()
-        if self.request.method == "OPTIONS":
-            return  # CORS preflight, answered by GatewayHandler.options
+    def get_status(self) -> int:
+        return self.status
+
+    # -- the client's request (HTTPMessageDelegate) ---------------------------------
+
+    def headers_received(self, start_line, headers):
+        self._tracked = True
+        self.gateway.request_started()
+        self.connection.set_close_callback(self.on_connection_close)
+        return self._admit_safely()
+
+    async def _admit_safely(self) -> None:
         try:
-            check_query(self.request.query)
-            resolved = resolve(self.gateway.settings.routes, self.request.path)
+            await self._admit()
+        except GatewayError as error:
+            self._refuse(error)
+        except Exception:
+            log.exception("admitting a request failed", extra={"request_id": self.request_id})
+            self._refuse(GatewayError("INTERNAL", "internal error"))
+
+    async def _admit(self) -> None:
+        request = self.request
+        if request.method not in SUPPORTED_METHODS:
+            raise GatewayError("METHOD_NOT_ALLOWED", f"method {request.method} is not supported")
+        if request.method == "OPTIONS":
+            self._check_preflight()
+            self._preflight = True
+            self._accept_body(DROP_BODY_MAX, dropped=True)
+            return
+        try:
+            check_query(request.query)
+            resolved = resolve(self.gateway.settings.routes, request.path)
         except PathError as exc:
             raise GatewayError("BAD_PATH", str(exc)) from None
         if resolved is None:
@@ -173,23 +257,27 @@ class ProxyHandler(GatewayHandler):
             raise GatewayError("NOT_FOUND", "no route for this path")
         route = resolved.route
         self.route_name = self.upstream_name = route.service
-        self.public_path = resolved.path  # normalised: what limits classify by
         self.identity = self.authenticate(resolved.path)
         if self.identity is not None:
             self.user_id = self.identity.user_id
-        await self.admit(self.identity)
+        await self.admit(resolved.path, self.identity)
         if not self._accept_body(route.max_body_size):
-            return  # an oversize body is read and dropped, then answered 413 (see _relay)
+            return  # oversize: dropped as it arrives, then answered 413 (see finish)
         breaker = self.gateway.circuits.get(route.upstream)
         if not breaker.allow():
             metrics.UPSTREAM_ERRORS.labels(route.service, "circuit_open").inc()
             raise GatewayError("CIRCUIT_OPEN", f"the {route.service} service is failing; retry later",
                                headers={"Retry-After": str(breaker.retry_after())})
-        exchange = self._proxy(resolved, breaker)
+        self._resolved, self._breaker = resolved, breaker
         if self._pipe is not None:  # the upstream request starts now, the body follows
-            self._task = asyncio.ensure_future(exchange)
-        else:  # nothing to stream: _relay runs it at once
-            self._task = exchange
+            self._task = asyncio.ensure_future(self._proxy())
+
+    def _check_preflight(self) -> None:
+        headers = self.request.headers
+        if not headers.get("Access-Control-Request-Method"):
+            raise GatewayError("METHOD_NOT_ALLOWED", "OPTIONS is only answered as a CORS preflight")
+        if not self.gateway.cors.allows(headers.get("Origin")):
+            raise GatewayError("FORBIDDEN", "origin not allowed")
 
     def authenticate(self, path: str) -> Identity | None:
         """The caller's identity, None when anonymous on a public path; raises AuthError."""
@@ -197,7 +285,7 @@ class ProxyHandler(GatewayHandler):
         bearer = bearer_token(self.request.headers.get("Authorization"))
         if path.rstrip("/") == REFRESH_PATH:
             # Refresh tokens are checked at the edge: a forged one never reaches auth.
-            cookie = self.get_cookie(REFRESH_COOKIE)
+            cookie = self._cookie(REFRESH_COOKIE)
             if cookie:
                 return tokens.verify_refresh(cookie)
             if bearer:
@@ -216,30 +304,37 @@ class ProxyHandler(GatewayHandler):
                 return None  # a bad token on a public route is ignored, never trusted
             raise
 
-    async def admit(self, identity: Identity | None) -> None:
+    def _cookie(self, name: str) -> str | None:
+        if "Cookie" not in self.request.headers:
+            return None
+        try:
+            morsel = self.request.cookies.get(name)
+        except Exception:  # a malformed Cookie header: no cookie
+            return None
+        return morsel.value if morsel is not None else None
+
+    async def admit(self, path: str, identity: Identity | None) -> None:
         """Last check before the upstream is contacted: rate limits and revocation go here.
 
         Runs after authentication (``identity`` is None for an anonymous call
-        on a public path) and raises a GatewayError to refuse the request.
-        The logic lives in revocation.py and limits.py; this only calls them.
+        on a public path; ``path`` is the normalised one) and raises a
+        GatewayError to refuse the request. The logic lives in revocation.py
+        and limits.py; this only calls them.
         """
         gateway = self.gateway
         if identity is not None and await gateway.revocations.is_revoked(identity):
             raise AuthError("TOKEN_REVOKED", "token has been revoked")
         if gateway.settings.rate_limit_enabled:
             user_id = identity.user_id if identity is not None else None
-            headers = await gateway.limits.admit_http(self.public_path, user_id, self.client_ip)
-            for name, value in headers.items():
-                self.set_header(name, value)
+            self.extra_headers = await gateway.limits.admit_http(path, user_id, self.client_ip)
 
-    def _accept_body(self, limit: int) -> bool:
+    def _accept_body(self, limit: int, dropped: bool = False) -> bool:
         """Check the body's framing and size; False when it is oversize and will be dropped.
 
-        A declared oversize body is refused before the upstream is contacted:
-        at once when the client waits for ``100 Continue`` or the excess is
-        large (then the connection closes with a lingering close, see
-        handlers.LingeringClose), else after reading and dropping it, which
-        keeps the connection open for the client's next request.
+        ``dropped``: the body is read and dropped whatever its size up to ``limit``
+        (a preflight). A declared oversize body is refused before the upstream is
+        contacted: at once when it is large (see _refuse), else after it was read
+        and dropped, which keeps the connection open for the client's next request.
         """
         headers = self.request.headers
         self._body_limit = limit
@@ -253,24 +348,22 @@ class ProxyHandler(GatewayHandler):
                 raise GatewayError("BAD_REQUEST", "malformed Content-Length")
             size = int(declared)
             if size > limit:
-                if (size > limit + OVERSIZE_DRAIN
-                        or headers.get("Expect", "").lower() == "100-continue"):
-                    raise GatewayError("PAYLOAD_TOO_LARGE", f"request body over {limit} bytes")
-                self.request.connection.set_max_body_size(size)
                 self._discarding = True
-                return False
-            self.request.connection.set_max_body_size(limit)
-            has_body = size > 0
+                raise GatewayError("PAYLOAD_TOO_LARGE", f"request body over {limit} bytes")
+            self.connection.set_max_body_size(limit)
+            body = size > 0
         elif chunked:
             if self.request.method not in BODY_METHODS:
                 raise GatewayError("LENGTH_REQUIRED",
                                    f"a {self.request.method} body needs a Content-Length")
             # Tornado's own limit (a bare 400) must sit above ours and the drain.
-            self.request.connection.set_max_body_size(limit + 2 * OVERSIZE_DRAIN)
-            has_body = True
+            self.connection.set_max_body_size(limit + 2 * OVERSIZE_DRAIN)
+            body = True
         else:
-            has_body = False
-        if has_body:
+            body = False
+        if dropped:
+            self._discarding = True
+        elif body:
             self._pipe = BodyPipe()
         return True
 
@@ -288,61 +381,99 @@ class ProxyHandler(GatewayHandler):
             # Chunked and over the limit: the upstream request is aborted, the rest dropped.
             self._pipe.abort()
             self._discarding = True
-            if self._headers_written:
+            if self._head_written:
                 self._refuse_oversize()  # the response already started: cut it
             return None
         return self._pipe.put(chunk)
 
-    def send_gateway_error(self, error: GatewayError) -> None:
-        cut = self._headers_written and not self._finished
-        super().send_gateway_error(error)
-        if cut:  # the response was cut mid-way: log it as the error it became
-            self._status_code = error.status
-            self.application.log_request(self)
+    def finish(self) -> None:
+        """The whole request body arrived (or was dropped)."""
         if self._finished:
-            self._track_end()  # a cut connection never reaches on_finish
+            return
+        if self._refusal is not None:
+            self.send_gateway_error(self._refusal)
+        elif self._preflight:
+            self._answer_preflight()
+        elif self._discarding:
+            self._refuse_oversize()
+        elif self._pipe is not None:
+            self._end_body()
+        elif self._resolved is not None:
+            self._task = asyncio.ensure_future(self._proxy())
+
+    def on_connection_close(self) -> None:
+        """The client went away (Tornado's close callback, or a read that failed)."""
+        if self._client_gone:
+            return
+        self._client_gone = True
+        if self._pipe is not None:
+            self._pipe.abort()
+        if not self._finished:
+            self._abandon()
+
+    def _end_body(self) -> None:
+        ended = self._pipe.end_nowait()
+        if ended is not None:  # the pipe is full: end it when there is room
+            asyncio.ensure_future(ended)
+
+    # -- refusals -----------------------------------------------------------------------
+
+    def _refuse(self, error: GatewayError) -> None:
+        """Refuse from the head: after a small body was dropped, or now (large/unknown body)."""
+        headers = self.request.headers
+        declared = headers.get("Content-Length", "0")
+        small = ("Transfer-Encoding" not in headers and declared.isdigit()
+                 and int(declared) <= DROP_BODY_MAX
+                 and headers.get("Expect", "").lower() != "100-continue")
+        if not has_body(headers) or small:
+            self._refusal = error
+            self._discarding = True
+            self._body_limit = max(self._body_limit, DROP_BODY_MAX)
+            if small:
+                self.connection.set_max_body_size(max(int(declared), 1))
+            return
+        answer_before_body(self.connection, lambda: self.send_gateway_error(error, close=True))
 
     def _refuse_oversize(self) -> None:
         """413 (or a cut connection when the response already started)."""
         self.send_gateway_error(
             GatewayError("PAYLOAD_TOO_LARGE", f"request body over {self._body_limit} bytes"))
 
-    # -- the exchange ----------------------------------------------------------
+    def _answer_preflight(self) -> None:
+        request_headers = self.request.headers
+        headers = self._response_headers()
+        for name, value in self.gateway.cors.preflight_headers(
+            request_headers.get("Origin"), request_headers.get("Access-Control-Request-Headers")
+        ):
+            headers[name] = value
+        headers["Content-Length"] = "0"
+        self.status = 204
+        self._write_all(httputil.ResponseStartLine("HTTP/1.1", 204, "No Content"), headers, None)
 
-    async def _relay(self, *args) -> None:
-        """Runs once the whole request body arrived; waits for the response to finish."""
-        if self._pipe is not None and not self._finished and not self._discarding:
-            await self._pipe.end()
-        exchange, self._task = self._task, None
-        if exchange is not None:
-            await exchange
-        if self._discarding and not self._finished:
-            self._refuse_oversize()
+    # -- the upstream exchange ------------------------------------------------------------
 
-    get = head = post = put = patch = delete = _relay
-
-    async def _proxy(self, resolved: Resolved, breaker: CircuitBreaker) -> None:
+    async def _proxy(self) -> None:
+        route = self._resolved.route
         try:
-            await self._forward(resolved, breaker)
+            await self._forward(self._resolved, self._breaker)
         except GatewayError as error:
             if not self._client_gone and not self._discarding:
                 self.send_gateway_error(error)
         except Exception:
             log.exception("proxying failed", extra={"request_id": self.request_id,
-                                                    "upstream": self.upstream_name})
+                                                    "upstream": route.service})
             if not self._client_gone:
                 self.send_gateway_error(GatewayError("INTERNAL", "internal error"))
         finally:
             if self._pipe is not None:
                 self._pipe.abort()  # frees a data_received still waiting on the pipe
-        if self._client_gone:
-            self._abandon()
+        # A body over its limit (self._discarding) is answered by finish() or data_received.
 
     async def _forward(self, resolved: Resolved, breaker: CircuitBreaker) -> None:
         route = resolved.route
         attempts = 2 if self.request.method in RETRYABLE_METHODS and self._pipe is None else 1
         for attempt in range(1, attempts + 1):
-            self._head_lines = []
+            self._response_started = False
             self._attempt_started = time.monotonic()
             try:
                 response = await self.gateway.http_client.fetch(
@@ -357,9 +488,8 @@ class ProxyHandler(GatewayHandler):
                                    f"the {route.service} service did not answer in time") from None
             except (HTTPClientError, StreamClosedError, httputil.HTTPInputError, OSError) as exc:
                 connect_failed = is_connect_failure(exc)
-                started = self._head_lines is None
                 self._upstream_failed(route, breaker, "connect" if connect_failed else "reset",
-                                      count=not started)
+                                      count=not self._response_started)
                 if connect_failed and attempt < attempts and breaker.allow():
                     log.warning("upstream %s: connect failed (%s); retrying once", route.service,
                                 type(exc).__name__,
@@ -369,10 +499,12 @@ class ProxyHandler(GatewayHandler):
                                    f"the {route.service} service is unavailable") from None
             breaker.record_success()
             metrics.CIRCUIT_OPEN.labels(route.service).set(0)
-            if self._head_lines is not None:  # a client that skipped header_callback
-                self._copy_head(response.code, response.reason, response.headers)
-            if not self._finished:
-                self.finish()
+            if self._finished or self._client_gone:
+                return
+            if self._head is None:  # no head_callback: take the head from the response
+                self._on_head(httputil.ResponseStartLine("HTTP/1.1", response.code, response.reason),
+                              response.headers)
+            self._finish_response()
             return
 
     def _upstream_failed(self, route, breaker: CircuitBreaker, kind: str, count: bool) -> None:
@@ -381,7 +513,7 @@ class ProxyHandler(GatewayHandler):
             breaker.record_failure()
             metrics.CIRCUIT_OPEN.labels(route.service).set(1 if breaker.is_open else 0)
 
-    def _upstream_request(self, resolved: Resolved) -> HTTPRequest:
+    def _upstream_request(self, resolved: Resolved) -> UpstreamRequest:
         route = resolved.route
         url = route.upstream + resolved.upstream_path
         if self.request.query:
@@ -390,7 +522,7 @@ class ProxyHandler(GatewayHandler):
         body = None
         if self._pipe is None and method in BODY_METHODS:
             body = b""
-        return HTTPRequest(
+        return UpstreamRequest(
             url,
             method=method,
             headers=self._upstream_headers(route),
@@ -401,20 +533,20 @@ class ProxyHandler(GatewayHandler):
             follow_redirects=False,
             decompress_response=False,
             allow_nonstandard_methods=True,
-            header_callback=self._on_header_line,
+            head_callback=self._on_head,
             streaming_callback=self._on_chunk,
         )
 
     def _upstream_headers(self, route) -> httputil.HTTPHeaders:
         incoming = self.request.headers
-        dropped = connection_named(incoming.get_list("Connection"))
+        dropped = connection_named(incoming.get_list("Connection")) if "Connection" in incoming else ()
         out = httputil.HTTPHeaders()
         for name, value in incoming.get_all():
             lower = name.lower()
             if (lower in REQUEST_DROP or lower in dropped or is_identity_header(lower)
                     or lower.startswith("x-forwarded-")):
                 continue
-            out.add(name, value)
+            _copy(out, name, value)
         for name, value in self.gateway.forwarding.forwarded_headers(self.request).items():
             out[name] = value
         out["Host"] = host_of(route.upstream)
@@ -423,95 +555,128 @@ class ProxyHandler(GatewayHandler):
             out["X-User-Id"] = self.identity.user_id
         return out
 
-    # -- the response ----------------------------------------------------------
+    # -- the response -------------------------------------------------------------------
 
-    def _on_header_line(self, line: str) -> None:
-        """``header_callback``: the status line, one call per header, then a blank line."""
-        if self._head_lines is None:
-            return
-        if line.strip():
-            self._head_lines.append(line)
-            return
-        lines, self._head_lines = self._head_lines, []
-        if not lines:
-            return
-        start = httputil.parse_response_start_line(lines[0].strip())
-        if 100 <= start.code < 200:
-            return  # interim response (e.g. 100 Continue): not relayed
-        headers = []
-        for header in lines[1:]:
-            name, _, value = header.partition(":")
-            headers.append((name.strip(), value.strip()))
-        self._copy_head(start.code, start.reason, headers)
-
-    def _copy_head(self, code: int, reason: str | None, headers) -> None:
-        """Status and end-to-end headers (``(name, value)`` pairs) of the upstream response."""
-        self._head_lines = None
+    def _on_head(self, start_line: httputil.ResponseStartLine, upstream: httputil.HTTPHeaders) -> None:
+        """``head_callback``: the upstream's status and end-to-end headers, ready to go out."""
+        self._response_started = True
         service = self.upstream_name or "unknown"
         metrics.UPSTREAM_LATENCY.labels(service).observe(time.monotonic() - self._attempt_started)
         if self._finished:
             return
-        self.set_status(code, reason or httputil.responses.get(code, "Unknown"))
-        out = self._headers
-        out.pop("Content-Type", None)  # never invent one
-        our_vary = out.get("Vary")
-        if isinstance(headers, httputil.HTTPHeaders):
-            headers = list(headers.get_all())
-        dropped = connection_named(value for name, value in headers if name.lower() == "connection")
+        headers = self._response_headers()
+        ours_vary = headers.get("Vary")
+        dropped = connection_named(upstream.get_list("Connection")) if "Connection" in upstream else ()
         replaced: set[str] = set()
-        for name, value in headers:
+        for name, value in upstream.get_all():
             lower = name.lower()
-            if (lower in RESPONSE_DROP or lower in dropped or lower.startswith("access-control-")
-                    or any(c in value for c in "\r\n\0")):
+            if lower in RESPONSE_DROP or lower in dropped or lower.startswith("access-control-"):
                 continue
-            if lower not in replaced:
+            if lower in replaced:
+                _copy(headers, name, value)
+            else:
                 replaced.add(lower)
-                out.pop(name, None)  # an upstream's own value beats the gateway's default
-            out.add(name, value)
-        if our_vary and "vary" in replaced:
-            out["Vary"] = f"{out['Vary']}, {our_vary}"
+                headers[name] = value  # an upstream's own value beats the gateway's default
+        if ours_vary and "vary" in replaced:
+            headers["Vary"] = f"{headers['Vary']}, {ours_vary}"
+        self.status = start_line.code
+        self._head = (httputil.ResponseStartLine("HTTP/1.1", start_line.code, start_line.reason
+                                                 or httputil.responses.get(start_line.code, "Unknown")),
+                      headers)
 
     async def _on_chunk(self, chunk: bytes) -> None:
         """``streaming_callback``: pass a body chunk on; returns once the client took it."""
         if self._client_gone or self._finished:
             raise Abandoned("client gone")
-        self.write(chunk)
         try:
-            await self.flush()
+            if self._head_written:
+                await self.connection.write(chunk)
+            else:
+                self._head_written = True
+                await self.connection.write_headers(*self._head, chunk)
         except StreamClosedError:
-            self._client_gone = True
+            self.on_connection_close()
             raise Abandoned("client gone") from None
 
-    # -- bookkeeping -------------------------------------------------------------
+    def _finish_response(self) -> None:
+        if not self._head_written:
+            self._head_written = True
+            self.connection.write_headers(*self._head)
+        self._end()
 
-    def _track_start(self) -> None:
-        if not self._tracked:
-            self._tracked = True
-            self.gateway.request_started()
+    def _response_headers(self) -> httputil.HTTPHeaders:
+        """What every answer starts from (an upstream's own headers then override these)."""
+        headers = httputil.HTTPHeaders()
+        headers["Date"] = _http_date()
+        for name, value in default_headers(self.gateway, self.request_id,
+                                           self.request.headers.get("Origin")):
+            headers[name] = value
+        for name, value in self.extra_headers.items():
+            headers[name] = value
+        if self.gateway.draining:
+            # Decided when the headers go out: a response that started before SIGTERM
+            # and ends during the drain still says so.
+            headers["Connection"] = "close"
+        return headers
 
-    def _track_end(self) -> None:
+    def send_gateway_error(self, error: GatewayError, close: bool = False) -> None:
+        """The gateway's JSON error, or a cut connection when the response already started."""
+        if self._finished:
+            return
+        if self._head_written:
+            # Too late for a status: cut the response so the client sees it fail.
+            self.status = error.status
+            self.connection.close()
+            self._end(written=False)
+            return
+        headers = self._response_headers()
+        for name, value in error.headers.items():
+            headers[name] = value
+        body = error_body(error.code, error.message, self.request_id)
+        headers["Content-Type"] = "application/json; charset=utf-8"
+        headers["Content-Length"] = str(len(body))
+        if close:
+            headers["Connection"] = "close"
+        self.status = error.status
+        start_line = httputil.ResponseStartLine("HTTP/1.1", error.status,
+                                                httputil.responses.get(error.status, "Unknown"))
+        self._write_all(start_line, headers, None if self.request.method == "HEAD" else body)
+
+    def _write_all(self, start_line, headers, body: bytes | None) -> None:
+        self._head_written = True
+        self.connection.write_headers(start_line, headers, body)
+        self._end()
+
+    def _end(self, written: bool = True) -> None:
+        """The response is over: finish the connection's message, log, count."""
+        self._finished = True
+        if written:
+            self.connection.finish()
+        log_request(self)
         if self._tracked:
             self._tracked = False
             self.gateway.request_finished()
 
-    def on_finish(self) -> None:
-        self._track_end()
-
-    def on_connection_close(self) -> None:
-        super().on_connection_close()
-        self._client_gone = True
-        if self._pipe is not None:
-            self._pipe.abort()
-        if asyncio.iscoroutine(self._task):
-            self._task.close()  # never started: nothing was sent upstream
-        self._track_end()
-
     def _abandon(self) -> None:
         """The client went away: log the request as 499 (nginx's "client closed request")."""
-        if self._finished:
-            return
-        self.set_status(499, "Client Closed Request")
-        try:
-            self.finish()
-        except Exception:  # the connection is gone; only the access log line matters
-            self._finished = True
+        self.status = 499
+        self._end(written=False)
+
+
+def _copy(headers: httputil.HTTPHeaders, name: str, value: str) -> None:
+    """Copy an already parsed (so validated) header: set the first value, add the next ones."""
+    if name in headers:
+        headers.add(name, value)
+    else:
+        headers[name] = value
+
+
+_date_cache = [0, ""]
+
+
+def _http_date() -> str:
+    """The Date header value, formatted once per second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0], _date_cache[1] = now, formatdate(now, usegmt=True)
+    return _date_cache[1]

@@ -167,7 +167,7 @@ async def run(settings: config.Settings) -> int:
     )
     await gateway.start()
     public = DrainableHTTPServer(
-        gateway.public_app(),
+        gateway.public_router(),
         xheaders=False,  # forwarding.py applies TRUSTED_PROXIES instead
         idle_connection_timeout=IDLE_CONNECTION_TIMEOUT,
         max_body_size=max(settings.max_body_size, settings.media_max_body_size,

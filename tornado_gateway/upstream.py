@@ -49,7 +49,13 @@ Failure contract (what ``fetch`` raises, with or without ``raise_error``):
   ``HTTPStreamClosedError`` (never a bare ``OSError``, so a caller that retries
   on ``OSError`` never replays a request the upstream may have seen);
 * an exception raised by ``streaming_callback``/``header_callback``/
-  ``body_producer`` is raised by ``fetch`` as it is.
+  ``head_callback``/``body_producer`` is raised by ``fetch`` as it is.
+
+One extension of the standard request: :class:`UpstreamRequest` takes a
+``head_callback(start_line, headers)``, called once per response (interim 1xx
+responses excluded) with the head as parsed, before any body chunk, instead
+of ``header_callback``'s one call per formatted header line, which a proxy
+would only split again.
 
 The gateway builds its own instance with ``force_instance=True`` (see
 ``Gateway.__init__``) rather than ``AsyncHTTPClient.configure``: the
@@ -85,6 +91,16 @@ PROXY_DEFAULTS = {"follow_redirects": False, "decompress_response": False,
                   "allow_nonstandard_methods": True}
 UNLIMITED = 1 << 62
 CHUNK_SIZE = 64 * 1024
+
+
+class UpstreamRequest(HTTPRequest):
+    """An ``HTTPRequest`` with ``head_callback`` (see the module docstring)."""
+
+    def __init__(self, url: str, head_callback: Callable[[httputil.ResponseStartLine,
+                                                          httputil.HTTPHeaders], None] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.head_callback = head_callback
 
 
 class LiteralFirstResolver(Resolver):
@@ -392,6 +408,7 @@ class _Exchange(httputil.HTTPMessageDelegate):
         self.timeout_handle = None
         self.streaming_callback = request.streaming_callback
         self.header_callback = request.header_callback
+        self.head_callback = getattr(request, "head_callback", None)
         self.body_started = False  # body_producer wrote (or tried to write) a chunk
         self.callback_error: BaseException | None = None
         self._reset_response()
@@ -572,7 +589,13 @@ class _Exchange(httputil.HTTPMessageDelegate):
     def headers_received(self, start_line, headers):
         self.start_line = start_line
         self.headers = headers
-        if self.header_callback is not None:
+        if self.head_callback is not None:
+            if not 100 <= start_line.code < 200:
+                try:
+                    self.head_callback(start_line, headers)
+                except Exception as exc:
+                    self._abort(exc)
+        elif self.header_callback is not None:
             try:
                 self.header_callback("%s %s %s\r\n" % start_line)
                 for name, value in headers.get_all():
