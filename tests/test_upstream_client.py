@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import random
 import socket
 import struct
 import threading
 
 import pytest
 import tornado.web
+from tornado import httputil
 from tornado.httpclient import HTTPRequest
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError
 
-from tornado_gateway.upstream import PooledHTTPClient
+from tornado_gateway.upstream import PooledHTTPClient, parse_response_head
 
 MIB = 1024 * 1024
 
@@ -374,6 +376,52 @@ async def test_upstream_closing_before_answering_raises_stream_closed(client):
     try:
         with pytest.raises(HTTPStreamClosedError):
             await client.fetch(raw.base + "/", raise_error=False)
+    finally:
+        raw.close()
+
+
+def _tornado_parse(data: bytes):
+    text = data.decode("latin1").lstrip("\r\n")
+    eol = text.find("\n")
+    return text[:eol].rstrip("\r"), httputil.HTTPHeaders.parse(text[eol:])
+
+
+def test_response_head_parser_accepts_and_refuses_exactly_what_tornado_does():
+    rng = random.Random(20261201)
+    alphabet = ["a", "Z", "0", "-", "_", "!", ":", " ", "\t", "\r", "\x00", "\x1f", "\x7f", "\xe9",
+                "\xff", "(", "@", "/", ";", "="]
+    refused = 0
+    for _ in range(20000):
+        lines = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 12)))
+                 for _ in range(rng.randrange(1, 4))]
+        if rng.random() < 0.5:  # a well-formed name, and a value of visible characters and blanks
+            lines = [f"X-{i}: " + "".join(c for c in line if c in "aZ0-_!:( @/;=\xe9\xff \t")
+                     for i, line in enumerate(lines)]
+        data = ("HTTP/1.1 200 OK\r\n" + "".join(line + rng.choice(["\r\n", "\n"]) for line in lines)
+                + "\r\n").encode("latin1")
+        outcomes = []
+        for parse in (_tornado_parse, parse_response_head):
+            try:
+                start, headers = parse(data)
+                outcomes.append((start, list(headers.get_all())))
+            except httputil.HTTPInputError:
+                outcomes.append("refused")
+        assert outcomes[0] == outcomes[1], data
+        refused += outcomes[0] == "refused"
+    assert 1000 < refused < 19000  # both kinds were tried
+
+
+@pytest.mark.parametrize("bad_line", [b" folded: x", b"Bad Name: x", b"X: a\x00b", b"X: a\rb", b"NoColon"])
+@pytest.mark.gen_test
+async def test_malformed_response_header_fails_the_fetch_and_drops_the_connection(client, bad_line):
+    def answer(conn, n):
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + bad_line + b"\r\n\r\nok")
+    raw = RawUpstream(answer)
+    try:
+        with pytest.raises(HTTPStreamClosedError):
+            await client.fetch(raw.base + "/", raise_error=False)
+        assert client.pools and all(not pool.idle for pool in client.pools.values())
     finally:
         raw.close()
 

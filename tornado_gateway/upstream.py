@@ -30,6 +30,9 @@ the failure contract of ``SimpleAsyncHTTPClient`` and adds what a proxy needs:
 * ``TCP_NODELAY``, kept on for the connection's life (HTTP1Connection would
   toggle it twice per request); IP-literal hosts skip the resolver (asyncio's default
   resolver would send even ``127.0.0.1`` through a thread pool);
+* the upstream's response head is parsed with one precompiled expression per
+  line (:func:`parse_response_head`), as strict as Tornado's own parser, which
+  runs four per line and was a fifth of the client's CPU per request;
 * https through ``TCPClient`` with the request's ssl settings;
 * never follows redirects and never decompresses (``follow_redirects`` and
   ``decompress_response`` default to False; redirects are not followed even
@@ -69,6 +72,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import re
 import socket
 import ssl
 import time
@@ -91,6 +95,45 @@ PROXY_DEFAULTS = {"follow_redirects": False, "decompress_response": False,
                   "allow_nonstandard_methods": True}
 UNLIMITED = 1 << 62
 CHUNK_SIZE = 64 * 1024
+
+
+# One header field line (RFC 9110 §5.5, RFC 9112 §5): a token, ":", optional whitespace, then
+# a value that is empty or starts and ends with a visible (or obs-text) character; no
+# controls, no bare CR, no line folding. What Tornado's HTTPHeaders.parse accepts, in one match.
+FIELD_LINE = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*"
+                        r"((?:[\x21-\x7e\x80-\xff](?:[\x21-\x7e\x80-\xff \t]*[\x21-\x7e\x80-\xff])?)?)"
+                        r"[ \t]*")
+
+
+def parse_response_head(data: bytes) -> tuple[str, httputil.HTTPHeaders]:
+    """The start line and headers of a response head (``HTTP1Connection._parse_headers``).
+
+    Raises ``HTTPInputError`` for any line Tornado's parser would refuse.
+    """
+    text = data.decode("latin1").lstrip("\r\n")
+    lines = text.split("\n")
+    headers = httputil.HTTPHeaders()
+    for line in lines[1:]:
+        if line.endswith("\r"):
+            line = line[:-1]
+        if not line:
+            continue
+        match = FIELD_LINE.fullmatch(line)
+        if match is None:
+            raise httputil.HTTPInputError(f"malformed response header line {line[:80]!r}")
+        name, value = match.groups()
+        if name in headers:
+            headers.add(name, value)
+        else:
+            headers[name] = value
+    return lines[0].rstrip("\r"), headers
+
+
+class _UpstreamConnection(HTTP1Connection):
+    """The client side of one exchange: Tornado's HTTP1Connection with the faster parser."""
+
+    def _parse_headers(self, data: bytes) -> tuple[str, httputil.HTTPHeaders]:
+        return parse_response_head(data)
 
 
 class UpstreamRequest(HTTPRequest):
@@ -453,7 +496,7 @@ class _Exchange(httputil.HTTPMessageDelegate):
             pool.give_back(stream)
             return True
         self.stream = stream
-        connection = HTTP1Connection(stream, True, self.client.connection_params)
+        connection = _UpstreamConnection(stream, True, self.client.connection_params)
         connection.set_max_body_size(self._body_limit())
         try:
             await self._send(connection, target, headers)
