@@ -228,6 +228,42 @@ async def test_hop_by_hop_headers_dropped_both_ways(proxy_gw, stubs):
     assert headers.get_list("Set-Cookie") == ["a=1; Path=/", "b=2; Path=/"]
 
 
+@pytest.mark.parametrize("host_lines", [
+    "",  # HTTP/1.1 requires Host
+    "Host: bad host\r\n",
+    "Host: a/b\r\n",
+    "Host: one\r\nHost: two\r\n",
+])
+@pytest.mark.gen_test
+async def test_missing_malformed_or_doubled_host_is_400_and_never_forwarded(proxy_gw, stubs, host_lines):
+    data = raw_exchange(proxy_gw.port, (f"GET /api/users/echo HTTP/1.1\r\n{host_lines}"
+                                        f"Authorization: Bearer {TOKEN}\r\n\r\n").encode())
+    assert parse_raw(data)[0] == 400
+    assert stubs.received() == []
+
+
+@pytest.mark.gen_test
+async def test_http_1_0_without_host_is_proxied(proxy_gw, stubs):
+    data = raw_exchange(proxy_gw.port, f"GET /api/users/echo HTTP/1.0\r\nAuthorization: Bearer {TOKEN}"
+                                       f"\r\n\r\n".encode())
+    assert parse_raw(data)[0] == 200
+    (record,) = stubs.received("users")
+    assert record.headers["x-forwarded-host"] == "127.0.0.1"
+
+
+@pytest.mark.gen_test
+async def test_repeated_request_headers_reach_the_upstream_combined(proxy_gw, stubs):
+    raw_exchange(proxy_gw.port, (f"GET /api/users/echo HTTP/1.1\r\nHost: gw\r\n"
+                                 f"Authorization: Bearer {TOKEN}\r\nAccept: text/plain\r\n"
+                                 f"Accept: application/json\r\nCookie: a=1\r\nCookie: b=2\r\n"
+                                 f"Connection: close\r\n\r\n").encode())
+    (record,) = stubs.received("users")
+    names = [name.lower() for name, _ in record.header_list]
+    assert names.count("accept") == 1 and names.count("cookie") == 1
+    assert record.headers["accept"] == "text/plain, application/json"  # RFC 9110 §5.3
+    assert record.headers["cookie"] == "a=1; b=2"  # one Cookie header (RFC 6265 §5.4)
+
+
 @pytest.mark.gen_test
 async def test_forwarded_headers_from_an_untrusted_client_are_replaced(proxy_gw, stubs):
     await fetch(proxy_gw, "/api/chats/fwd", headers={

@@ -13,7 +13,6 @@ import logging
 import time
 import uuid
 
-import tornado.routing
 import tornado.web
 
 from tornado_gateway.auth import TokenVerifier
@@ -26,7 +25,7 @@ from tornado_gateway.ingress import Ingress
 from tornado_gateway.internal import internal_handlers
 from tornado_gateway.limits import Limits
 from tornado_gateway.presence import PresenceHandler
-from tornado_gateway.proxy import ProxyRouter
+from tornado_gateway.proxy import PublicRouter
 from tornado_gateway.realtime import Realtime
 from tornado_gateway.redis_link import RedisLink
 from tornado_gateway.revocation import Revocations
@@ -144,7 +143,7 @@ class Gateway:
 
     # -- applications ----------------------------------------------------
 
-    def public_router(self) -> tornado.routing.RuleRouter:
+    def public_router(self) -> PublicRouter:
         """The public listener: the application's own paths, everything else to the proxy."""
         handlers = [
             (r"/healthz", HealthHandler),
@@ -152,12 +151,7 @@ class Gateway:
             *self.realtime.handlers(),  # /socket.io/
             (r"/api/presence", PresenceHandler),
         ]
-        app = self._application(handlers)
-        own_paths = tornado.routing.PathMatches("(?:" + "|".join(path for path, _ in handlers) + ")$")
-        return tornado.routing.RuleRouter([
-            tornado.routing.Rule(own_paths, app),
-            tornado.routing.Rule(tornado.routing.AnyMatches(), ProxyRouter(self)),
-        ])
+        return PublicRouter(self, self._application(handlers), "|".join(path for path, _ in handlers))
 
     def internal_app(self) -> tornado.web.Application:
         return self._application(internal_handlers(self.settings))

@@ -12,9 +12,9 @@ import asyncio
 import json
 import logging
 import re
+import os
 import socket
 import time
-import uuid
 
 import tornado.web
 from tornado.iostream import StreamClosedError
@@ -36,7 +36,7 @@ def make_request_id(incoming: str | None) -> str:
     """Keep a sane client-supplied X-Request-ID, else make one."""
     if incoming and REQUEST_ID_RE.match(incoming):
         return incoming
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # 32 hex digits, like uuid4().hex, for a quarter of its cost
 
 
 class LingeringClose:
@@ -219,8 +219,8 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     status = handler.get_status()
     duration = handler.request.request_time()
     route = getattr(handler, "route_name", "other")
-    metrics.HTTP_REQUESTS.labels(route, handler.request.method, str(status)).inc()
-    metrics.HTTP_LATENCY.labels(route).observe(duration)
+    metrics.child(metrics.HTTP_REQUESTS, route, handler.request.method, str(status)).inc()
+    metrics.child(metrics.HTTP_LATENCY, route).observe(duration)
     if not access_log.isEnabledFor(logging.INFO):
         return
     level = logging.INFO if status < 500 else logging.WARNING

@@ -152,7 +152,7 @@ class Limits:
     async def admit_http(self, path: str, user_id: str | None, client_ip: str) -> dict[str, str]:
         """Count one HTTP request: the RateLimit headers to send, or GatewayError 429 when over.
 
-        What the proxy handler's ``admit`` calls, after auth and before the upstream.
+        What the proxy calls after authentication and revocation, before the upstream.
         """
         scope, key, limit = self.http.bucket(path, user_id, client_ip)
         decision = await self.allow(scope, key, limit)

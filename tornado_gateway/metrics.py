@@ -6,6 +6,8 @@ see README "Several processes per VM"), so figures never mix processes.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -42,3 +44,11 @@ EVENTS_REJECTED = Counter("gateway_events_rejected_total", "Ingress events refus
                           ["source"], registry=REGISTRY)
 REVOCATIONS = Counter("gateway_revocations_total", "session:revoke events applied", ["kind"],
                       registry=REGISTRY)
+
+
+@lru_cache(maxsize=4096)
+def child(metric, *label_values: str):
+    """``metric.labels(*label_values)``, remembered: the per-request call sites use it
+    (prometheus-client validates and looks the labels up under a lock on every call)."""
+    return metric.labels(*label_values)
+

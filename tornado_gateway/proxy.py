@@ -1,9 +1,9 @@
 """The reverse proxy: route, authenticate, and stream a request to its upstream and back.
 
-The public listener is a Tornado ``RuleRouter`` (see ``Gateway.public_router``):
-the application's few paths (health, readiness, presence, Socket.IO) go to the
-``tornado.web.Application``; every other path goes to :class:`ProxyRouter`,
-whose :class:`ProxyExchange` is an ``HTTPMessageDelegate`` writing straight to
+The public listener's :class:`PublicRouter` (see ``Gateway.public_router``)
+sends the application's few paths (health, readiness, presence, Socket.IO) to
+the ``tornado.web.Application``; every other request becomes a
+:class:`ProxyExchange`, an ``HTTPMessageDelegate`` writing straight to
 Tornado's ``HTTP1Connection``. A proxy needs nothing of ``RequestHandler``
 (templates, cookies, XSRF, ETags, output transforms), and skipping it halves
 the server side's CPU per request (docs/benchmarks.md, "HTTP edge").
@@ -37,13 +37,14 @@ presented as complete.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import re
 import time
 from email.utils import formatdate
 from functools import lru_cache
 from urllib.parse import urlsplit
 
-import tornado.routing
 from tornado import httputil
 from tornado.http1connection import is_transfer_encoding_chunked
 from tornado.httpclient import HTTPClientError
@@ -167,14 +168,87 @@ def host_of(upstream: str) -> str:
     return urlsplit(upstream).netloc
 
 
-class ProxyRouter(tornado.routing.Router):
-    """The public listener's target for every path the application does not serve."""
+# A Host header: RFC 3986 host (reg-name, IPv4, IP literal) and optional port, the check
+# HTTPServerRequest makes; a comma means two Host lines were joined, also refused.
+HOST_RE = re.compile(r"(?:[\[\]:A-Za-z0-9\-._~!$&'()*+;=]|%[0-9A-Fa-f]{2})*")
 
-    def __init__(self, gateway):
+
+class PublicRouter(httputil.HTTPServerConnectionDelegate):
+    """The public listener: the application's own paths, every other path to the proxy.
+
+    Chooses from the request line alone, so a proxied request never builds the
+    ``HTTPServerRequest`` the application needs (it parses and copies the
+    query arguments and costs about as much as the rest of the routing).
+    """
+
+    def __init__(self, gateway, app, app_paths: str):
         self.gateway = gateway
+        self.app = app
+        self.app_paths = re.compile(app_paths)
 
-    def find_handler(self, request: httputil.HTTPServerRequest, **kwargs) -> "ProxyExchange":
-        return ProxyExchange(self.gateway, request)
+    def start_request(self, server_conn, request_conn) -> httputil.HTTPMessageDelegate:
+        return _PublicRequest(self, server_conn, request_conn)
+
+
+class _PublicRequest(httputil.HTTPMessageDelegate):
+    """Hands one request to the application or to a ProxyExchange, once its head arrived."""
+
+    __slots__ = ("router", "server_conn", "request_conn", "delegate")
+
+    def __init__(self, router: PublicRouter, server_conn, request_conn):
+        self.router = router
+        self.server_conn = server_conn
+        self.request_conn = request_conn
+        self.delegate: httputil.HTTPMessageDelegate | None = None
+
+    def headers_received(self, start_line, headers):
+        router = self.router
+        if router.app_paths.fullmatch(start_line.path.partition("?")[0]):
+            self.delegate = router.app.start_request(self.server_conn, self.request_conn)
+        else:
+            request = ProxyRequest(self.request_conn, start_line, headers)
+            self.delegate = ProxyExchange(router.gateway, request)
+        return self.delegate.headers_received(start_line, headers)
+
+    def data_received(self, chunk):
+        return self.delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        self.delegate.finish()
+
+    def on_connection_close(self) -> None:
+        if self.delegate is not None:
+            self.delegate.on_connection_close()
+
+
+class ProxyRequest:
+    """What the proxy reads of a request: the parts of ``HTTPServerRequest`` it uses."""
+
+    __slots__ = ("method", "uri", "version", "path", "query", "headers", "connection",
+                 "remote_ip", "protocol", "host", "_start_time")
+
+    def __init__(self, connection, start_line: httputil.RequestStartLine,
+                 headers: httputil.HTTPHeaders):
+        self.method, self.uri, self.version = start_line
+        self.path, _, self.query = self.uri.partition("?")
+        self.headers = headers
+        self.connection = connection
+        context = getattr(connection, "context", None)
+        self.remote_ip = getattr(context, "remote_ip", None)
+        self.protocol = getattr(context, "protocol", "http")
+        host = headers.get("Host")
+        if host is None:
+            if self.version != "HTTP/1.0":
+                raise httputil.HTTPInputError("Missing Host header")
+            host = "127.0.0.1"
+        elif not HOST_RE.fullmatch(host):
+            raise httputil.HTTPInputError(f"Invalid Host header: {host!r}")
+        self.host = host
+        self._start_time = time.time()
+
+    def request_time(self) -> float:
+        return time.time() - self._start_time
+
 
 
 class ProxyExchange(httputil.HTTPMessageDelegate):
@@ -190,7 +264,7 @@ class ProxyExchange(httputil.HTTPMessageDelegate):
     user_id: str | None = None
     identity: Identity | None = None
 
-    def __init__(self, gateway, request: httputil.HTTPServerRequest):
+    def __init__(self, gateway, request: ProxyRequest):
         self.gateway = gateway
         self.request = request
         self.connection = request.connection
@@ -227,18 +301,33 @@ class ProxyExchange(httputil.HTTPMessageDelegate):
         self._tracked = True
         self.gateway.request_started()
         self.connection.set_close_callback(self.on_connection_close)
-        return self._admit_safely()
+        with self._refusing():
+            resolved = self._admit()
+            if resolved is not None:
+                if self.gateway.settings.rate_limit_enabled:
+                    return self._limit_then_start(resolved)  # the only wait before the upstream
+                self._start(resolved)
+        return None
 
-    async def _admit_safely(self) -> None:
+    async def _limit_then_start(self, resolved: Resolved) -> None:
+        with self._refusing():
+            self.extra_headers = await self.gateway.limits.admit_http(
+                resolved.path, self.user_id, self.client_ip)
+            self._start(resolved)
+
+    @contextlib.contextmanager
+    def _refusing(self):
+        """A GatewayError (or a bug) while admitting the request becomes its answer."""
         try:
-            await self._admit()
+            yield
         except GatewayError as error:
             self._refuse(error)
         except Exception:
             log.exception("admitting a request failed", extra={"request_id": self.request_id})
             self._refuse(GatewayError("INTERNAL", "internal error"))
 
-    async def _admit(self) -> None:
+    def _admit(self) -> Resolved | None:
+        """Route, authenticate and :meth:`admit`; the route to start, or None (a preflight)."""
         request = self.request
         if request.method not in SUPPORTED_METHODS:
             raise GatewayError("METHOD_NOT_ALLOWED", f"method {request.method} is not supported")
@@ -246,7 +335,7 @@ class ProxyExchange(httputil.HTTPMessageDelegate):
             self._check_preflight()
             self._preflight = True
             self._accept_body(DROP_BODY_MAX, dropped=True)
-            return
+            return None
         try:
             check_query(request.query)
             resolved = resolve(self.gateway.settings.routes, request.path)
@@ -260,12 +349,17 @@ class ProxyExchange(httputil.HTTPMessageDelegate):
         self.identity = self.authenticate(resolved.path)
         if self.identity is not None:
             self.user_id = self.identity.user_id
-        await self.admit(resolved.path, self.identity)
+        self.admit(self.identity)
+        return resolved
+
+    def _start(self, resolved: Resolved) -> None:
+        """Body limits and the circuit breaker; then the upstream request, now or after the body."""
+        route = resolved.route
         if not self._accept_body(route.max_body_size):
             return  # oversize: dropped as it arrives, then answered 413 (see finish)
         breaker = self.gateway.circuits.get(route.upstream)
         if not breaker.allow():
-            metrics.UPSTREAM_ERRORS.labels(route.service, "circuit_open").inc()
+            metrics.child(metrics.UPSTREAM_ERRORS, route.service, "circuit_open").inc()
             raise GatewayError("CIRCUIT_OPEN", f"the {route.service} service is failing; retry later",
                                headers={"Retry-After": str(breaker.retry_after())})
         self._resolved, self._breaker = resolved, breaker
@@ -305,28 +399,23 @@ class ProxyExchange(httputil.HTTPMessageDelegate):
             raise
 
     def _cookie(self, name: str) -> str | None:
-        if "Cookie" not in self.request.headers:
+        header = self.request.headers.get("Cookie")
+        if not header:
             return None
         try:
-            morsel = self.request.cookies.get(name)
+            return httputil.parse_cookie(header).get(name)
         except Exception:  # a malformed Cookie header: no cookie
             return None
-        return morsel.value if morsel is not None else None
 
-    async def admit(self, path: str, identity: Identity | None) -> None:
-        """Last check before the upstream is contacted: rate limits and revocation go here.
+    def admit(self, identity: Identity | None) -> None:
+        """Checks between authentication and the upstream; raise a GatewayError to refuse.
 
-        Runs after authentication (``identity`` is None for an anonymous call
-        on a public path; ``path`` is the normalised one) and raises a
-        GatewayError to refuse the request. The logic lives in revocation.py
-        and limits.py; this only calls them.
+        ``identity`` is None for an anonymous call on a public path. Revocation
+        is checked here (in memory, see revocation.py); the rate limit, which may
+        wait on Redis, follows it when RATE_LIMIT_ENABLED (limits.py).
         """
-        gateway = self.gateway
-        if identity is not None and await gateway.revocations.is_revoked(identity):
+        if identity is not None and self.gateway.revocations.check(identity):
             raise AuthError("TOKEN_REVOKED", "token has been revoked")
-        if gateway.settings.rate_limit_enabled:
-            user_id = identity.user_id if identity is not None else None
-            self.extra_headers = await gateway.limits.admit_http(path, user_id, self.client_ip)
 
     def _accept_body(self, limit: int, dropped: bool = False) -> bool:
         """Check the body's framing and size; False when it is oversize and will be dropped.
@@ -498,7 +587,7 @@ class ProxyExchange(httputil.HTTPMessageDelegate):
                 raise GatewayError("UPSTREAM_UNAVAILABLE",
                                    f"the {route.service} service is unavailable") from None
             breaker.record_success()
-            metrics.CIRCUIT_OPEN.labels(route.service).set(0)
+            metrics.child(metrics.CIRCUIT_OPEN, route.service).set(0)
             if self._finished or self._client_gone:
                 return
             if self._head is None:  # no head_callback: take the head from the response
@@ -508,10 +597,10 @@ class ProxyExchange(httputil.HTTPMessageDelegate):
             return
 
     def _upstream_failed(self, route, breaker: CircuitBreaker, kind: str, count: bool) -> None:
-        metrics.UPSTREAM_ERRORS.labels(route.service, kind).inc()
+        metrics.child(metrics.UPSTREAM_ERRORS, route.service, kind).inc()
         if count:  # no response at all: the upstream is unhealthy
             breaker.record_failure()
-            metrics.CIRCUIT_OPEN.labels(route.service).set(1 if breaker.is_open else 0)
+            metrics.child(metrics.CIRCUIT_OPEN, route.service).set(1 if breaker.is_open else 0)
 
     def _upstream_request(self, resolved: Resolved) -> UpstreamRequest:
         route = resolved.route
@@ -537,18 +626,28 @@ class ProxyExchange(httputil.HTTPMessageDelegate):
             streaming_callback=self._on_chunk,
         )
 
-    def _upstream_headers(self, route) -> httputil.HTTPHeaders:
+    def _upstream_headers(self, route) -> dict[str, str]:
+        """The request headers for the upstream, one value per name.
+
+        A plain dict: ``AsyncHTTPClient.fetch`` copies ``request.headers`` into
+        an HTTPHeaders, and copying an HTTPHeaders validates every line again
+        (the client's were validated when they were parsed). Repeated fields are
+        combined as RFC 9110 §5.3 allows: with ", ", and ``Cookie`` with "; "
+        (RFC 6265 §5.4: one Cookie header).
+        """
         incoming = self.request.headers
         dropped = connection_named(incoming.get_list("Connection")) if "Connection" in incoming else ()
-        out = httputil.HTTPHeaders()
-        for name, value in incoming.get_all():
+        out: dict[str, str] = {}
+        for name, value in incoming.get_all():  # names arrive normalised (Http-Header-Case)
             lower = name.lower()
             if (lower in REQUEST_DROP or lower in dropped or is_identity_header(lower)
                     or lower.startswith("x-forwarded-")):
                 continue
-            _copy(out, name, value)
-        for name, value in self.gateway.forwarding.forwarded_headers(self.request).items():
-            out[name] = value
+            if name in out:
+                out[name] += ("; " if lower == "cookie" else ", ") + value
+            else:
+                out[name] = value
+        out.update(self.gateway.forwarding.forwarded_headers(self.request))
         out["Host"] = host_of(route.upstream)
         out["X-Request-ID"] = self.request_id
         if self.identity is not None:
@@ -561,7 +660,7 @@ class ProxyExchange(httputil.HTTPMessageDelegate):
         """``head_callback``: the upstream's status and end-to-end headers, ready to go out."""
         self._response_started = True
         service = self.upstream_name or "unknown"
-        metrics.UPSTREAM_LATENCY.labels(service).observe(time.monotonic() - self._attempt_started)
+        metrics.child(metrics.UPSTREAM_LATENCY, service).observe(time.monotonic() - self._attempt_started)
         if self._finished:
             return
         headers = self._response_headers()
@@ -584,19 +683,31 @@ class ProxyExchange(httputil.HTTPMessageDelegate):
                                                  or httputil.responses.get(start_line.code, "Unknown")),
                       headers)
 
-    async def _on_chunk(self, chunk: bytes) -> None:
-        """``streaming_callback``: pass a body chunk on; returns once the client took it."""
+    def _on_chunk(self, chunk: bytes):
+        """``streaming_callback``: pass a body chunk on. Returns None when the client took
+        it at once, else an awaitable that resolves when it did (backpressure)."""
         if self._client_gone or self._finished:
             raise Abandoned("client gone")
+        if self._head_written:
+            written = self.connection.write(chunk)
+        else:
+            self._head_written = True
+            written = self.connection.write_headers(*self._head, chunk)
+        if not written.done():
+            return self._written(written)
+        if written.exception() is not None:
+            self._lost(written.exception())
+        return None
+
+    async def _written(self, written) -> None:
         try:
-            if self._head_written:
-                await self.connection.write(chunk)
-            else:
-                self._head_written = True
-                await self.connection.write_headers(*self._head, chunk)
-        except StreamClosedError:
-            self.on_connection_close()
-            raise Abandoned("client gone") from None
+            await written
+        except StreamClosedError as exc:
+            self._lost(exc)
+
+    def _lost(self, exc: BaseException):
+        self.on_connection_close()
+        raise Abandoned("client gone") from exc
 
     def _finish_response(self) -> None:
         if not self._head_written:
