@@ -279,9 +279,10 @@ class ProxyExchange(httputil.HTTPMessageDelegate):
         self._refusal: GatewayError | None = None  # sent once the body was dropped
         self._preflight = False
         self._pipe: BodyPipe | None = None
-        self._task: asyncio.Future | None = None  # the upstream exchange
-        self._resolved: Resolved | None = None
+        self._resolved: Resolved | None = None  # where the request goes, once admitted
         self._breaker: CircuitBreaker | None = None
+        self._attempts = 0
+        self._max_attempts = 1
         self._body_limit = 0
         self._discarding = False  # the body is dropped as it arrives
         self._received = 0
@@ -363,8 +364,10 @@ class ProxyExchange(httputil.HTTPMessageDelegate):
             raise GatewayError("CIRCUIT_OPEN", f"the {route.service} service is failing; retry later",
                                headers={"Retry-After": str(breaker.retry_after())})
         self._resolved, self._breaker = resolved, breaker
+        # GET and HEAD are retried once on a connect failure (nothing reached the upstream).
+        self._max_attempts = 2 if self.request.method in RETRYABLE_METHODS and self._pipe is None else 1
         if self._pipe is not None:  # the upstream request starts now, the body follows
-            self._task = asyncio.ensure_future(self._proxy())
+            self._forward()
 
     def _check_preflight(self) -> None:
         headers = self.request.headers
@@ -488,7 +491,7 @@ class ProxyExchange(httputil.HTTPMessageDelegate):
         elif self._pipe is not None:
             self._end_body()
         elif self._resolved is not None:
-            self._task = asyncio.ensure_future(self._proxy())
+            self._forward()
 
     def on_connection_close(self) -> None:
         """The client went away (Tornado's close callback, or a read that failed)."""
@@ -541,10 +544,29 @@ class ProxyExchange(httputil.HTTPMessageDelegate):
 
     # -- the upstream exchange ------------------------------------------------------------
 
-    async def _proxy(self) -> None:
-        route = self._resolved.route
+    def _forward(self) -> None:
+        """Send one attempt upstream; :meth:`_settle` takes its outcome.
+
+        No task of its own: ``fetch`` runs the exchange, and its future's
+        done-callback finishes the answer, retries, or sends the error.
+        """
+        self._attempts += 1
+        self._response_started = False
+        self._attempt_started = time.monotonic()
         try:
-            await self._forward(self._resolved, self._breaker)
+            fetched = self.gateway.http_client.fetch(self._upstream_request(self._resolved),
+                                                     raise_error=False)
+        except Exception:
+            log.exception("starting the upstream request failed", extra={"request_id": self.request_id})
+            self.send_gateway_error(GatewayError("INTERNAL", "internal error"))
+            return
+        fetched.add_done_callback(self._settle)
+
+    def _settle(self, fetched: asyncio.Future) -> None:
+        route = self._resolved.route
+        retrying = False
+        try:
+            retrying = self._take(fetched, route, self._breaker)
         except GatewayError as error:
             if not self._client_gone and not self._discarding:
                 self.send_gateway_error(error)
@@ -556,45 +578,46 @@ class ProxyExchange(httputil.HTTPMessageDelegate):
         finally:
             if self._pipe is not None:
                 self._pipe.abort()  # frees a data_received still waiting on the pipe
+        if retrying:
+            self._forward()
         # A body over its limit (self._discarding) is answered by finish() or data_received.
 
-    async def _forward(self, resolved: Resolved, breaker: CircuitBreaker) -> None:
-        route = resolved.route
-        attempts = 2 if self.request.method in RETRYABLE_METHODS and self._pipe is None else 1
-        for attempt in range(1, attempts + 1):
-            self._response_started = False
-            self._attempt_started = time.monotonic()
-            try:
-                response = await self.gateway.http_client.fetch(
-                    self._upstream_request(resolved), raise_error=False)
-                if response.code == 599 and response.error is not None:
-                    raise response.error
-            except Abandoned:
-                return
-            except (HTTPTimeoutError, TimeoutError):
-                self._upstream_failed(route, breaker, "timeout", count=True)
-                raise GatewayError("UPSTREAM_TIMEOUT",
-                                   f"the {route.service} service did not answer in time") from None
-            except (HTTPClientError, StreamClosedError, httputil.HTTPInputError, OSError) as exc:
-                connect_failed = is_connect_failure(exc)
-                self._upstream_failed(route, breaker, "connect" if connect_failed else "reset",
-                                      count=not self._response_started)
-                if connect_failed and attempt < attempts and breaker.allow():
-                    log.warning("upstream %s: connect failed (%s); retrying once", route.service,
-                                type(exc).__name__,
-                                extra={"request_id": self.request_id, "upstream": route.service})
-                    continue
-                raise GatewayError("UPSTREAM_UNAVAILABLE",
-                                   f"the {route.service} service is unavailable") from None
-            breaker.record_success()
-            metrics.child(metrics.CIRCUIT_OPEN, route.service).set(0)
-            if self._finished or self._client_gone:
-                return
-            if self._head is None:  # no head_callback: take the head from the response
-                self._on_head(httputil.ResponseStartLine("HTTP/1.1", response.code, response.reason),
-                              response.headers)
-            self._finish_response()
-            return
+    def _take(self, fetched: asyncio.Future, route, breaker: CircuitBreaker) -> bool:
+        """Finish the answer from one attempt's outcome; True when it is to be retried.
+
+        Raises the GatewayError the client gets when the upstream failed.
+        """
+        try:
+            response = fetched.result()
+            if response.code == 599 and response.error is not None:
+                raise response.error
+        except (Abandoned, asyncio.CancelledError):
+            return False
+        except (HTTPTimeoutError, TimeoutError):
+            self._upstream_failed(route, breaker, "timeout", count=True)
+            raise GatewayError("UPSTREAM_TIMEOUT",
+                               f"the {route.service} service did not answer in time") from None
+        except (HTTPClientError, StreamClosedError, httputil.HTTPInputError, OSError) as exc:
+            connect_failed = is_connect_failure(exc)
+            self._upstream_failed(route, breaker, "connect" if connect_failed else "reset",
+                                  count=not self._response_started)
+            if (connect_failed and self._attempts < self._max_attempts and breaker.allow()
+                    and not self._client_gone):
+                log.warning("upstream %s: connect failed (%s); retrying once", route.service,
+                            type(exc).__name__,
+                            extra={"request_id": self.request_id, "upstream": route.service})
+                return True
+            raise GatewayError("UPSTREAM_UNAVAILABLE",
+                               f"the {route.service} service is unavailable") from None
+        breaker.record_success()
+        metrics.child(metrics.CIRCUIT_OPEN, route.service).set(0)
+        if self._finished or self._client_gone:
+            return False
+        if self._head is None:  # no head_callback: take the head from the response
+            self._on_head(httputil.ResponseStartLine("HTTP/1.1", response.code, response.reason),
+                          response.headers)
+        self._finish_response()
+        return False
 
     def _upstream_failed(self, route, breaker: CircuitBreaker, kind: str, count: bool) -> None:
         metrics.child(metrics.UPSTREAM_ERRORS, route.service, kind).inc()
