@@ -6,12 +6,13 @@ requests ``window / count`` apart and lets a burst of up to ``count`` through
 at once. Each key stores one number, its "theoretical arrival time" (TAT),
 so a decision is one read-modify-write.
 
-With Redis, a decision is ONE ``EVALSHA`` of :data:`GCRA_SCRIPT` on the
-node's shared client: atomic on the server and timed by Redis' own clock
-(``TIME``), so all nodes agree on one limit and on one clock, with no race
-between reading and writing the counter. Decisions are pipelined in batches,
-one batch in flight at a time (see ``_send_pending``). Keys are
-``gw:rl:<scope>:<key>`` and expire as soon as the bucket is full again.
+With Redis, decisions are made by :data:`GCRA_SCRIPT` on the node's shared
+client: atomic on the server and timed by Redis' own clock (``TIME``), so all
+nodes agree on one limit and on one clock, with no race between reading and
+writing the counter. The decisions asked for at one moment go out as ONE
+``EVALSHA`` of the script over all their keys, one batch in flight at a time
+(see ``_send_pending``): redis-py's per-command cost is paid once per batch.
+Keys are ``gw:rl:<scope>:<key>`` and expire as soon as the bucket is full again.
 
 While Redis is unreachable (``RedisLink.up`` is false, or a call fails) the
 node decides with :class:`LocalLimiter`, the same algorithm in memory: limits
@@ -51,24 +52,33 @@ log = logging.getLogger("tornado_gateway.limits")
 
 KEY_PREFIX = "gw:rl:"
 
-# KEYS[1] bucket; ARGV[1] emission interval (us), ARGV[2] window (us).
-# Returns {allowed 0/1, remaining, retry_after_us, reset_us} (integers: Lua
-# numbers are truncated in replies, so everything is in microseconds).
+# One batch of decisions: KEYS[i] is a bucket, ARGV[2i-1] and ARGV[2i] its emission
+# interval and window (us). Returns 4 integers per bucket, in order: allowed 0/1,
+# remaining, retry_after_us, reset_us (Lua numbers are truncated in replies, so
+# everything is in microseconds). Each decision is its own read-modify-write, in
+# order, so a bucket named twice in one batch sees the first decision.
 GCRA_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]))
-if tat == nil or tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - window
-if now < allow_at then
-  return {0, 0, math.ceil(allow_at - now), math.ceil(tat - now)}
+local out = {}
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local window = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', key))
+  if tat == nil or tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - window
+  local n = #out
+  if now < allow_at then
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4] = 0, 0, math.ceil(allow_at - now), math.ceil(tat - now)
+  else
+    local ttl_ms = math.max(1, math.ceil((new_tat - now) / 1000))
+    redis.call('SET', key, string.format('%.0f', new_tat), 'PX', ttl_ms)
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4] = 1, math.floor((now - allow_at) / interval), 0,
+      math.ceil(new_tat - now)
+  end
 end
-local ttl_ms = math.max(1, math.ceil((new_tat - now) / 1000))
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
-return {1, math.floor((now - allow_at) / interval), 0, math.ceil(new_tat - now)}
+return out
 """
 GCRA_SHA = hashlib.sha1(GCRA_SCRIPT.encode()).hexdigest()
 
@@ -178,11 +188,11 @@ class Limits:
         allowed, remaining, retry_us, reset_us = reply
         return Decision(bool(allowed), limit.count, int(remaining), reset_us / 1e6, retry_us / 1e6)
 
-    # Decisions go out in batches, one batch in flight at a time: one EVALSHA
-    # per decision, pipelined (one write, one round trip per batch). Decisions
-    # asked for while a batch is in flight wait for the next one, so under load
-    # batches grow and Redis' per-command client overhead is shared; when idle
-    # a batch is a single EVALSHA sent at the end of the current loop iteration.
+    # Decisions go out in batches, one batch in flight at a time: one EVALSHA of
+    # the script over every bucket of the batch (one command, one round trip).
+    # Decisions asked for while a batch is in flight wait for the next one, so
+    # under load batches grow and the client's per-command overhead is shared;
+    # when idle a batch is one decision sent at the end of the loop iteration.
 
     def _start_sender(self) -> None:
         if self._sender is None and self._pending:
@@ -200,17 +210,16 @@ class Limits:
             self._sender = None
 
     async def _run_batch(self, batch) -> None:
-        calls = [(bucket, args) for bucket, args, _ in batch]
+        keys = [bucket for bucket, _, _ in batch]
+        args = [arg for _, pair, _ in batch for arg in pair]
+        client = self.redis.client
         try:
-            replies = await self._evalsha(calls)
-            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-            if missing:  # a restarted Redis has forgotten the script: load it, redo those
-                await self.redis.client.script_load(GCRA_SCRIPT)
-                for i, reply in zip(missing, await self._evalsha([calls[i] for i in missing])):
-                    replies[i] = reply
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
+            try:
+                flat = await client.evalsha(GCRA_SHA, len(keys), *keys, *args)
+            except NoScriptError:  # a restarted Redis has forgotten the script: load it, redo
+                await client.script_load(GCRA_SCRIPT)
+                flat = await client.evalsha(GCRA_SHA, len(keys), *keys, *args)
+            replies = [flat[i:i + 4] for i in range(0, len(flat), 4)]
         except Exception as exc:
             self.redis.note_failure(exc)
             replies = [None] * len(batch)
@@ -221,19 +230,6 @@ class Limits:
         for (_, _, future), reply in zip(batch, replies):
             if not future.done():
                 future.set_result(reply)
-
-    async def _evalsha(self, calls) -> list:
-        client = self.redis.client
-        if len(calls) == 1:
-            bucket, args = calls[0]
-            try:
-                return [await client.evalsha(GCRA_SHA, 1, bucket, *args)]
-            except NoScriptError as exc:
-                return [exc]
-        pipe = client.pipeline(transaction=False)
-        for bucket, args in calls:
-            pipe.evalsha(GCRA_SHA, 1, bucket, *args)
-        return await pipe.execute(raise_on_error=False)
 
     def _set_fallback(self, fallback: bool) -> None:
         if fallback == self.fallback:
