@@ -242,6 +242,17 @@ async def test_missing_malformed_or_doubled_host_is_400_and_never_forwarded(prox
     assert stubs.received() == []
 
 
+@pytest.mark.parametrize("head", ["GET /api/users/{big} HTTP/1.1\r\nHost: gw\r\n",
+                                  "GET /api/users/echo HTTP/1.1\r\nHost: gw\r\nX-Big: {big}\r\n"])
+@pytest.mark.gen_test
+async def test_request_head_over_64_kib_is_closed_unanswered_and_never_forwarded(proxy_gw, stubs, head):
+    data = raw_exchange(proxy_gw.port, (head.format(big="b" * 70000)
+                                        + f"Authorization: Bearer {TOKEN}\r\n\r\n").encode())
+    assert data == b""
+    assert stubs.received() == []
+    assert (await fetch(proxy_gw, "/api/users/echo")).code == 200  # the node is fine
+
+
 @pytest.mark.gen_test
 async def test_http_1_0_without_host_is_proxied(proxy_gw, stubs):
     data = raw_exchange(proxy_gw.port, f"GET /api/users/echo HTTP/1.0\r\nAuthorization: Bearer {TOKEN}"
