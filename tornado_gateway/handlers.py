@@ -3,7 +3,8 @@
 Every public handler derives from :class:`GatewayHandler`, so every response,
 including errors and 404s, carries the same headers and error envelope.
 :class:`LingeringClose` (part of it, and of the Socket.IO handler) makes a
-refusal sent before the request body was read reach the client intact.
+refusal sent before the request body was read reach the client intact;
+:class:`DelegateRelay` is the pass-through the public listener's delegates share.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import socket
 import time
 
 import tornado.web
+from tornado import httputil
 from tornado.iostream import StreamClosedError
 
 from tornado_gateway import metrics
@@ -108,6 +110,23 @@ async def _linger(stream) -> None:
         pass
     finally:
         stream.close()
+
+
+class DelegateRelay(httputil.HTTPMessageDelegate):
+    """Passes a request's body and end on to ``self.delegate``, which a subclass sets
+    in ``headers_received`` at the latest (the public router, the drain's busy mark)."""
+
+    delegate: httputil.HTTPMessageDelegate | None = None
+
+    def data_received(self, chunk):
+        return self.delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        self.delegate.finish()
+
+    def on_connection_close(self) -> None:
+        if self.delegate is not None:
+            self.delegate.on_connection_close()
 
 
 class GatewayHandler(LingeringClose, tornado.web.RequestHandler):

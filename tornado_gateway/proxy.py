@@ -55,7 +55,8 @@ from tornado_gateway import metrics
 from tornado_gateway.auth import AuthError, Identity, bearer_token
 from tornado_gateway.circuit import CircuitBreaker
 from tornado_gateway.errors import GatewayError, error_body
-from tornado_gateway.handlers import answer_before_body, default_headers, has_body, log_request, make_request_id
+from tornado_gateway.handlers import (DelegateRelay, answer_before_body, default_headers, has_body,
+                                      log_request, make_request_id)
 from tornado_gateway.paths import PathError, Resolved, check_query, is_under, resolve
 from tornado_gateway.upstream import UpstreamRequest
 
@@ -190,16 +191,13 @@ class PublicRouter(httputil.HTTPServerConnectionDelegate):
         return _PublicRequest(self, server_conn, request_conn)
 
 
-class _PublicRequest(httputil.HTTPMessageDelegate):
+class _PublicRequest(DelegateRelay):
     """Hands one request to the application or to a ProxyExchange, once its head arrived."""
-
-    __slots__ = ("router", "server_conn", "request_conn", "delegate")
 
     def __init__(self, router: PublicRouter, server_conn, request_conn):
         self.router = router
         self.server_conn = server_conn
         self.request_conn = request_conn
-        self.delegate: httputil.HTTPMessageDelegate | None = None
 
     def headers_received(self, start_line, headers):
         router = self.router
@@ -209,16 +207,6 @@ class _PublicRequest(httputil.HTTPMessageDelegate):
             request = ProxyRequest(self.request_conn, start_line, headers)
             self.delegate = ProxyExchange(router.gateway, request)
         return self.delegate.headers_received(start_line, headers)
-
-    def data_received(self, chunk):
-        return self.delegate.data_received(chunk)
-
-    def finish(self) -> None:
-        self.delegate.finish()
-
-    def on_connection_close(self) -> None:
-        if self.delegate is not None:
-            self.delegate.on_connection_close()
 
 
 class ProxyRequest:

@@ -31,6 +31,7 @@ from tornado.netutil import bind_sockets
 
 from tornado_gateway import config
 from tornado_gateway.app import Gateway
+from tornado_gateway.handlers import DelegateRelay
 from tornado_gateway.logs import setup_logging
 
 log = logging.getLogger("tornado_gateway")
@@ -136,7 +137,7 @@ class DrainableHTTPServer(HTTPServer):
         return cut
 
 
-class _MarkBusy(httputil.HTTPMessageDelegate):
+class _MarkBusy(DelegateRelay):
     """Passes a request through, marking its connection busy once headers arrived."""
 
     def __init__(self, delegate, busy: set, server_conn):
@@ -147,15 +148,6 @@ class _MarkBusy(httputil.HTTPMessageDelegate):
     def headers_received(self, start_line, headers):
         self.busy.add(self.server_conn)
         return self.delegate.headers_received(start_line, headers)
-
-    def data_received(self, chunk):
-        return self.delegate.data_received(chunk)
-
-    def finish(self) -> None:
-        self.delegate.finish()
-
-    def on_connection_close(self) -> None:
-        self.delegate.on_connection_close()
 
 
 async def run(settings: config.Settings) -> int:
