@@ -10,8 +10,9 @@ the server side's CPU per request (docs/benchmarks.md, "HTTP edge").
 
 In ``headers_received`` (once the request head arrived) the exchange
 validates and routes the path (paths.py), authenticates (SPEC §3), calls
-:meth:`ProxyExchange.admit` (revocation and rate limits), checks the body
-limit and the upstream's circuit breaker. A request with a body starts its
+:meth:`ProxyExchange.admit` (revocation), waits for the rate limiter when
+limits are on (the only wait before the upstream), checks the body limit and
+the upstream's circuit breaker. A request with a body starts its
 upstream request at once and the body follows chunk by chunk; a bodyless one
 starts when Tornado has read the (empty) body:
 
@@ -22,8 +23,9 @@ starts when Tornado has read the (empty) body:
   the client.
 * upstream -> client: ``head_callback`` prepares status and headers, which
   go out together with the first body chunk (one write for a small answer);
-  ``streaming_callback`` (a coroutine) writes each chunk and awaits the
-  write, so a slow client slows the upstream read down.
+  ``streaming_callback`` writes each chunk and, while the write is pending,
+  hands the client back a future to wait on, so a slow client slows the
+  upstream read down.
 
 A refusal decided from the head (400, 401, 404, 405, 411, 413, 429, 503) is
 answered once the request body was read and dropped, which keeps the
@@ -238,7 +240,6 @@ class ProxyRequest:
         return time.time() - self._start_time
 
 
-
 class ProxyExchange(httputil.HTTPMessageDelegate):
     """One client request on its way to an upstream and its answer on the way back.
 
@@ -344,8 +345,7 @@ class ProxyExchange(httputil.HTTPMessageDelegate):
     def _start(self, resolved: Resolved) -> None:
         """Body limits and the circuit breaker; then the upstream request, now or after the body."""
         route = resolved.route
-        if not self._accept_body(route.max_body_size):
-            return  # oversize: dropped as it arrives, then answered 413 (see finish)
+        self._accept_body(route.max_body_size)
         breaker = self.gateway.circuits.get(route.upstream)
         if not breaker.allow():
             metrics.child(metrics.UPSTREAM_ERRORS, route.service, "circuit_open").inc()
@@ -408,13 +408,13 @@ class ProxyExchange(httputil.HTTPMessageDelegate):
         if identity is not None and self.gateway.revocations.check(identity):
             raise AuthError("TOKEN_REVOKED", "token has been revoked")
 
-    def _accept_body(self, limit: int, dropped: bool = False) -> bool:
-        """Check the body's framing and size; False when it is oversize and will be dropped.
+    def _accept_body(self, limit: int, dropped: bool = False) -> None:
+        """Check the body's framing and size, and set up its pipe to the upstream.
 
         ``dropped``: the body is read and dropped whatever its size up to ``limit``
-        (a preflight). A declared oversize body is refused before the upstream is
-        contacted: at once when it is large (see _refuse), else after it was read
-        and dropped, which keeps the connection open for the client's next request.
+        (a preflight). A declared oversize body raises 413 before the upstream is
+        contacted (``_refuse`` then decides whether it is read and dropped first);
+        a chunked one is counted as it arrives (``data_received``).
         """
         headers = self.request.headers
         self._body_limit = limit
@@ -445,7 +445,6 @@ class ProxyExchange(httputil.HTTPMessageDelegate):
             self._discarding = True
         elif body:
             self._pipe = BodyPipe()
-        return True
 
     def data_received(self, chunk: bytes):
         self._received += len(chunk)
@@ -683,7 +682,7 @@ class ProxyExchange(httputil.HTTPMessageDelegate):
             if lower in RESPONSE_DROP or lower in dropped or lower.startswith("access-control-"):
                 continue
             if lower in replaced:
-                _copy(headers, name, value)
+                headers.add(name, value)  # a repeated field (Set-Cookie): every line kept
             else:
                 replaced.add(lower)
                 headers[name] = value  # an upstream's own value beats the gateway's default
@@ -783,14 +782,6 @@ class ProxyExchange(httputil.HTTPMessageDelegate):
         """The client went away: log the request as 499 (nginx's "client closed request")."""
         self.status = 499
         self._end(written=False)
-
-
-def _copy(headers: httputil.HTTPHeaders, name: str, value: str) -> None:
-    """Copy an already parsed (so validated) header: set the first value, add the next ones."""
-    if name in headers:
-        headers.add(name, value)
-    else:
-        headers[name] = value
 
 
 _date_cache = [0, ""]

@@ -130,7 +130,11 @@ def parse_response_head(data: bytes) -> tuple[str, httputil.HTTPHeaders]:
 
 
 class _UpstreamConnection(HTTP1Connection):
-    """The client side of one exchange: Tornado's HTTP1Connection with the faster parser."""
+    """The client side of one exchange: Tornado's HTTP1Connection with the faster parser.
+
+    ``_parse_headers`` is Tornado's own (private) hook for this; tornado is pinned
+    below 7, and test_upstream_client checks both the parser and its use on the wire.
+    """
 
     def _parse_headers(self, data: bytes) -> tuple[str, httputil.HTTPHeaders]:
         return parse_response_head(data)
