@@ -11,6 +11,7 @@ import json
 import re
 import socket
 import threading
+import time
 
 import pytest
 import tornado.httpserver
@@ -569,6 +570,117 @@ async def test_large_download_arrives_complete(proxy_gw, stubs):
     assert response.code == 200
     assert response.headers["Content-Length"] == str(size)
     assert received == size and wrong == 0
+
+
+def rss_kib(gw) -> int:
+    with open(f"/proc/{gw.proc.pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+async def until_still(read, quiet: float = 1.0, timeout: float = 30.0):
+    """Wait until ``read()`` stops changing for ``quiet`` seconds; return its value."""
+    deadline = time.monotonic() + timeout
+    last, since = read(), time.monotonic()
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        now = read()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return now
+    raise AssertionError(f"still moving after {timeout}s: {last}")
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_client_that_does_not_read_holds_the_upstream_back(proxy_gw, stubs):
+    """Download backpressure: the upstream stalls long before its 256 MiB are sent, the
+    gateway's memory stays bounded, and the whole body arrives once the client reads."""
+    size = 256 * MIB
+    progress = {"sent": 0}
+
+    async def stream(record, handler):
+        handler.set_header("Content-Length", str(size))
+        chunk = b"y" * 65536
+        while progress["sent"] < size:
+            handler.write(chunk)
+            await handler.flush()
+            progress["sent"] += len(chunk)
+        handler.finish()
+
+    stubs.hooks[("GET", "/big")] = stream
+    rss_before = rss_kib(proxy_gw)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_gw.port)
+    writer.write(f"GET /api/media/big HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+                 .encode())
+    stalled_at = await until_still(lambda: progress["sent"])
+    assert 0 < stalled_at < 64 * MIB  # the kernels' socket buffers, not the body
+    assert rss_kib(proxy_gw) - rss_before < 32 * 1024
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    received = 0
+    while received < size:
+        received += len(await asyncio.wait_for(reader.read(1 << 20), 30))
+    assert received == size and progress["sent"] == size
+    writer.close()
+
+
+class StallingUpstream:
+    """Reads a request head, then nothing more until released (an upstream that is slow to read)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self.release = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(4096)
+            self.release.wait(60)
+
+    def close(self):
+        self.release.set()
+        self.sock.close()
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_an_upstream_that_does_not_read_holds_the_client_back(start_gateway, stubs):
+    """Upload backpressure: with the upstream not reading, the gateway stops reading the
+    client's 1 GiB body after a bounded amount, and its memory stays bounded."""
+    upstream = StallingUpstream()
+    gw = start_gateway({**AUTH_ENV, "RATE_LIMIT_ENABLED": "false", "GATEWAY_ROUTES":
+                        f"/api/sink=http://127.0.0.1:{upstream.port};max_body={2 << 30};timeout=60"})
+    try:
+        rss_before = rss_kib(gw)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(f"POST /api/sink/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\n"
+                     f"Content-Length: {1 << 30}\r\n\r\n".encode())
+        sent = {"bytes": 0}
+
+        async def send_forever():
+            chunk = b"u" * 65536
+            while True:
+                writer.write(chunk)
+                await writer.drain()
+                sent["bytes"] += len(chunk)
+
+        sender = asyncio.ensure_future(send_forever())
+        stalled_at = await until_still(lambda: sent["bytes"])
+        assert 0 < stalled_at < 64 * MIB
+        assert rss_kib(gw) - rss_before < 32 * 1024
+        sender.cancel()
+        writer.close()
+    finally:
+        upstream.close()
 
 
 # -- upstream failures ---------------------------------------------------------------------
