@@ -29,10 +29,13 @@ TOKEN = make_token("u1")
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-class HangUpServer:
-    """A raw TCP upstream that reads a request head, counts it, and closes without answering."""
+class HeadOnlyUpstream:
+    """A raw TCP upstream that reads a request head and counts it, then never answers: it
+    hangs up at once, or with ``hold`` keeps the connection open, reading nothing more
+    (a slow upstream), until closed."""
 
-    def __init__(self):
+    def __init__(self, hold: bool = False):
+        self.hold = threading.Event() if hold else None
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
@@ -47,6 +50,8 @@ class HangUpServer:
             except OSError:
                 return
             with conn:
+                if self.hold is not None:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
                 data = b""
                 while b"\r\n\r\n" not in data:
                     chunk = conn.recv(65536)
@@ -55,14 +60,18 @@ class HangUpServer:
                     data += chunk
                 if data:
                     self.requests += 1
+                if self.hold is not None:
+                    self.hold.wait(60)
 
     def close(self):
+        if self.hold is not None:
+            self.hold.set()
         self.sock.close()
 
 
 @pytest.fixture(scope="module")
 def hangup():
-    server = HangUpServer()
+    server = HeadOnlyUpstream()
     yield server
     server.close()
 
@@ -624,39 +633,11 @@ async def test_a_client_that_does_not_read_holds_the_upstream_back(proxy_gw, stu
     writer.close()
 
 
-class StallingUpstream:
-    """Reads a request head, then nothing more until released (an upstream that is slow to read)."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(4)
-        self.port = self.sock.getsockname()[1]
-        self.release = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        try:
-            conn, _ = self.sock.accept()
-        except OSError:
-            return
-        with conn:
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += conn.recv(4096)
-            self.release.wait(60)
-
-    def close(self):
-        self.release.set()
-        self.sock.close()
-
-
 @pytest.mark.gen_test(timeout=90)
 async def test_an_upstream_that_does_not_read_holds_the_client_back(start_gateway, stubs):
     """Upload backpressure: with the upstream not reading, the gateway stops reading the
     client's 1 GiB body after a bounded amount, and its memory stays bounded."""
-    upstream = StallingUpstream()
+    upstream = HeadOnlyUpstream(hold=True)
     gw = start_gateway({**AUTH_ENV, "RATE_LIMIT_ENABLED": "false", "GATEWAY_ROUTES":
                         f"/api/sink=http://127.0.0.1:{upstream.port};max_body={2 << 30};timeout=60"})
     try:
