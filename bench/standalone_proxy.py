@@ -16,7 +16,7 @@ from tornado.httpserver import HTTPServer
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
-from tornado_gateway.upstream import PooledHTTPClient  # noqa: E402
+from tornado_gateway.upstream.client import PooledHTTPClient  # noqa: E402
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "trailer",
        "proxy-authorization", "proxy-authenticate", "content-length", "server", "date"}

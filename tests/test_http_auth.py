@@ -179,7 +179,7 @@ async def test_issuer_audience_and_public_paths_from_settings(start_gateway, stu
 
 def test_a_remembered_token_is_refused_once_it_expires():
     from tornado_gateway import config
-    from tornado_gateway.auth import AuthError, TokenVerifier
+    from tornado_gateway.edge.identity import AuthError, TokenVerifier
 
     settings = config.load(["gw"], {"JWT_ACCESS_SECRET": ACCESS_SECRET, "JWT_LEEWAY": "0",
                                     "REDIS_URL": "memory://"})

@@ -17,8 +17,8 @@ from tornado.httpclient import AsyncHTTPClient
 from harness import REFRESH_SECRET, make_token
 from internal_client import running_nodes
 from tornado_gateway.config import RateLimit
-from tornado_gateway.limits import LocalLimiter, Limits
-from tornado_gateway.redis_link import RedisLink
+from tornado_gateway.cluster.limits import LocalLimiter, Limits
+from tornado_gateway.cluster.redis_link import RedisLink
 
 
 # -- the limiter itself ----------------------------------------------------------

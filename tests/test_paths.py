@@ -7,7 +7,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from harness import GatewayProcess, make_token
 from tornado_gateway.config import Route
-from tornado_gateway.paths import PathError, remove_dot_segments, resolve, split_segments
+from tornado_gateway.edge.paths import PathError, remove_dot_segments, resolve, split_segments
 
 ROUTES = tuple(sorted((
     Route("/api/auth", "auth", "http://a:1", "", 1, 1, 1),

@@ -11,9 +11,9 @@ from tornado.httpclient import AsyncHTTPClient
 
 from harness import GatewayProcess, make_token
 from internal_client import open_sockets, post_event, running_nodes
-from tornado_gateway.auth import Identity
-from tornado_gateway.redis_link import RedisLink
-from tornado_gateway.revocation import Revocations
+from tornado_gateway.edge.identity import Identity
+from tornado_gateway.cluster.redis_link import RedisLink
+from tornado_gateway.cluster.revocation import Revocations
 
 
 def identity(user_id="u1", jti=None, iat=None) -> Identity:

@@ -22,7 +22,8 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError
 
-from tornado_gateway.upstream import PooledHTTPClient, parse_response_head
+from tornado_gateway.upstream.client import PooledHTTPClient
+from tornado_gateway.upstream.head import parse_response_head
 
 MIB = 1024 * 1024
 

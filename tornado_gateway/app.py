@@ -15,22 +15,22 @@ import uuid
 
 import tornado.web
 
-from tornado_gateway.auth import TokenVerifier
-from tornado_gateway.circuit import Circuits
+from tornado_gateway.edge.identity import TokenVerifier
+from tornado_gateway.proxy.circuit import Circuits
 from tornado_gateway.config import Settings
-from tornado_gateway.forwarding import ForwardingRules
-from tornado_gateway.handlers import NotFoundHandler, log_request
-from tornado_gateway.health import HealthHandler, ReadyHandler
-from tornado_gateway.ingress import Ingress
-from tornado_gateway.internal import internal_handlers
-from tornado_gateway.limits import Limits
-from tornado_gateway.presence import PresenceHandler
-from tornado_gateway.proxy import PublicRouter
-from tornado_gateway.realtime import Realtime
-from tornado_gateway.redis_link import RedisLink
-from tornado_gateway.revocation import Revocations
-from tornado_gateway.security_headers import SECURITY_HEADERS, CorsPolicy
-from tornado_gateway.upstream import PooledHTTPClient
+from tornado_gateway.edge.forwarding import ForwardingRules
+from tornado_gateway.edge.responses import NotFoundHandler, log_request
+from tornado_gateway.edge.handlers import HealthHandler, ReadyHandler
+from tornado_gateway.internal.ingress import Ingress
+from tornado_gateway.internal.listener import internal_handlers
+from tornado_gateway.cluster.limits import Limits
+from tornado_gateway.edge.handlers import PresenceHandler
+from tornado_gateway.proxy.router import PublicRouter
+from tornado_gateway.realtime.server import Realtime
+from tornado_gateway.cluster.redis_link import RedisLink
+from tornado_gateway.cluster.revocation import Revocations
+from tornado_gateway.edge.security_headers import SECURITY_HEADERS, CorsPolicy
+from tornado_gateway.upstream.client import PooledHTTPClient
 
 log = logging.getLogger("tornado_gateway")
 

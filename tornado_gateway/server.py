@@ -29,9 +29,9 @@ from tornado import httputil
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from tornado_gateway import config
+from tornado_gateway import config, tornado_compat
 from tornado_gateway.app import Gateway
-from tornado_gateway.handlers import DelegateRelay
+from tornado_gateway.edge.responses import DelegateRelay
 from tornado_gateway.logs import setup_logging
 
 log = logging.getLogger("tornado_gateway")
@@ -107,7 +107,7 @@ class DrainableHTTPServer(HTTPServer):
     def on_close(self, server_conn) -> None:
         self._busy_set().discard(server_conn)
         super().on_close(server_conn)
-        if self._all_closed is not None and not self._connections:
+        if self._all_closed is not None and not tornado_compat.server_connections(self):
             self._all_closed.set()
 
     def _busy_set(self) -> set:
@@ -120,9 +120,9 @@ class DrainableHTTPServer(HTTPServer):
         self.stop()
         self._draining = True
         self._all_closed = asyncio.Event()
-        if not self._connections:
+        if not tornado_compat.server_connections(self):
             self._all_closed.set()
-        for conn in list(self._connections):
+        for conn in list(tornado_compat.server_connections(self)):
             if conn not in self._busy_set():
                 asyncio.ensure_future(conn.close())
 
@@ -132,7 +132,7 @@ class DrainableHTTPServer(HTTPServer):
             await asyncio.wait_for(self._all_closed.wait(), timeout=max(timeout, 0))
         except asyncio.TimeoutError:
             pass
-        cut = len(self._connections)
+        cut = len(tornado_compat.server_connections(self))
         await self.close_all_connections()
         return cut
 

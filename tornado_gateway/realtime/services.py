@@ -20,7 +20,7 @@ from urllib.parse import quote
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from tornado_gateway import metrics
-from tornado_gateway.realtime_payloads import EventError
+from tornado_gateway.realtime.payloads import EventError
 
 log = logging.getLogger("tornado_gateway.realtime")
 _CODE_OF_STATUS = {401: "INVALID_TOKEN", 403: "FORBIDDEN", 404: "NOT_FOUND", 429: "RATE_LIMITED"}

@@ -23,7 +23,7 @@ import json
 import logging
 import time
 
-from tornado_gateway.realtime_payloads import EventError
+from tornado_gateway.realtime.payloads import EventError
 
 log = logging.getLogger("tornado_gateway.realtime")
 PENDING = "pending"

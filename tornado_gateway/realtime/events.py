@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from tornado_gateway.realtime_payloads import (
+from tornado_gateway.realtime.payloads import (
     EventError,
     check_chat_create,
     check_chat_id,

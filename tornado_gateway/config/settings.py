@@ -1,27 +1,15 @@
-"""Settings: every option, where it comes from, and its validation.
-
-Precedence, highest first: command-line flags, environment variables, a
-config file (``--config``, tornado.options syntax), built-in defaults.
-``--env-file`` loads a dotenv file into the environment first (existing
-variables win). The result is one frozen :class:`Settings`; anything unknown
-or malformed raises :class:`ConfigError` with one line naming it.
-"""
+"""Settings: the validated, frozen result of every source, and the production checks."""
 
 from __future__ import annotations
 
 import ipaddress
 import math
-import os
-import sys
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Mapping
 from urllib.parse import unquote, urlsplit
 
-from tornado.options import OptionParser
+from tornado_gateway.config.options import MIB, SERVICES, ConfigError
 
-SERVICES = ("auth", "users", "chats", "messages", "media", "notifications")
-DEFAULT_SERVICE_PORTS = dict(zip(SERVICES, range(3001, 3007)))
-MIB = 1024 * 1024
 # Secrets that ship in example files and must never reach production.
 EXAMPLE_SECRETS = frozenset(
     {
@@ -37,110 +25,6 @@ EXAMPLE_SECRETS = frozenset(
 MIN_SECRET_BYTES = 32
 
 
-class ConfigError(Exception):
-    """A setting is unknown, malformed or unsafe; the message is one line."""
-
-
-# (option name, environment variables, type, default, help). The first
-# environment variable is the canonical one; later ones are aliases.
-_OPTIONS: Sequence[tuple[str, tuple[str, ...], type, object, str]] = (
-    ("env", ("NODE_ENV", "GATEWAY_ENV"), str, "development",
-     "development or production; production refuses weak settings"),
-    ("log_level", ("LOG_LEVEL",), str, "info", "debug, info, warning or error"),
-    ("host", ("HOST",), str, "0.0.0.0", "public listener address"),
-    ("port", ("PORT",), int, 3000, "public listener port"),
-    ("allowed_origins", ("ALLOWED_ORIGINS",), str, "http://localhost:5173",
-     "comma-separated exact origins allowed for CORS and Socket.IO"),
-    ("jwt_access_secret", ("JWT_ACCESS_SECRET",), str, "",
-     "HS secret of access tokens"),
-    ("jwt_refresh_secret", ("JWT_REFRESH_SECRET",), str, "",
-     "HS secret of refresh tokens"),
-    ("jwt_algorithms", ("JWT_ALGORITHMS",), str, "HS256",
-     "comma-separated accepted HMAC algorithms (HS256, HS384, HS512)"),
-    ("jwt_issuer", ("JWT_ISSUER",), str, "", "required iss claim (empty: not checked)"),
-    ("jwt_audience", ("JWT_AUDIENCE",), str, "", "required aud claim (empty: not checked)"),
-    ("jwt_leeway", ("JWT_LEEWAY",), float, 30.0, "clock leeway for exp/nbf/iat, seconds"),
-    ("public_paths", ("PUBLIC_PATHS",), str, "/api/auth",
-     "comma-separated path prefixes reachable without a token"),
-    ("redis_url", ("REDIS_URL",), str, "",
-     "redis://, rediss://, redis+sentinel:// or memory://; overrides REDIS_HOST/PORT/PASSWORD"),
-    ("redis_host", ("REDIS_HOST",), str, "localhost", "Redis host; empty runs single-node"),
-    ("redis_port", ("REDIS_PORT",), int, 6379, "Redis port"),
-    ("redis_password", ("REDIS_PASSWORD",), str, "", "Redis password"),
-    *(
-        (f"{name}_service_url", (f"{name.upper()}_SERVICE_URL",), str,
-         f"http://localhost:{port}", f"base URL of the {name} service")
-        for name, port in DEFAULT_SERVICE_PORTS.items()
-    ),
-    ("routes", ("GATEWAY_ROUTES",), str, "",
-     "extra or replacement routes: 'PREFIX=SERVICE_OR_URL[;timeout=S][;max_body=B]', comma-separated"),
-    ("upstream_connect_timeout", ("UPSTREAM_CONNECT_TIMEOUT",), float, 2.0,
-     "seconds to connect to an upstream"),
-    ("upstream_timeout", ("UPSTREAM_TIMEOUT",), float, 30.0,
-     "seconds for a whole upstream request"),
-    ("upstream_max_connections", ("UPSTREAM_MAX_CONNECTIONS",), int, 256,
-     "open connections per upstream host; more requests wait (counts as connect time)"),
-    ("upstream_idle_timeout", ("UPSTREAM_IDLE_TIMEOUT",), float, 4.0,
-     "seconds an idle keep-alive upstream connection is kept (below the upstream's own)"),
-    ("max_body_size", ("MAX_BODY_SIZE",), int, MIB, "request body limit, bytes"),
-    ("media_max_body_size", ("MEDIA_MAX_BODY_SIZE",), int, 100 * MIB,
-     "request body limit of /api/media, bytes"),
-    ("circuit_failures", ("CIRCUIT_FAILURES",), int, 5,
-     "consecutive connect failures/timeouts that open an upstream's circuit"),
-    ("circuit_cooldown", ("CIRCUIT_COOLDOWN",), float, 10.0,
-     "seconds an open circuit refuses requests before one probe is let through"),
-    ("trusted_proxies", ("TRUSTED_PROXIES",), str, "",
-     "comma-separated IPs/CIDRs whose X-Forwarded-* headers are believed"),
-    ("rate_limit_user", ("RATE_LIMIT_USER",), str, "300/60", "requests/window-seconds per user"),
-    ("rate_limit_ip", ("RATE_LIMIT_IP",), str, "120/60", "requests/window-seconds per client IP"),
-    ("rate_limit_auth", ("RATE_LIMIT_AUTH",), str, "10/60",
-     "requests/window-seconds per IP for login, register and refresh"),
-    ("rate_limit_enabled", ("RATE_LIMIT_ENABLED",), bool, True, "turn HTTP rate limiting on/off"),
-    ("rate_limit_auth_paths", ("RATE_LIMIT_AUTH_PATHS",), str,
-     "/api/auth/login,/api/auth/register,/api/auth/refresh",
-     "comma-separated paths limited per IP by RATE_LIMIT_AUTH instead of the user/IP class"),
-    ("revocation_ttl", ("REVOCATION_TTL",), float, 7 * 86400.0,
-     "seconds a session:revoke is kept; at least the longest token lifetime"),
-    ("ingress_max_body_size", ("INGRESS_MAX_BODY_SIZE",), int, 256 * 1024,
-     "body limit of POST /internal/events, bytes"),
-    ("auth_timeout", ("AUTH_TIMEOUT",), float, 10.0,
-     "seconds a socket may stay unauthenticated"),
-    ("typing_timeout", ("TYPING_TIMEOUT",), float, 6.0, "seconds before typing auto-stops"),
-    ("presence_ttl", ("PRESENCE_TTL",), float, 30.0,
-     "seconds before a dead node's users turn offline"),
-    ("drain_timeout", ("DRAIN_TIMEOUT",), float, 20.0, "SIGTERM grace, seconds"),
-    ("socket_rate_message", ("SOCKET_RATE_MESSAGE",), str, "30/10",
-     "message:send/message:read/reaction:set/chat:create per user per window-seconds"),
-    ("socket_rate_typing", ("SOCKET_RATE_TYPING",), str, "20/10",
-     "typing:start/typing:stop per user per window-seconds"),
-    ("socket_rate_join", ("SOCKET_RATE_JOIN",), str, "60/60",
-     "chat:join/chat:leave per user per window-seconds"),
-    ("socket_rate_connect", ("SOCKET_RATE_CONNECT",), str, "60/60",
-     "Socket.IO connection attempts per client IP per window-seconds"),
-    ("max_connections_per_ip", ("MAX_CONNECTIONS_PER_IP",), int, 200,
-     "open sockets per client IP on one node (0: no cap)"),
-    ("max_connections_per_user", ("MAX_CONNECTIONS_PER_USER",), int, 20,
-     "open sockets per user on one node (0: no cap)"),
-    ("socket_token_grace", ("SOCKET_TOKEN_GRACE",), float, 5.0,
-     "seconds a socket whose token expired may re-authenticate before it is closed"),
-    ("socket_max_payload", ("SOCKET_MAX_PAYLOAD",), int, 64 * 1024,
-     "largest Socket.IO packet accepted from a client, bytes"),
-    ("membership_cache_ttl", ("MEMBERSHIP_CACHE_TTL",), float, 30.0,
-     "seconds a positive chat membership check is reused"),
-    ("internal_host", ("INTERNAL_HOST",), str, "127.0.0.1", "internal listener address"),
-    ("internal_port", ("INTERNAL_PORT",), int, 3100, "internal listener port (0: off)"),
-    ("internal_auth_user", ("INTERNAL_AUTH_USER",), str, "", "internal listener user"),
-    ("internal_auth_password", ("INTERNAL_AUTH_PASSWORD",), str, "",
-     "internal listener password"),
-    ("internal_auth_key", ("INTERNAL_AUTH_KEY",), str, "",
-     "private key for Digest nonces (empty: random per process)"),
-)
-
-_ENV_TO_OPTION = {env: name for name, envs, *_ in _OPTIONS for env in envs}
-SECRET_OPTIONS = frozenset(
-    {"jwt_access_secret", "jwt_refresh_secret", "redis_password", "internal_auth_password",
-     "internal_auth_key", "redis_url"}
-)
 
 
 @dataclass(frozen=True)
@@ -226,151 +110,6 @@ class Settings:
     @property
     def single_node(self) -> bool:
         return self.redis_url is None
-
-
-def make_parser() -> OptionParser:
-    """The option parser behind ``--help``, flags and config files."""
-    parser = OptionParser()
-    parser.define("config", type=str, default="", help="config file (tornado.options syntax)")
-    parser.define("env_file", type=str, default="", help="dotenv file loaded into the environment")
-    for name, envs, kind, default, help_text in _OPTIONS:
-        parser.define(name, type=kind, default=default, help=f"{help_text} [env {envs[0]}]")
-    return parser
-
-
-def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read flags, environment and config file into validated Settings."""
-    argv = list(sys.argv if argv is None else argv)
-    environ = dict(os.environ if environ is None else environ)
-    parser = make_parser()
-    flags = parse_flags(argv, parser)
-    env_file = flags.pop("env_file", "")
-    config_file = flags.pop("config", "")
-    if env_file:
-        # The real environment wins over the file, as with docker's --env-file.
-        environ = {**_read_env_file(env_file), **environ}
-    if config_file:
-        _apply_config_file(parser, config_file)
-    _apply_environment(parser, environ)
-    for name, raw in flags.items():
-        _set_raw(parser, name, raw, f"--{name.replace('_', '-')}")
-    return build_settings(parser.as_dict())
-
-
-def parse_flags(argv: Sequence[str], parser: OptionParser) -> dict[str, str]:
-    """``--name value``, ``--name=value`` (``_`` or ``-`` in names) into {option: raw value}.
-
-    Anything else on the command line (unknown options, positional words,
-    single-dash options) is refused rather than silently ignored.
-    """
-    flags: dict[str, str] = {}
-    args = iter(argv[1:])
-    for arg in args:
-        if not arg.startswith("--") or arg == "--":
-            raise ConfigError(f"command line: unexpected argument {_shown_arg(arg)} (options look like --name=value)")
-        name, eq, value = arg[2:].partition("=")
-        dashed = name.replace("_", "-")
-        option = parser._options.get(dashed)
-        if option is None or dashed == "help":
-            raise ConfigError(f"command line: unknown option --{dashed}")
-        if not eq:
-            if option.type is bool:
-                value = "true"
-            else:
-                following = next(args, None)
-                if following is None:
-                    raise ConfigError(f"command line: --{dashed} needs a value")
-                value = following
-        flags[dashed.replace("-", "_")] = value
-    return flags
-
-
-def _shown_arg(arg: str) -> str:
-    return repr(arg) if len(arg) <= 40 else repr(arg[:20] + "...")
-
-
-def _parse_bool(raw: str) -> bool:
-    word = raw.strip().lower()
-    if word in ("1", "true", "yes", "on"):
-        return True
-    if word in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected true or false")
-
-
-_PARSERS = {bool: _parse_bool, int: int, float: float, str: str}
-_EXPECTED = {int: "expected an integer", float: "expected a number", bool: "expected true or false"}
-
-
-def _set_raw(parser: OptionParser, name: str, raw: str, source: str) -> None:
-    """Parse ``raw`` as option ``name`` wants; errors name ``source``, never a secret."""
-    option = parser._options[name.replace("_", "-")]
-    try:
-        value = _PARSERS[option.type](raw.strip() if option.type is not str else raw)
-    except ValueError:
-        raise ConfigError(f"{source}={_shown(name, raw)}: {_EXPECTED[option.type]}") from None
-    option.set(value)
-
-
-def _read_env_file(path: str) -> dict[str, str]:
-    from dotenv import dotenv_values
-
-    if not os.path.isfile(path):
-        raise ConfigError(f"--env-file: no such file: {path}")
-    try:
-        values = dotenv_values(path)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--env-file {path}: cannot read: {type(exc).__name__}") from None
-    return {k: v for k, v in values.items() if v is not None}
-
-
-def _apply_config_file(parser: OptionParser, path: str) -> None:
-    """Run the file (tornado.options syntax: ``name = value`` Python lines) and take its names.
-
-    Errors name the setting or the line, never a value: a config file holds secrets.
-    """
-    if not os.path.isfile(path):
-        raise ConfigError(f"--config: no such file: {path}")
-    namespace: dict[str, object] = {"__file__": os.path.abspath(path)}
-    try:
-        with open(path, "rb") as f:
-            exec(compile(f.read(), path, "exec"), namespace)  # noqa: S102 - operator's own file
-    except SyntaxError as exc:
-        raise ConfigError(f"--config {path}: syntax error at line {exc.lineno}") from None
-    except Exception as exc:  # runtime error in the operator's file
-        line = _error_line(exc, path)
-        raise ConfigError(f"--config {path}: {type(exc).__name__} at line {line}") from None
-    for key, value in namespace.items():
-        if key.startswith("_") or callable(value) or type(value).__name__ == "module":
-            continue
-        name = key.lower().replace("-", "_")
-        option = parser._options.get(name.replace("_", "-"))
-        if option is None or name in ("config", "env_file", "help"):
-            raise ConfigError(f"--config {path}: unknown setting {key!r}")
-        if option.type is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, option.type):
-            raise ConfigError(f"--config {path}: setting {key!r} must be {option.type.__name__}, "
-                              f"not {type(value).__name__}")
-        option.set(value)
-
-
-def _error_line(exc: BaseException, path: str) -> object:
-    import traceback
-
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == path]
-    return frames[-1].lineno if frames else "?"
-
-
-def _apply_environment(parser: OptionParser, environ: Mapping[str, str]) -> None:
-    for name, envs, _kind, _default, _help in _OPTIONS:
-        for env in reversed(envs):  # the canonical name is applied last and wins over aliases
-            if env in environ:
-                _set_raw(parser, name, environ[env], env)
-
-
-def _shown(name: str, raw: str) -> str:
-    return "<redacted>" if name in SECRET_OPTIONS else repr(raw)
 
 
 def _rate_limit(name: str, raw: str) -> RateLimit:

@@ -35,12 +35,8 @@ import asyncio
 import logging
 import time
 
-import tornado.web
 
-from tornado_gateway.auth import AuthError, bearer_token
-from tornado_gateway.errors import GatewayError
-from tornado_gateway.handlers import GatewayHandler
-from tornado_gateway.realtime_payloads import EventError, check_user_ids, iso_time
+from tornado_gateway.realtime.payloads import iso_time
 
 log = logging.getLogger("tornado_gateway.presence")
 PREFIX = "gw:presence:"
@@ -270,26 +266,3 @@ def _entry(user_id: str, online: bool, last_seen: str | None) -> dict:
     if not online and last_seen:
         entry["lastSeen"] = last_seen
     return entry
-
-
-class PresenceHandler(GatewayHandler):
-    """``GET /api/presence?userIds=a,b`` (Bearer token required)."""
-
-    route_name = "presence"
-
-    async def get(self) -> None:
-        token = bearer_token(self.request.headers.get("Authorization"))
-        if token is None:
-            raise AuthError("UNAUTHENTICATED", "a Bearer token is required")
-        identity = self.gateway.tokens.verify_access(token)
-        revocations = getattr(self.gateway, "revocations", None)
-        if revocations is not None and await revocations.is_revoked(identity):
-            raise AuthError("TOKEN_REVOKED", "token revoked")
-        self.user_id = identity.user_id
-        try:
-            user_ids = check_user_ids(self.get_query_argument("userIds", ""))
-        except EventError as exc:
-            raise GatewayError(exc.code, exc.message, 400) from None
-        except tornado.web.MissingArgumentError:
-            raise GatewayError("VALIDATION_FAILED", "userIds is required", 400) from None
-        self.write_json(200, {"presence": await self.gateway.realtime.presence.status(user_ids)})

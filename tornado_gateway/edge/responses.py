@@ -21,8 +21,8 @@ import tornado.web
 from tornado import httputil
 from tornado.iostream import StreamClosedError
 
-from tornado_gateway import metrics
-from tornado_gateway.errors import HTTP_STATUS, GatewayError, error_body
+from tornado_gateway import metrics, tornado_compat
+from tornado_gateway.errors import GatewayError, error_body
 
 access_log = logging.getLogger("tornado_gateway.access")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -63,12 +63,7 @@ class LingeringClose:
         return answer_before_body(self.request.connection, lambda: finish(chunk))
 
     def _body_unread(self) -> bool:
-        # Streaming handlers get _prepared_future, done once prepare() returned: until
-        # then the body has not been read, and detaching the stream is allowed.
-        prepared = getattr(self, "_prepared_future", None)
-        if prepared is None or prepared.done() or self._finished:
-            return False
-        return has_body(self.request.headers)
+        return tornado_compat.body_unread(self) and has_body(self.request.headers)
 
 
 def answer_before_body(connection, send):
@@ -78,9 +73,8 @@ def answer_before_body(connection, send):
     allows ``detach`` there: a handler's ``prepare``, a delegate's ``headers_received``).
     """
     # HTTP1Connection.finish() would close the stream itself, possibly before it
-    # returns, because the body is unread; these two flags are what it decides by.
-    connection._read_finished = True
-    connection._disconnect_on_finish = False
+    # returns, because the body is unread.
+    tornado_compat.answer_without_reading_body(connection)
     result = send()
     asyncio.ensure_future(_linger(connection.detach()))
     return result
@@ -129,7 +123,7 @@ class DelegateRelay(httputil.HTTPMessageDelegate):
             self.delegate.on_connection_close()
 
 
-class GatewayHandler(LingeringClose, tornado.web.RequestHandler):
+class GatewayHandler(LingeringClose, tornado_compat.RequestExceptionHook):
     """Shared behaviour of every public endpoint."""
 
     route_name = "gateway"  # metrics/log label; subclasses name themselves
@@ -146,7 +140,7 @@ class GatewayHandler(LingeringClose, tornado.web.RequestHandler):
         # Runs in __init__ and again on clear(): the request id must not change.
         if self.request_id is None:
             self.request_id = make_request_id(self.request.headers.get("X-Request-ID"))
-        headers = self._headers
+        headers = tornado_compat.response_headers(self)
         del headers["Server"]
         for name, value in default_headers(self.gateway, self.request_id,
                                            self.request.headers.get("Origin")):
@@ -155,7 +149,7 @@ class GatewayHandler(LingeringClose, tornado.web.RequestHandler):
     def flush(self, include_footers: bool = False):
         # Decided when the headers go out, not when the request came in: a response
         # that started before SIGTERM and ends during the drain still says so.
-        if not self._headers_written and self.gateway.draining:
+        if not tornado_compat.headers_written(self) and self.gateway.draining:
             self.set_header("Connection", "close")
         return super().flush(include_footers)
 
@@ -183,12 +177,12 @@ class GatewayHandler(LingeringClose, tornado.web.RequestHandler):
         self.finish(json.dumps(payload, separators=(",", ":")))
 
     def send_gateway_error(self, error: GatewayError) -> None:
-        if self._finished:
+        if tornado_compat.handler_finished(self):
             return
-        if self._headers_written:
+        if tornado_compat.headers_written(self):
             # Too late for a status: cut the response so the client sees it fail.
             self.request.connection.close()
-            self._finished = True
+            tornado_compat.mark_finished(self)
             return
         self.clear()
         self.set_status(error.status)
@@ -203,7 +197,7 @@ class GatewayHandler(LingeringClose, tornado.web.RequestHandler):
             error = exc
         else:
             code = _CODE_OF_STATUS.get(status_code, "INTERNAL" if status_code >= 500 else "BAD_REQUEST")
-            reason = self._reason if status_code < 500 else "internal error"
+            reason = tornado_compat.reason(self) if status_code < 500 else "internal error"
             error = GatewayError(code, reason, status_code)
         self.send_gateway_error(error)
 
@@ -215,11 +209,11 @@ class GatewayHandler(LingeringClose, tornado.web.RequestHandler):
         access_log.error("unhandled error in %s", self.request.path, exc_info=(typ, value, tb),
                          extra={"request_id": getattr(self, "request_id", None)})
 
-    def _handle_request_exception(self, e: BaseException) -> None:
+    def on_request_exception(self, e: BaseException) -> bool:
         if isinstance(e, GatewayError):
             self.send_gateway_error(e)
-            return
-        super()._handle_request_exception(e)
+            return True
+        return False
 
 
 class NotFoundHandler(GatewayHandler):

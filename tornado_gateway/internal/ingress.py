@@ -39,11 +39,8 @@ import json
 import logging
 import time
 
-import tornado.web
-
 from tornado_gateway import metrics
 from tornado_gateway.errors import GatewayError
-from tornado_gateway.internal import InternalHandler
 
 log = logging.getLogger("tornado_gateway.ingress")
 
@@ -194,7 +191,7 @@ class Ingress:
 
     async def deliver(self, message: dict) -> None:
         """Act on a validated message for THIS node's sockets only."""
-        realtime = getattr(self.gateway, "realtime", None)
+        realtime = self.gateway.realtime
         if message.get("type") == REVOKE:
             await self._revoke(message, realtime)
             return
@@ -275,46 +272,3 @@ class Ingress:
         if self.redis is None:
             return {"ok": True, "mode": "memory"}
         return {"ok": self.subscribed or not self.redis.up, "subscribed": self.subscribed}
-
-
-# -- POST /internal/events ----------------------------------------------------
-
-@tornado.web.stream_request_body
-class EventsHandler(InternalHandler):
-    """``POST /internal/events``: validate, then fan out; 202 when accepted."""
-
-    route_name = "internal_events"
-
-    def prepare(self) -> None:
-        super().prepare()
-        if self._finished:
-            return
-        if self.request.method != "POST":
-            raise GatewayError("METHOD_NOT_ALLOWED", "only POST is accepted here",
-                               headers={"Allow": "POST"})
-        self.max_size = self.gateway.ingress.max_size
-        self.body = bytearray()
-        length = self.request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > self.max_size:
-            raise GatewayError("PAYLOAD_TOO_LARGE", f"event body larger than {self.max_size} bytes")
-        self.request.connection.set_max_body_size(self.max_size + 1)
-
-    def data_received(self, chunk: bytes) -> None:
-        if self._finished:
-            return
-        self.body += chunk
-        if len(self.body) > self.max_size:
-            self.send_gateway_error(GatewayError(
-                "PAYLOAD_TOO_LARGE", f"event body larger than {self.max_size} bytes"))
-
-    async def post(self) -> None:
-        if self._finished:
-            return
-        try:
-            message = parse_event(bytes(self.body), self.max_size)
-        except EventError as exc:
-            metrics.EVENTS_REJECTED.labels("http").inc()
-            raise GatewayError("VALIDATION_FAILED", str(exc)) from None
-        metrics.EVENTS_IN.labels(event_name(message), "http").inc()
-        await self.gateway.ingress.submit(message)
-        self.write_json(202, {"accepted": True, "event": event_name(message)})

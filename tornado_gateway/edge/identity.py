@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol, Sequence
 
 import jwt
+from tornado import httputil
 
 from tornado_gateway.config import Settings
+from tornado_gateway.edge.paths import is_under
 from tornado_gateway.errors import GatewayError
 
 
@@ -149,3 +152,60 @@ def _reason(exc: Exception) -> str:
     if isinstance(exc, jwt.DecodeError):
         return "token malformed"
     return "token invalid"
+
+
+
+class RevocationCheck(Protocol):
+    def check(self, identity: Identity) -> bool: ...
+
+
+def refuse_revoked(revocations: RevocationCheck, identity: Identity) -> None:
+    """Raise TOKEN_REVOKED when ``identity``'s token was revoked (memory only, never waits)."""
+    if revocations.check(identity):
+        raise AuthError("TOKEN_REVOKED", "token revoked")
+
+
+def check_access_token(tokens: TokenVerifier, revocations: RevocationCheck, token: str) -> Identity:
+    """THE token check of sockets and gateway-served endpoints: verify, then revocation."""
+    identity = tokens.verify_access(token)
+    refuse_revoked(revocations, identity)
+    return identity
+
+
+REFRESH_PATH = "/api/auth/refresh"
+REFRESH_COOKIE = "refreshToken"
+
+
+def authenticate_http(tokens: TokenVerifier, public_paths: Sequence[str], headers: httputil.HTTPHeaders,
+                      path: str) -> Identity | None:
+    """An HTTP caller's identity, None when anonymous on a public path; raises AuthError."""
+    bearer = bearer_token(headers.get("Authorization"))
+    if path.rstrip("/") == REFRESH_PATH:
+        # Refresh tokens are checked at the edge: a forged one never reaches auth.
+        cookie = _cookie(headers, REFRESH_COOKIE)
+        if cookie:
+            return tokens.verify_refresh(cookie)
+        if bearer:
+            return tokens.verify_refresh(bearer)
+        raise AuthError("UNAUTHENTICATED", f"a refresh token (cookie {REFRESH_COOKIE} or Bearer) "
+                                           "is required")
+    public = any(is_under(path, prefix) for prefix in public_paths)
+    if bearer is None:
+        if public:
+            return None
+        raise AuthError("UNAUTHENTICATED", "a bearer token is required")
+    try:
+        return tokens.verify_access(bearer)
+    except AuthError:
+        if public:
+            return None  # a bad token on a public route is ignored, never trusted
+        raise
+
+def _cookie(headers: httputil.HTTPHeaders, name: str) -> str | None:
+    header = headers.get("Cookie")
+    if not header:
+        return None
+    try:
+        return httputil.parse_cookie(header).get(name)
+    except Exception:  # a malformed Cookie header: no cookie
+        return None

@@ -37,9 +37,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado.auth import AuthError
 from tornado_http_auth import DigestAuthMixin
 
-from tornado_gateway import metrics
+import tornado.web
+
+from tornado_gateway import metrics, tornado_compat
+from tornado_gateway.edge.handlers import HealthHandler, ReadyHandler
+from tornado_gateway.internal.ingress import EventError, event_name, parse_event
 from tornado_gateway.errors import GatewayError, error_body
-from tornado_gateway.handlers import GatewayHandler
+from tornado_gateway.edge.responses import GatewayHandler
 
 log = logging.getLogger("tornado_gateway.internal")
 
@@ -155,11 +159,51 @@ class MetricsHandler(InternalHandler):
         self.finish(generate_latest(metrics.REGISTRY))
 
 
+# -- POST /internal/events ----------------------------------------------------
+
+@tornado.web.stream_request_body
+class EventsHandler(InternalHandler):
+    """``POST /internal/events``: validate, then fan out; 202 when accepted."""
+
+    route_name = "internal_events"
+
+    def prepare(self) -> None:
+        super().prepare()
+        if tornado_compat.handler_finished(self):
+            return
+        if self.request.method != "POST":
+            raise GatewayError("METHOD_NOT_ALLOWED", "only POST is accepted here",
+                               headers={"Allow": "POST"})
+        self.max_size = self.gateway.ingress.max_size
+        self.body = bytearray()
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > self.max_size:
+            raise GatewayError("PAYLOAD_TOO_LARGE", f"event body larger than {self.max_size} bytes")
+        self.request.connection.set_max_body_size(self.max_size + 1)
+
+    def data_received(self, chunk: bytes) -> None:
+        if tornado_compat.handler_finished(self):
+            return
+        self.body += chunk
+        if len(self.body) > self.max_size:
+            self.send_gateway_error(GatewayError(
+                "PAYLOAD_TOO_LARGE", f"event body larger than {self.max_size} bytes"))
+
+    async def post(self) -> None:
+        if tornado_compat.handler_finished(self):
+            return
+        try:
+            message = parse_event(bytes(self.body), self.max_size)
+        except EventError as exc:
+            metrics.EVENTS_REJECTED.labels("http").inc()
+            raise GatewayError("VALIDATION_FAILED", str(exc)) from None
+        metrics.EVENTS_IN.labels(event_name(message), "http").inc()
+        await self.gateway.ingress.submit(message)
+        self.write_json(202, {"accepted": True, "event": event_name(message)})
+
+
 def internal_handlers(settings) -> list:
     """The internal listener's routes (``/healthz`` needs no credentials)."""
-    from tornado_gateway.health import HealthHandler, ReadyHandler
-    from tornado_gateway.ingress import EventsHandler
-
     credentials = InternalCredentials.from_settings(settings)
     if settings.internal_port and not credentials.configured:
         log.warning("internal listener %s:%d has no INTERNAL_AUTH_USER/INTERNAL_AUTH_PASSWORD: "
@@ -174,4 +218,4 @@ def internal_handlers(settings) -> list:
     ]
 
 
-__all__ = ["InternalCredentials", "InternalHandler", "MetricsHandler", "internal_handlers"]
+__all__ = ["EventsHandler", "InternalCredentials", "InternalHandler", "MetricsHandler", "internal_handlers"]

@@ -90,3 +90,9 @@ class Circuits:
         if breaker is None:
             breaker = self._breakers[upstream] = CircuitBreaker(self.failures, self.cooldown)
         return breaker
+
+
+def is_connect_failure(exc: BaseException) -> bool:
+    """Refused/unreachable/DNS: nothing reached the upstream, so a retry is safe."""
+    return isinstance(exc, OSError) and not isinstance(
+        exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError))

@@ -1,0 +1,159 @@
+"""Where settings come from: flags, environment, dotenv file, config file (in that precedence)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Mapping, Sequence
+
+from tornado.options import OptionParser
+
+from tornado_gateway import tornado_compat
+from tornado_gateway.config.options import _OPTIONS, SECRET_OPTIONS, ConfigError
+from tornado_gateway.config.settings import Settings, build_settings
+
+
+def make_parser() -> OptionParser:
+    """The option parser behind ``--help``, flags and config files."""
+    parser = OptionParser()
+    parser.define("config", type=str, default="", help="config file (tornado.options syntax)")
+    parser.define("env_file", type=str, default="", help="dotenv file loaded into the environment")
+    for name, envs, kind, default, help_text in _OPTIONS:
+        parser.define(name, type=kind, default=default, help=f"{help_text} [env {envs[0]}]")
+    return parser
+
+
+def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read flags, environment and config file into validated Settings."""
+    argv = list(sys.argv if argv is None else argv)
+    environ = dict(os.environ if environ is None else environ)
+    parser = make_parser()
+    flags = parse_flags(argv, parser)
+    env_file = flags.pop("env_file", "")
+    config_file = flags.pop("config", "")
+    if env_file:
+        # The real environment wins over the file, as with docker's --env-file.
+        environ = {**_read_env_file(env_file), **environ}
+    if config_file:
+        _apply_config_file(parser, config_file)
+    _apply_environment(parser, environ)
+    for name, raw in flags.items():
+        _set_raw(parser, name, raw, f"--{name.replace('_', '-')}")
+    return build_settings(parser.as_dict())
+
+
+def parse_flags(argv: Sequence[str], parser: OptionParser) -> dict[str, str]:
+    """``--name value``, ``--name=value`` (``_`` or ``-`` in names) into {option: raw value}.
+
+    Anything else on the command line (unknown options, positional words,
+    single-dash options) is refused rather than silently ignored.
+    """
+    flags: dict[str, str] = {}
+    args = iter(argv[1:])
+    for arg in args:
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"command line: unexpected argument {_shown_arg(arg)} (options look like --name=value)")
+        name, eq, value = arg[2:].partition("=")
+        dashed = name.replace("_", "-")
+        option = tornado_compat.option_named(parser, dashed)
+        if option is None or dashed == "help":
+            raise ConfigError(f"command line: unknown option --{dashed}")
+        if not eq:
+            if option.type is bool:
+                value = "true"
+            else:
+                following = next(args, None)
+                if following is None:
+                    raise ConfigError(f"command line: --{dashed} needs a value")
+                value = following
+        flags[dashed.replace("-", "_")] = value
+    return flags
+
+
+def _shown_arg(arg: str) -> str:
+    return repr(arg) if len(arg) <= 40 else repr(arg[:20] + "...")
+
+
+def _parse_bool(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+_PARSERS = {bool: _parse_bool, int: int, float: float, str: str}
+_EXPECTED = {int: "expected an integer", float: "expected a number", bool: "expected true or false"}
+
+
+def _set_raw(parser: OptionParser, name: str, raw: str, source: str) -> None:
+    """Parse ``raw`` as option ``name`` wants; errors name ``source``, never a secret."""
+    option = tornado_compat.option_named(parser, name.replace("_", "-"))
+    try:
+        value = _PARSERS[option.type](raw.strip() if option.type is not str else raw)
+    except ValueError:
+        raise ConfigError(f"{source}={_shown(name, raw)}: {_EXPECTED[option.type]}") from None
+    option.set(value)
+
+
+def _read_env_file(path: str) -> dict[str, str]:
+    from dotenv import dotenv_values
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"--env-file: no such file: {path}")
+    try:
+        values = dotenv_values(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--env-file {path}: cannot read: {type(exc).__name__}") from None
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _apply_config_file(parser: OptionParser, path: str) -> None:
+    """Run the file (tornado.options syntax: ``name = value`` Python lines) and take its names.
+
+    Errors name the setting or the line, never a value: a config file holds secrets.
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"--config: no such file: {path}")
+    namespace: dict[str, object] = {"__file__": os.path.abspath(path)}
+    try:
+        with open(path, "rb") as f:
+            exec(compile(f.read(), path, "exec"), namespace)  # noqa: S102 - operator's own file
+    except SyntaxError as exc:
+        raise ConfigError(f"--config {path}: syntax error at line {exc.lineno}") from None
+    except Exception as exc:  # runtime error in the operator's file
+        line = _error_line(exc, path)
+        raise ConfigError(f"--config {path}: {type(exc).__name__} at line {line}") from None
+    for key, value in namespace.items():
+        if key.startswith("_") or callable(value) or type(value).__name__ == "module":
+            continue
+        name = key.lower().replace("-", "_")
+        option = tornado_compat.option_named(parser, name.replace("_", "-"))
+        if option is None or name in ("config", "env_file", "help"):
+            raise ConfigError(f"--config {path}: unknown setting {key!r}")
+        if option.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, option.type):
+            raise ConfigError(f"--config {path}: setting {key!r} must be {option.type.__name__}, "
+                              f"not {type(value).__name__}")
+        option.set(value)
+
+
+def _error_line(exc: BaseException, path: str) -> object:
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == path]
+    return frames[-1].lineno if frames else "?"
+
+
+def _apply_environment(parser: OptionParser, environ: Mapping[str, str]) -> None:
+    for name, envs, _kind, _default, _help in _OPTIONS:
+        for env in reversed(envs):  # the canonical name is applied last and wins over aliases
+            if env in environ:
+                _set_raw(parser, name, environ[env], env)
+
+
+def _shown(name: str, raw: str) -> str:
+    return "<redacted>" if name in SECRET_OPTIONS else repr(raw)
+

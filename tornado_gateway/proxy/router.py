@@ -1,0 +1,48 @@
+"""The public listener's delegate: the application's own paths, every other path to the proxy."""
+
+from __future__ import annotations
+
+import re
+
+from tornado import httputil
+
+from tornado_gateway.edge.responses import DelegateRelay
+from tornado_gateway.proxy.exchange import ProxyExchange
+from tornado_gateway.proxy.request import ProxyRequest
+
+
+class PublicRouter(httputil.HTTPServerConnectionDelegate):
+    """The public listener: the application's own paths, every other path to the proxy.
+
+    Chooses from the request line alone, so a proxied request never builds the
+    ``HTTPServerRequest`` the application needs (it parses and copies the
+    query arguments and costs about as much as the rest of the routing).
+    """
+
+    def __init__(self, gateway, app, app_paths: str):
+        self.gateway = gateway
+        self.app = app
+        self.app_paths = re.compile(app_paths)
+
+    def start_request(self, server_conn, request_conn) -> httputil.HTTPMessageDelegate:
+        return _PublicRequest(self, server_conn, request_conn)
+
+
+class _PublicRequest(DelegateRelay):
+    """Hands one request to the application or to a ProxyExchange, once its head arrived."""
+
+    def __init__(self, router: PublicRouter, server_conn, request_conn):
+        self.router = router
+        self.server_conn = server_conn
+        self.request_conn = request_conn
+
+    def headers_received(self, start_line, headers):
+        router = self.router
+        if router.app_paths.fullmatch(start_line.path.partition("?")[0]):
+            self.delegate = router.app.start_request(self.server_conn, self.request_conn)
+        else:
+            request = ProxyRequest(self.request_conn, start_line, headers)
+            self.delegate = ProxyExchange(router.gateway, request)
+        return self.delegate.headers_received(start_line, headers)
+
+

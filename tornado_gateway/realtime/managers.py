@@ -1,0 +1,190 @@
+"""Socket.IO client managers: local delivery (one node) and Redis pub/sub between nodes.
+
+Each emit is encoded once and queued on every local recipient (wire.FastDelivery);
+with Redis, other nodes get it through an outbox drained by one task as batched
+PUBLISHes, and a listener loop that re-subscribes by itself (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+
+from socketio.async_manager import AsyncManager
+
+from tornado_gateway.cluster.redis_link import connect
+from tornado_gateway.realtime import wire
+from tornado_gateway.realtime.wire import _dumps
+
+log = logging.getLogger("tornado_gateway.realtime")
+OUTBOX_MAX = 20_000
+PUBLISH_BATCH = 256
+
+
+class LocalManager(wire.FastDelivery, AsyncManager):
+    """Single node (memory mode): every emit is local."""
+
+    async def emit(self, event, data, namespace="/", room=None, skip_sid=None, callback=None,
+                   to=None, **kwargs):
+        room = to or room
+        if callback is not None or namespace != "/":
+            return await super().emit(event, data, namespace, room=room, skip_sid=skip_sid,
+                                      callback=callback)
+        self.emit_now(event, data, room, skip_sid)
+
+    def emit_now(self, event: str, data, room, skip_sid=None) -> None:
+        """A room emit of namespace ``/`` without awaiting anything."""
+        self.deliver_local(event, data, room, skip_sid)
+
+
+class RedisFanoutManager(wire.RedisManagerBase):
+    """Several nodes: local delivery at once, other nodes through Redis pub/sub."""
+
+    def __init__(self, url: str, redis_link, channel: str = "gateway:socketio"):
+        super().__init__(url, channel=channel, redis_options={})
+        self.redis_link = redis_link  # the node's shared client publishes
+        self.outbox: collections.deque = collections.deque()
+        self._outbox_ready = asyncio.Event()
+        self._publisher: asyncio.Task | None = None
+        self.subscribed = False
+        self.dropped = 0
+        # Messages this node published start with this (host_id first): skipped undecoded.
+        self.own_prefix = ('{"host_id":' + _dumps(self.host_id) + ",").encode()
+
+    def initialize(self):
+        super().initialize()  # starts the listener (listen)
+        self._publisher = asyncio.ensure_future(self._publish_loop())
+
+    async def emit(self, event, data, namespace="/", room=None, skip_sid=None, callback=None,
+                   to=None, ignore_queue=False, **kwargs):
+        room = to or room
+        if callback is not None or namespace != "/":
+            return await super().emit(event, data, namespace=namespace, room=room,
+                                      skip_sid=skip_sid, callback=callback, ignore_queue=ignore_queue)
+        if ignore_queue:
+            self.deliver_local(event, data, room, skip_sid)
+        else:
+            self.emit_now(event, data, room, skip_sid)
+
+    def emit_now(self, event: str, data, room, skip_sid=None) -> None:
+        """A room emit of namespace ``/``: local sockets now, other nodes through the outbox."""
+        self.deliver_local(event, data, room, skip_sid)
+        if isinstance(room, str) and self.is_sid_room("/", room):
+            return  # a local socket's own room: nothing for other nodes
+        self._publish_later({"host_id": self.host_id, "method": "emit", "event": event, "data": data,
+                             "room": room, "skip_sid": skip_sid, "namespace": "/"})
+
+    async def publish_control(self, data: dict) -> None:
+        """python-socketio's own publishes (disconnect, rooms of remote sids) use the outbox too."""
+        self._publish_later(data)
+
+    def _publish_later(self, message: dict) -> None:
+        if len(self.outbox) >= OUTBOX_MAX:
+            self.outbox.popleft()
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.warning("socket.io outbox full (redis slow or down): dropped %d cross-node events",
+                            self.dropped)
+        self.outbox.append(_dumps(message))
+        self._outbox_ready.set()
+
+    async def _publish_loop(self) -> None:
+        failing = False
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            while self.outbox:
+                batch = [self.outbox.popleft() for _ in range(min(PUBLISH_BATCH, len(self.outbox)))]
+                try:
+                    await self.redis_link.client.publish(self.channel, self._batch_message(batch))
+                    if failing:
+                        log.info("socket.io cross-node publishing resumed")
+                        failing = False
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.dropped += len(batch)
+                    if not failing:
+                        log.error("socket.io cross-node publish failed, events for other nodes "
+                                  "are dropped until redis is back: %s", exc)
+                        failing = True
+                    self.redis_link.note_failure(exc)
+                    await asyncio.sleep(0.2)
+
+    def _batch_message(self, items: list[str]) -> str:
+        """One PUBLISH for the events of one outbox batch (one pub/sub message per node)."""
+        if len(items) == 1:
+            return items[0]
+        return self.own_prefix.decode() + '"method":"batch","messages":[' + ",".join(items) + "]}"
+
+    async def listen(self) -> None:
+        """Listen for other nodes' events; never dies, logs loss and recovery once."""
+        backoff = 0.1
+        lost = False
+        while True:
+            client = pubsub = None
+            try:
+                client = connect(self.redis_url)
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(self.channel)
+                self.subscribed = True
+                if lost:
+                    log.info("socket.io cross-node listener re-subscribed")
+                    lost = False
+                backoff = 0.1
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        await self._on_pubsub(message["data"])
+            except asyncio.CancelledError:
+                self.subscribed = False
+                raise
+            except Exception as exc:
+                self.subscribed = False
+                if not lost:
+                    log.error("socket.io cross-node listener lost redis, retrying: %s", exc)
+                    lost = True
+            finally:
+                for closable in (pubsub, client):
+                    if closable is not None:
+                        try:
+                            await closable.aclose()
+                        except Exception:
+                            pass
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def _on_pubsub(self, raw) -> None:
+        if isinstance(raw, bytes) and raw.startswith(self.own_prefix):
+            return  # this node's own message
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            log.warning("socket.io channel: undecodable message dropped")
+            return
+        if not isinstance(message, dict) or message.get("host_id") == self.host_id:
+            return
+        if message.get("method") == "batch" and isinstance(message.get("messages"), list):
+            for item in message["messages"]:
+                if isinstance(item, dict):
+                    await self._handle_channel_message(item)
+            return
+        await self._handle_channel_message(message)
+
+    async def _handle_channel_message(self, message: dict) -> None:
+        method = message.get("method")
+        try:
+            if method == "emit":
+                self.deliver_local(message["event"], message.get("data"), message.get("room"),
+                                   message.get("skip_sid"))
+            elif method in wire.CONTROL_METHODS:
+                await self.handle_control(method, message)
+        except Exception:
+            log.exception("socket.io channel: handling a %s message failed", method)
+
+    async def close(self) -> None:
+        for task in (self._publisher, self.listener_task()):
+            if task is not None:
+                task.cancel()

@@ -1,0 +1,30 @@
+"""What the gateway knows about one connected socket."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+
+from tornado_gateway.edge.identity import Identity
+
+
+class SocketState:
+    """What the gateway knows about one connected socket."""
+
+    __slots__ = ("sid", "ip", "identity", "chats", "pending", "worker", "timer", "expired",
+                 "closing")
+
+    def __init__(self, sid: str, ip: str):
+        self.sid = sid
+        self.ip = ip
+        self.identity: Identity | None = None  # once authenticated
+        self.chats: set[str] = set()  # chats joined (rooms chat:<id>)
+        self.pending: collections.deque = collections.deque()
+        self.worker: asyncio.Task | None = None
+        self.timer: asyncio.TimerHandle | None = None  # auth timeout, token expiry or grace
+        self.expired = False
+        self.closing = False
+
+    @property
+    def user_id(self) -> str | None:
+        return self.identity.user_id if self.identity is not None else None

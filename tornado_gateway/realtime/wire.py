@@ -1,0 +1,370 @@
+"""The only home of python-engineio / python-socketio internals: packets, frames, hooks.
+
+Socket.IO packet parsing and writing, RFC 6455 framing of directly written websockets,
+the server's event hook, the Redis manager's private hooks and the Tornado handler of
+``/socket.io/``. Why each internal is used: docs/architecture.md; pinned by
+tests/realtime/test_wire.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from typing import Any, Callable
+
+import socketio
+import tornado.web
+from engineio import packet as eio_packet
+from engineio.async_drivers.tornado import get_tornado_handler
+from socketio import packet as sio_packet
+from socketio.async_redis_manager import AsyncRedisManager
+from tornado.iostream import StreamClosedError
+
+from tornado_gateway import metrics, tornado_compat
+from tornado_gateway.edge.responses import LingeringClose
+from tornado_gateway.errors import error_body
+
+log = logging.getLogger("tornado_gateway.realtime")
+ACKED_EVENT = "message:new"  # recipients' acks of this event make delivered receipts
+ACK_WINDOW = 256  # unanswered acks kept per socket; older ones are forgotten
+CONTROL_METHODS = frozenset({"disconnect", "enter_room", "leave_room", "close_room"})
+_dumps = functools.partial(json.dumps, separators=(",", ":"), ensure_ascii=False)
+
+
+class FastDelivery:
+    """The local half of an emit, shared by both managers (mixed in first)."""
+
+    on_delivery_ack: Callable[..., None] | None = None  # fn(sid, data): a socket acked ACKED_EVENT
+    on_event: Callable[[str, str, list, int | None], None]  # fn(sid, eio_sid, data, ack id)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.websockets: dict = {}  # eio sid -> Tornado WebSocketHandler, written directly
+        self._unflushed: dict = {}  # handler -> websocket frames written at the end of this tick
+
+    def write_directly(self, eio_sid: str, socket, handler) -> bool:
+        """Write this websocket's messages ourselves instead of through Engine.IO's queue.
+
+        A socket that connected with the websocket transport has no reason for
+        engineio's per-socket writer task (one task wake-up and ``wait_for``
+        per packet) nor for Tornado's ``write_message`` (one task per
+        message): its MESSAGE packets are framed here and the frames of one
+        loop iteration are written with one ``IOStream.write`` (one syscall
+        for a burst of events to one socket), in call order. PING/CLOSE still
+        use the queue, after this socket's frames are flushed, which keeps
+        engineio's writer and close logic as they are. Sockets upgraded from
+        polling keep the queue for everything. False when not possible.
+        """
+        connection = getattr(handler, "ws_connection", None)
+        if getattr(connection, "stream", None) is None or getattr(connection, "_compressor", None):
+            return False
+        queue_send = socket.send
+
+        async def send(pkt):
+            if pkt.packet_type != eio_packet.MESSAGE:
+                self._flush_one(handler)
+                return await queue_send(pkt)
+            if socket.closed or socket.closing:
+                return
+            encoded = pkt.encode()
+            if isinstance(encoded, str):
+                self.send_text(handler, encoded.encode())
+            else:
+                self.send_text(handler, encoded, opcode=0x2)
+
+        socket.send = send
+        self.websockets[eio_sid] = handler
+        return True
+
+    def forget_websocket(self, eio_sid: str) -> None:
+        handler = self.websockets.pop(eio_sid, None)
+        if handler is not None:
+            self._flush_one(handler)
+
+    def send_text(self, handler, payload: bytes, opcode: int = 0x1) -> None:
+        """Queue one text (or binary) frame for ``handler``; written at the end of this loop iteration."""
+        frames = self._unflushed.get(handler)
+        if frames is None:
+            if not self._unflushed:
+                # One iteration later: what this iteration started (the upstream request of
+                # the socket's next message:send) is written before the fan-out's frames.
+                loop = asyncio.get_running_loop()
+                loop.call_soon(loop.call_soon, self.flush)
+            self._unflushed[handler] = [_frame(payload, opcode)]
+        else:
+            frames.append(_frame(payload, opcode))
+
+    def flush(self) -> None:
+        unflushed, self._unflushed = self._unflushed, {}
+        for handler, frames in unflushed.items():
+            _write_frames(handler, frames)
+
+    def _flush_one(self, handler) -> None:
+        frames = self._unflushed.pop(handler, None)
+        if frames:
+            _write_frames(handler, frames)
+
+    def deliver_local(self, event: str, data, room, skip_sid=None) -> int:
+        """Send ``event`` to this node's sockets in ``room`` (a room or list of rooms)."""
+        participants = list(self.get_participants("/", room))
+        if not participants:
+            return 0
+        body = _dumps([event, data])
+        body_bytes = body.encode()
+        skip = skip_sid if isinstance(skip_sid, (list, tuple, set)) else (skip_sid,)
+        sockets = self.server.eio.sockets
+        track = event == ACKED_EVENT and self.on_delivery_ack is not None
+        shared_payload = b"42" + body_bytes
+        shared_pkt = None
+        websockets = self.websockets
+        sent = 0
+        for sid, eio_sid in participants:
+            if sid in skip:
+                continue
+            socket = sockets.get(eio_sid)
+            if socket is None or socket.closed or socket.closing:
+                continue
+            if track:
+                ack_id = self._ack_id(sid, functools.partial(self.on_delivery_ack, sid, data))
+            handler = websockets.get(eio_sid)
+            if handler is not None:
+                self.send_text(handler, b"42%d%s" % (ack_id, body_bytes) if track else shared_payload)
+            elif track:
+                socket.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, f"2{ack_id}{body}"))
+            else:
+                if shared_pkt is None:
+                    shared_pkt = eio_packet.Packet(eio_packet.MESSAGE, "2" + body)
+                socket.queue.put_nowait(shared_pkt)
+            sent += 1
+        if sent:
+            metrics.EVENTS_OUT.labels(event).inc(sent)
+        return sent
+
+    def receive_fast(self, eio_sid: str, text: str) -> bool:
+        """A Socket.IO EVENT or ACK from a directly written websocket, handled at once.
+
+        Engine.IO would pass each incoming message through a queue, a new
+        task with a timeout and, for events, another task; here events go
+        straight to the server's ``_handle_event`` (the gateway's per-socket
+        queue) and acks to their callback. False for anything else (connect,
+        disconnect, binary, other namespaces): the caller hands it to
+        Engine.IO as usual.
+        """
+        kind = text[:1]
+        if kind != "2" and kind != "3":
+            return False
+        sid = self.sid_from_eio_sid(eio_sid, "/")
+        if sid is None or not self.is_connected(sid, "/"):
+            return False
+        end = 1
+        while end < len(text) and "0" <= text[end] <= "9":
+            end += 1
+        if end < len(text) and text[end] != "[":
+            return False  # a namespace, or something engineio/socketio should judge
+        try:
+            data = json.loads(text[end:]) if end < len(text) else []
+        except ValueError:
+            return False
+        if not isinstance(data, list):
+            return False
+        packet_id = int(text[1:end]) if end > 1 else None
+        if kind == "2":
+            self.on_event(sid, eio_sid, data, packet_id)
+        else:
+            callback = self.callbacks.get(sid, {}).pop(packet_id, None) if packet_id else None
+            result = callback(*data) if callback is not None else None
+            if asyncio.iscoroutine(result):
+                asyncio.ensure_future(result)
+        return True
+
+    def send_ack(self, eio_sid: str, ack_id: int, reply) -> bool:
+        """Answer a client event's ack on a directly written websocket; False otherwise."""
+        handler = self.websockets.get(eio_sid)
+        if handler is None:
+            return False
+        self.send_text(handler, b"43%d%s" % (ack_id, _dumps([reply]).encode()))
+        return True
+
+    def _ack_id(self, sid: str, callback) -> int:
+        ack_id = self._generate_ack_id(sid, callback)
+        pending = self.callbacks[sid]
+        if len(pending) > ACK_WINDOW + 1:  # key 0 holds the counter; ids ascend
+            keys = iter(pending)
+            next(keys)
+            del pending[next(keys)]
+        return ack_id
+
+    async def trigger_callback(self, sid, id, data):
+        callback = self.callbacks.get(sid, {}).pop(id, None) if id else None
+        if callback is None:
+            return  # unknown or forgotten ack: nothing to do
+        result = callback(*data)
+        if asyncio.iscoroutine(result):
+            await result
+
+
+def _frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """An unmasked, uncompressed, final websocket frame (RFC 6455 §5.2)."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x80 | opcode, size)) + payload
+    if size <= 0xFFFF:
+        return bytes((0x80 | opcode, 126)) + size.to_bytes(2, "big") + payload
+    return bytes((0x80 | opcode, 127)) + size.to_bytes(8, "big") + payload
+
+
+def _write_frames(handler, frames: list) -> None:
+    connection = handler.ws_connection
+    if connection is None or connection.is_closing():
+        return  # closing: engineio notices and cleans up
+    try:
+        connection.stream.write(frames[0] if len(frames) == 1 else b"".join(frames))
+    except StreamClosedError:
+        pass
+
+
+class RedisManagerBase(FastDelivery, AsyncRedisManager):
+    """python-socketio's AsyncRedisManager with its private hooks given names: ``_thread``
+    (the listener task) runs :meth:`listen`, ``_publish`` goes to :meth:`publish_control`."""
+
+    async def _thread(self) -> None:
+        await self.listen()
+
+    async def _publish(self, data: Any) -> None:
+        await self.publish_control(data)
+
+    async def listen(self) -> None:
+        raise NotImplementedError
+
+    async def publish_control(self, data: dict) -> None:
+        raise NotImplementedError
+
+    async def handle_control(self, method: str, message: dict) -> None:
+        """Another node's disconnect / enter_room / leave_room / close_room message."""
+        if method == "disconnect":
+            await self._handle_disconnect(message)
+        elif method == "enter_room":
+            await self._handle_enter_room(message)
+        elif method == "leave_room":
+            await self._handle_leave_room(message)
+        elif method == "close_room":
+            await self._handle_close_room(message)
+
+    def listener_task(self) -> asyncio.Task | None:
+        return getattr(self, "thread", None)
+
+
+class GatewaySocketServer(socketio.AsyncServer):
+    """AsyncServer whose client events go to ``on_event`` (the ordered dispatch), not to tasks."""
+
+    def __init__(self, on_event: Callable[[str, str, list, int | None], None], **kwargs: Any):
+        self.on_event = on_event
+        super().__init__(**kwargs)
+
+    async def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None,
+                            data: Any) -> None:
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace or "/")
+        if sid is None or not self.manager.is_connected(sid, namespace or "/"):
+            return
+        self.on_event(sid, eio_sid, data, id)
+
+
+async def send_ack_packet(sio: socketio.AsyncServer, eio_sid: str, ack_id: int, reply: dict) -> None:
+    """An ACK packet through engineio's queue (``_send_packet``)."""
+    await sio._send_packet(eio_sid, sio.packet_class(sio_packet.ACK, namespace="/", id=ack_id,
+                                                     data=[reply]))
+
+
+def eio_socket(sio: socketio.AsyncServer, eio_sid: str | None) -> Any:
+    """The engineio socket of ``eio_sid`` on this node, or None."""
+    return sio.eio.sockets.get(eio_sid) if eio_sid is not None else None
+
+
+def is_websocket(handler: Any) -> bool:
+    """Whether the Tornado handler of ``/socket.io/`` holds a websocket."""
+    return getattr(handler, "ws_connection", None) is not None
+
+
+def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
+    """The Tornado handler of ``/socket.io/``: engineio's, with the gateway's rules."""
+    base = get_tornado_handler(realtime.sio.eio)
+    gateway = realtime.gateway
+    max_payload = realtime.settings.socket_max_payload
+    max_body = max_payload + 1024  # a polling POST may carry a few packets' framing
+
+    @tornado.web.stream_request_body
+    class SocketIOHandler(LingeringClose, base):
+        """Streams request bodies so that prepare() can bound a polling POST before it is read:
+        an oversized one is refused without buffering it (the server allows up to the largest
+        route's body size)."""
+
+        route_name = "socket.io"  # access log and metrics label
+        _chunks = None
+
+        def get_compression_options(self) -> None:
+            return None  # no permessage-deflate: ~4x the memory and CPU per socket
+
+        @property
+        def max_message_size(self) -> int:
+            return max_payload + 1024
+
+        def check_origin(self, origin: str) -> bool:
+            return realtime.origin_allowed(origin)
+
+        def set_default_headers(self) -> None:
+            # What every public response carries (engineio adds its CORS headers itself).
+            headers = tornado_compat.response_headers(self)
+            del headers["Server"]
+            for name, value in gateway.security_headers:
+                headers[name] = value
+            headers["Vary"] = "Origin"
+
+        direct_eio_sid = None  # set once the socket is written directly (websocket from the start)
+
+        def on_message(self, message):
+            """Events and acks of a direct websocket go straight to the gateway, in
+            arrival order (anything else, or while engineio still holds earlier
+            messages, through engineio's queue as usual)."""
+            eio_sid = self.direct_eio_sid
+            if (eio_sid is not None and type(message) is str and message[:1] == "4"
+                    and self.receive_queue.empty() and realtime.manager.receive_fast(eio_sid, message[1:])):
+                return
+            self.receive_queue.put_nowait(message)
+
+        def prepare(self):
+            origin = self.request.headers.get("Origin")
+            if not realtime.origin_allowed(origin):
+                self._refuse(403, "FORBIDDEN", "origin not allowed")
+            elif gateway.draining and "sid" not in self.request.query_arguments:
+                self._refuse(503, "DRAINING", "this node is shutting down")
+            elif self.request.method == "POST":
+                self._chunks = []
+                self.request.connection.set_max_body_size(max_body)  # a chunked body too
+                if _content_length(self.request) > max_body:
+                    self._refuse(413, "PAYLOAD_TOO_LARGE", "packet too large")  # the body is not read
+
+        def data_received(self, chunk: bytes) -> None:
+            if self._chunks is not None:
+                self._chunks.append(chunk)
+
+        async def post(self, *args, **kwargs):
+            self.request.body = b"".join(self._chunks or ())
+            await super().post(*args, **kwargs)
+
+        def _refuse(self, status: int, code: str, message: str) -> None:
+            self.set_status(status)
+            self.set_header("Content-Type", "application/json; charset=utf-8")
+            for name, value in gateway.cors.response_headers(self.request.headers.get("Origin")):
+                self.set_header(name, value)
+            self.finish(error_body(code, message, None))
+
+    return SocketIOHandler
+
+
+def _content_length(request) -> int:
+    try:
+        return int(request.headers.get("Content-Length", "0"))
+    except ValueError:
+        return 0  # tornado refuses it when reading the body

@@ -1,0 +1,122 @@
+"""Every private Tornado detail the gateway relies on, behind named functions.
+
+Nothing else in the package touches an underscore name of Tornado; why each one is
+needed is in docs/architecture.md, and tests/test_tornado_compat.py pins each behaviour.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any, Callable
+
+import tornado
+import tornado.web
+from tornado import httputil
+from tornado.http1connection import HTTP1Connection
+from tornado.httpclient import AsyncHTTPClient
+from tornado.httpserver import HTTPServer
+from tornado.iostream import IOStream
+from tornado.netutil import _client_ssl_defaults
+from tornado.options import OptionParser
+
+#: The Tornado releases these details were checked against (setup.py pins the same range).
+SUPPORTED = ((6, 6), (7, 0))
+
+
+def check_version(version: tuple[int, ...] = tornado.version_info[:2]) -> None:
+    """Refuse a Tornado outside the range the private details below were checked on."""
+    low, high = SUPPORTED
+    if not low <= tuple(version[:2]) < high:
+        raise RuntimeError(f"tornado {version} is not supported (need >= {low}, < {high}): "
+                           "tornado_gateway.tornado_compat relies on its private details")
+
+
+check_version()
+
+
+# -- tornado.options ---------------------------------------------------------------------
+
+def option_named(parser: OptionParser, dashed: str) -> Any | None:
+    """The ``_Option`` of ``--dashed-name`` (``OptionParser._options``), or None."""
+    return parser._options.get(dashed)
+
+
+# -- HTTP/1.1 connections ------------------------------------------------------------------
+
+class HeadParsingConnection(HTTP1Connection):
+    """An ``HTTP1Connection`` whose response heads are parsed by ``parse_head``
+    (Tornado's own private hook ``_parse_headers``)."""
+
+    parse_head: Callable[[bytes], tuple[str, httputil.HTTPHeaders]]
+
+    def _parse_headers(self, data: bytes) -> tuple[str, httputil.HTTPHeaders]:
+        return self.parse_head(data)
+
+
+def answer_without_reading_body(connection: HTTP1Connection) -> None:
+    """Let ``connection.finish()`` end a response while the request body is unread,
+    without closing the stream itself (``_read_finished``, ``_disconnect_on_finish``)."""
+    connection._read_finished = True
+    connection._disconnect_on_finish = False
+
+
+def bytes_buffered(stream: IOStream) -> int:
+    """Bytes an ``IOStream`` read but no read asked for yet (``_read_buffer_size``)."""
+    return int(getattr(stream, "_read_buffer_size", 0))
+
+
+def client_ssl_defaults() -> ssl.SSLContext:
+    """The client TLS context ``SimpleAsyncHTTPClient`` uses by default."""
+    return _client_ssl_defaults()
+
+
+def http_client_closed(client: AsyncHTTPClient) -> bool:
+    """Whether ``AsyncHTTPClient.close()`` was called (``_closed``)."""
+    return bool(client._closed)
+
+
+def server_connections(server: HTTPServer) -> set:
+    """The open connections of an ``HTTPServer`` (``_connections``)."""
+    return server._connections
+
+
+# -- RequestHandler state --------------------------------------------------------------------
+
+def body_unread(handler: tornado.web.RequestHandler) -> bool:
+    """A ``@stream_request_body`` handler still inside ``prepare()``: the body is not read
+    (``_prepared_future`` is set for streaming handlers and done once prepare returned)."""
+    prepared = getattr(handler, "_prepared_future", None)
+    return prepared is not None and not prepared.done() and not handler._finished
+
+
+def handler_finished(handler: tornado.web.RequestHandler) -> bool:
+    return bool(handler._finished)
+
+
+def mark_finished(handler: tornado.web.RequestHandler) -> None:
+    handler._finished = True
+
+
+def headers_written(handler: tornado.web.RequestHandler) -> bool:
+    return bool(handler._headers_written)
+
+
+def response_headers(handler: tornado.web.RequestHandler) -> httputil.HTTPHeaders:
+    """The handler's pending response headers, for ``set_default_headers`` (``_headers``)."""
+    return handler._headers
+
+
+def reason(handler: tornado.web.RequestHandler) -> str:
+    return str(handler._reason)
+
+
+class RequestExceptionHook(tornado.web.RequestHandler):
+    """Mixin: an exception raised by a handler method goes to ``on_request_exception``
+    first; when it returns False, Tornado's ``_handle_request_exception`` handles it."""
+
+    def on_request_exception(self, e: BaseException) -> bool:
+        return False
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        if not self.on_request_exception(e):
+            super()._handle_request_exception(e)

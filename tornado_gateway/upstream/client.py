@@ -1,0 +1,157 @@
+"""The pooled keep-alive ``AsyncHTTPClient`` the proxy and the socket services use."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from typing import Any, Callable
+
+from tornado import httputil
+from tornado.http1connection import HTTP1ConnectionParameters
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
+from tornado.ioloop import PeriodicCallback
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.netutil import Resolver
+from tornado.simple_httpclient import HTTPTimeoutError
+from tornado.tcpclient import TCPClient
+
+
+from tornado_gateway.upstream.exchange import Exchange
+from tornado_gateway.upstream.pool import HostPool, LiteralFirstResolver, Target, remaining, ssl_options
+
+#: Defaults every request gets unless it says otherwise: a proxy passes
+#: redirects and compressed bodies through untouched.
+PROXY_DEFAULTS = {"follow_redirects": False, "decompress_response": False,
+                  "allow_nonstandard_methods": True}
+CHUNK_SIZE = 64 * 1024
+
+
+class UpstreamRequest(HTTPRequest):
+    """An ``HTTPRequest`` with ``head_callback`` (see the module docstring)."""
+
+    def __init__(self, url: str, head_callback: Callable[[httputil.ResponseStartLine,
+                                                          httputil.HTTPHeaders], None] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.head_callback = head_callback
+
+
+
+class PooledHTTPClient(AsyncHTTPClient):
+    """``AsyncHTTPClient`` with keep-alive pools per upstream (see the module docstring)."""
+
+    def initialize(  # type: ignore[override]
+        self,
+        max_connections_per_host: int = 256,
+        idle_timeout: float = 4.0,
+        max_buffer_size: int = 100 * 1024 * 1024,
+        max_header_size: int | None = None,
+        max_body_size: int | None = None,
+        resolver: Resolver | None = None,
+        defaults: dict[str, Any] | None = None,
+    ) -> None:
+        super().initialize(defaults={**PROXY_DEFAULTS, **(defaults or {})})
+        self.max_connections_per_host = max_connections_per_host
+        self.idle_timeout = idle_timeout
+        self.max_buffer_size = max_buffer_size  # body limit when not streaming
+        self.max_body_size = max_body_size  # None: unlimited when streaming
+        self.connection_params = HTTP1ConnectionParameters(
+            chunk_size=CHUNK_SIZE, max_header_size=max_header_size)
+        self.own_resolver = resolver is None
+        self.resolver = resolver or LiteralFirstResolver()
+        self.tcp_client = TCPClient(resolver=self.resolver)
+        self.pools: dict[tuple, HostPool] = {}
+        self.connections_opened = 0
+        self._sweeper: PeriodicCallback | None = None
+        self._running: set[asyncio.Task] = set()
+        self._ssl_contexts: dict[tuple, ssl.SSLContext | dict] = {}
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        super().close()
+        if self._sweeper is not None:
+            self._sweeper.stop()
+        for task in list(self._running):
+            task.cancel()  # in-flight fetches fail with HTTPStreamClosedError("client closed")
+        for pool in self.pools.values():
+            pool.close()
+        self.pools.clear()
+        self.tcp_client.close()
+        if self.own_resolver:
+            self.resolver.close()
+
+    def fetch_impl(self, request: HTTPRequest, callback: Callable[[HTTPResponse], None]) -> None:
+        task = asyncio.ensure_future(Exchange(self, request, callback).run())
+        self._running.add(task)  # asyncio keeps only weak references to tasks
+        task.add_done_callback(self._running.discard)
+
+    # -- connections -------------------------------------------------------
+
+    def pool_for(self, key: tuple) -> HostPool:
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = HostPool(self.max_connections_per_host)
+            self._start_sweeper()
+        return pool
+
+    async def acquire(self, pool: HostPool, target: Target, deadline: float | None,
+                      replayable: bool = True) -> tuple[IOStream, bool]:
+        """A connection for one request, and whether it was reused from the pool."""
+        while True:
+            stream = pool.take_idle(look=not replayable)
+            if stream is not None:
+                return stream, True
+            if pool.open_count < pool.limit:
+                return await self.open(pool, target, deadline), False
+            stream = await pool.wait_for_turn(remaining(deadline))
+            if stream is not None:
+                return stream, True
+            # else a slot was freed: loop to take it (or wait again if someone was quicker)
+
+    async def open(self, pool: HostPool, target: Target, deadline: float | None) -> IOStream:
+        pool.open_count += 1
+        try:
+            stream = await self.tcp_client.connect(
+                target.host, target.port, ssl_options=target.ssl_options,
+                max_buffer_size=self.max_buffer_size, timeout=remaining(deadline))
+        except TimeoutError as exc:
+            pool.discard(None)
+            raise HTTPTimeoutError(str(exc) or "Timeout while connecting") from None
+        except StreamClosedError as exc:  # refused, unreachable, reset during TLS: nothing sent
+            pool.discard(None)
+            raise exc.real_error or ConnectionError("connection closed while connecting") from None
+        except BaseException:
+            pool.discard(None)
+            raise
+        self.connections_opened += 1
+        stream.set_nodelay(True)
+        # HTTP1Connection turns Nagle back on after every message and off again in
+        # finish(): two setsockopt calls per request. An upstream connection keeps
+        # TCP_NODELAY for its whole life instead.
+        stream.set_nodelay = _keep_nodelay  # type: ignore[method-assign]
+        return stream
+
+    def ssl_options_for(self, key: tuple, request: HTTPRequest) -> ssl.SSLContext | dict:
+        """One TLS context per distinct ssl settings, made on first use."""
+        options = self._ssl_contexts.get(key)
+        if options is None:
+            options = self._ssl_contexts[key] = ssl_options(request)
+        return options
+
+    def _start_sweeper(self) -> None:
+        if self._sweeper is None and self.idle_timeout > 0:
+            self._sweeper = PeriodicCallback(self._evict_idle, self.idle_timeout * 1000 / 2)
+            self._sweeper.start()
+
+    def _evict_idle(self) -> None:
+        older_than = time.monotonic() - self.idle_timeout
+        for pool in self.pools.values():
+            pool.evict_idle(older_than)
+
+
+def _keep_nodelay(value: bool) -> None:
+    """Stands in for ``IOStream.set_nodelay`` on pooled connections (always on)."""
+
+

@@ -1,0 +1,320 @@
+"""One upstream fetch: get a connection, send the request, read the response, settle once."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+import time
+from io import BytesIO
+from typing import Callable, Protocol
+
+from tornado import httputil
+from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
+from tornado.httpclient import HTTPRequest, HTTPResponse
+from tornado.ioloop import IOLoop
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError
+
+
+from tornado_gateway import tornado_compat
+from tornado_gateway.upstream.head import UpstreamConnection
+from tornado_gateway.upstream.pool import HostPool, Target
+
+UNLIMITED = 1 << 62
+
+
+class ConnectionSource(Protocol):
+    """What an exchange needs of its client (``PooledHTTPClient``)."""
+
+    connection_params: HTTP1ConnectionParameters
+    max_body_size: int | None
+    max_buffer_size: int
+
+    def ssl_options_for(self, key: tuple, request: HTTPRequest) -> ssl.SSLContext | dict: ...
+
+    def pool_for(self, key: tuple) -> HostPool: ...
+
+    async def acquire(self, pool: HostPool, target: Target, deadline: float | None,
+                      replayable: bool = True) -> tuple[IOStream, bool]: ...
+
+    async def open(self, pool: HostPool, target: Target, deadline: float | None) -> IOStream: ...
+
+
+class Exchange(httputil.HTTPMessageDelegate):
+    """One fetch: get a connection, send the request, read the response, settle once."""
+
+    def __init__(self, client: ConnectionSource, request: HTTPRequest,
+                 callback: Callable[[HTTPResponse], None]):
+        self.client = client
+        self.request = request
+        self.callback: Callable[[HTTPResponse], None] | None = callback
+        self.io_loop = IOLoop.current()
+        self.start_time = self.io_loop.time()
+        self.start_wall_time = time.time()
+        self.stream: IOStream | None = None
+        self.timeout_handle = None
+        self.streaming_callback = request.streaming_callback
+        self.header_callback = request.header_callback
+        self.head_callback = getattr(request, "head_callback", None)
+        self.body_started = False  # body_producer wrote (or tried to write) a chunk
+        self.callback_error: BaseException | None = None
+        self._reset_response()
+
+    def _reset_response(self) -> None:
+        self.start_line: httputil.ResponseStartLine | None = None
+        self.headers: httputil.HTTPHeaders | None = None
+        self.chunks: list[bytes] = []
+        self.body_size = 0
+        self.complete = False
+
+    # -- the run -----------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            target = Target(self.request)
+            if target.ssl_key is not None:
+                target.ssl_options = self.client.ssl_options_for(target.ssl_key, self.request)
+            pool = self.client.pool_for(target.pool_key)
+            headers = self._request_headers(target)
+            stream, reused = await self.client.acquire(
+                pool, target, self._connect_deadline(), self.request.body_producer is None)
+            self._start_request_timer()
+            if not await self._send_and_read(pool, stream, reused, target, headers):
+                # The reused connection was dead: once more on a new one (may exceed the cap by one).
+                connect_timeout = self.request.connect_timeout
+                deadline = self.io_loop.time() + connect_timeout if connect_timeout else None
+                stream = await self.client.open(pool, target, deadline)
+                await self._send_and_read(pool, stream, False, target, headers)
+        except asyncio.CancelledError:
+            self._settle_error(HTTPStreamClosedError("client closed"))
+            raise
+        except Exception as exc:
+            self._settle_error(exc)
+        else:
+            self._settle_response()
+
+    async def _send_and_read(self, pool: HostPool, stream: IOStream, reused: bool,
+                             target: Target, headers: httputil.HTTPHeaders) -> bool:
+        """One attempt on one connection; False when a dead reused connection should be retried."""
+        if self.callback is None:  # the request timed out while this connection was opened
+            pool.give_back(stream)
+            return True
+        self.stream = stream
+        connection = UpstreamConnection(stream, True, self.client.connection_params)
+        connection.set_max_body_size(self._body_limit())
+        try:
+            await self._send(connection, target, headers)
+            await connection.read_response(self)
+        except Exception as exc:
+            pool.discard(stream)
+            if self.callback_error is not None:
+                raise self.callback_error from None
+            if reused and self._may_retry(stream, exc):
+                self._reset_response()
+                return False
+            raise self._as_stream_error(exc) from None
+        except BaseException:  # cancelled by close()
+            pool.discard(stream)
+            raise
+        finally:
+            self.stream = None
+        if self.callback_error is not None or not self.complete:
+            pool.discard(stream)
+            if self.callback_error is not None:
+                raise self.callback_error
+            raise HTTPStreamClosedError("Connection closed before the response was complete")
+        if self._reusable(stream, headers):
+            pool.give_back(stream)
+        else:
+            pool.discard(stream)
+        return True
+
+    async def _send(self, connection: HTTP1Connection, target: Target,
+                    headers: httputil.HTTPHeaders) -> None:
+        start_line = httputil.RequestStartLine(self.request.method, target.path, "")
+        body = self.request.body
+        if body is not None:
+            connection.write_headers(start_line, headers, body or None)
+        else:
+            connection.write_headers(start_line, headers)
+            producer = self.request.body_producer
+            if producer is not None:
+                await self._produce_body(producer, connection)
+        connection.finish()
+
+    async def _produce_body(self, producer, connection: HTTP1Connection) -> None:
+        def write(chunk: bytes):
+            self.body_started = True
+            return connection.write(chunk)
+
+        try:
+            result = producer(write)
+            if result is not None:
+                await result
+        except StreamClosedError:
+            raise
+        except Exception as exc:
+            self.callback_error = exc
+            raise
+
+    # -- request details -----------------------------------------------------
+
+    def _request_headers(self, target: Target) -> httputil.HTTPHeaders:
+        request = self.request
+        headers = request.headers
+        if "Host" not in headers:
+            headers["Host"] = target.netloc
+        username, password = target.userinfo or (request.auth_username, request.auth_password)
+        if username is not None:
+            if request.auth_mode not in (None, "basic"):
+                raise ValueError(f"unsupported auth_mode {request.auth_mode}")
+            credentials = httputil.encode_username_password(username, password or "")
+            headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
+        if request.user_agent:
+            headers["User-Agent"] = request.user_agent
+        if request.body is not None:
+            headers["Content-Length"] = str(len(request.body))
+        if request.decompress_response:
+            headers["Accept-Encoding"] = "gzip"
+        return headers
+
+    def _body_limit(self) -> int:
+        if self.streaming_callback is not None:
+            return self.client.max_body_size or UNLIMITED
+        return min(self.client.max_body_size or UNLIMITED, self.client.max_buffer_size)
+
+    def _connect_deadline(self) -> float | None:
+        connect, total = self.request.connect_timeout, self.request.request_timeout
+        timeout = min(connect, total) if connect and total else connect or total
+        return self.start_time + timeout if timeout else None
+
+    def _start_request_timer(self) -> None:
+        timeout = self.request.request_timeout
+        if timeout and self.timeout_handle is None:
+            self.timeout_handle = self.io_loop.call_at(
+                self.start_time + timeout, self._on_request_timeout)
+
+    def _on_request_timeout(self) -> None:
+        self.timeout_handle = None
+        self._settle_error(HTTPTimeoutError("Timeout during request"))
+        if self.stream is not None:
+            self.stream.close()  # ends the attempt; the connection is discarded
+
+    # -- reuse and retry -------------------------------------------------------
+
+    def _may_retry(self, stream: IOStream, exc: Exception) -> bool:
+        """A reused connection died before the upstream answered, and replaying is safe."""
+        return (
+            isinstance(exc, (StreamClosedError, OSError))
+            and self.start_line is None
+            and not _received_anything(stream)
+            and not self.body_started
+            and self.callback is not None
+        )
+
+    def _reusable(self, stream: IOStream, request_headers: httputil.HTTPHeaders) -> bool:
+        if stream.closed() or tornado_compat.http_client_closed(self.client):
+            return False
+        if request_headers.get("Connection", "").lower() == "close":
+            return False
+        assert self.start_line is not None and self.headers is not None
+        connection_header = self.headers.get("Connection", "").lower()
+        if self.start_line.version == "HTTP/1.1":
+            return connection_header != "close"
+        return connection_header == "keep-alive"
+
+    @staticmethod
+    def _as_stream_error(exc: Exception) -> Exception:
+        if isinstance(exc, (StreamClosedError, OSError)):
+            real = getattr(exc, "real_error", None) or (exc if isinstance(exc, OSError) else None)
+            message = f"Connection closed ({real})" if real else "Connection closed"
+            return HTTPStreamClosedError(message)
+        return exc
+
+    # -- HTTPMessageDelegate ----------------------------------------------------
+
+    def headers_received(self, start_line, headers):
+        self.start_line = start_line
+        self.headers = headers
+        if self.head_callback is not None:
+            if not 100 <= start_line.code < 200:
+                try:
+                    self.head_callback(start_line, headers)
+                except Exception as exc:
+                    self._abort(exc)
+        elif self.header_callback is not None:
+            try:
+                self.header_callback("%s %s %s\r\n" % start_line)
+                for name, value in headers.get_all():
+                    self.header_callback(f"{name}: {value}\r\n")
+                self.header_callback("\r\n")
+            except Exception as exc:
+                self._abort(exc)
+        return None
+
+    def data_received(self, chunk: bytes):
+        self.body_size += len(chunk)
+        if self.callback is None:
+            return None  # settled already (timeout): drop the rest
+        if self.streaming_callback is None:
+            self.chunks.append(chunk)
+            return None
+        try:
+            result = self.streaming_callback(chunk)
+        except Exception as exc:
+            self._abort(exc)
+            return None
+        if result is None:
+            return None
+        return self._await_callback(result)
+
+    async def _await_callback(self, result) -> None:
+        try:
+            await result
+        except Exception as exc:
+            self._abort(exc)
+
+    def finish(self) -> None:
+        self.complete = True
+
+    def on_connection_close(self) -> None:
+        pass  # read_response raises or returns; run() looks at self.complete
+
+    def _abort(self, exc: BaseException) -> None:
+        """A callback failed: stop reading, and make fetch raise its exception."""
+        self.callback_error = exc
+        if self.stream is not None:
+            self.stream.close()
+
+    # -- settling ---------------------------------------------------------------
+
+    def _settle_response(self) -> None:
+        if self.callback is None or self.start_line is None:
+            return
+        buffer = BytesIO(b"".join(self.chunks))
+        self._settle(HTTPResponse(
+            self.request, self.start_line.code, reason=self.start_line.reason,
+            headers=self.headers, buffer=buffer, effective_url=self.request.url,
+            request_time=self.io_loop.time() - self.start_time, start_time=self.start_wall_time))
+
+    def _settle_error(self, exc: BaseException) -> None:
+        if self.callback is None:
+            return
+        self._settle(HTTPResponse(
+            self.request, 599, error=exc, request_time=self.io_loop.time() - self.start_time,
+            start_time=self.start_wall_time))
+
+    def _settle(self, response: HTTPResponse) -> None:
+        callback, self.callback = self.callback, None
+        if self.timeout_handle is not None:
+            self.timeout_handle.cancel()
+            self.timeout_handle = None
+        callback(response)
+
+
+def _received_anything(stream: IOStream) -> bool:
+    # IOStream keeps bytes of an unfinished read (a partial status line) in its buffer.
+    return tornado_compat.bytes_buffered(stream) > 0
+
+
