@@ -23,6 +23,7 @@ setup(
             "pytest-tornado>=0.8,<0.9",
             "python-socketio[asyncio_client]>=5.18,<6",
             "aiohttp>=3.9,<4",
+            "mypy>=1.10,<3",
         ],
     },
     entry_points={"console_scripts": ["tornado-gateway=tornado_gateway.server:main"]},

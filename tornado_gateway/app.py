@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 
 import tornado.web
@@ -19,7 +18,7 @@ from tornado_gateway.edge.identity import TokenVerifier
 from tornado_gateway.proxy.circuit import Circuits
 from tornado_gateway.config import Settings
 from tornado_gateway.edge.forwarding import ForwardingRules
-from tornado_gateway.edge.responses import NotFoundHandler, log_request
+from tornado_gateway.edge.responses import GatewayApplication, NotFoundHandler, log_request
 from tornado_gateway.edge.handlers import HealthHandler, ReadyHandler
 from tornado_gateway.internal.ingress import Ingress
 from tornado_gateway.internal.listener import internal_handlers
@@ -31,6 +30,7 @@ from tornado_gateway.cluster.redis_link import RedisLink
 from tornado_gateway.cluster.revocation import Revocations
 from tornado_gateway.edge.security_headers import SECURITY_HEADERS, CorsPolicy
 from tornado_gateway.upstream.client import PooledHTTPClient
+from typing import Awaitable, Callable
 
 log = logging.getLogger("tornado_gateway")
 
@@ -38,7 +38,7 @@ log = logging.getLogger("tornado_gateway")
 class Gateway:
     """Everything one gateway process shares between requests and sockets."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.node_id = uuid.uuid4().hex[:12]
         self.redis: RedisLink | None = RedisLink(settings.redis_url) if settings.redis_url else None
@@ -60,7 +60,7 @@ class Gateway:
         self.in_flight = 0  # HTTP requests being proxied right now
         self._idle = asyncio.Event()
         self._idle.set()
-        self._drain_hooks: list = []  # async callbacks run when the drain starts
+        self._drain_hooks: list[Callable[[], Awaitable[None]]] = []  # async callbacks run when the drain starts
         self.realtime = Realtime(self)  # Socket.IO server, presence, emit_local/disconnect_local
         self.on_drain(self.realtime.drain)
 
@@ -98,7 +98,7 @@ class Gateway:
         except asyncio.TimeoutError:
             log.warning("drain timeout: %d request(s) still in flight", self.in_flight)
 
-    def on_drain(self, callback) -> None:
+    def on_drain(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Run ``await callback()`` when SIGTERM starts the drain, in registration order.
 
         The place for anything that must happen before the process exits:
@@ -157,7 +157,7 @@ class Gateway:
         return self._application(internal_handlers(self.settings))
 
     def _application(self, handlers: list) -> tornado.web.Application:
-        app = tornado.web.Application(
+        app = GatewayApplication(
             handlers,
             default_handler_class=NotFoundHandler,
             log_function=log_request,
@@ -167,6 +167,3 @@ class Gateway:
         app.gateway = self  # handlers reach the node through self.application
         return app
 
-
-def monotonic() -> float:
-    return time.monotonic()

@@ -31,7 +31,7 @@ class GatewayError(Exception):
     """An error the gateway answers itself, as JSON, with a code from HTTP_STATUS."""
 
     def __init__(self, code: str, message: str, status: int | None = None,
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message

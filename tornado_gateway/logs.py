@@ -47,7 +47,7 @@ def redact(text: str) -> str:
 class JsonFormatter(logging.Formatter):
     """Formats a record as a single JSON line, with secrets taken out."""
 
-    def __init__(self, secrets: Iterable[str] = ()):
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
         # Literal secret values (and their URL-quoted forms), longest first so a
         # secret containing another is removed whole. Short ones would eat words.

@@ -6,6 +6,8 @@ see README "Several processes per VM"), so figures never mix processes.
 
 from __future__ import annotations
 
+from typing import Any
+
 from functools import lru_cache
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -47,7 +49,7 @@ REVOCATIONS = Counter("gateway_revocations_total", "session:revoke events applie
 
 
 @lru_cache(maxsize=4096)
-def child(metric, *label_values: str):
+def child(metric: Any, *label_values: str) -> Any:
     """``metric.labels(*label_values)``, remembered: the per-request call sites use it
     (prometheus-client validates and looks the labels up under a lock on every call)."""
     return metric.labels(*label_values)

@@ -23,7 +23,7 @@ import logging
 import signal
 import socket
 import sys
-from typing import Sequence
+from typing import Any, Awaitable, Sequence
 
 from tornado import httputil
 from tornado.httpserver import HTTPServer
@@ -97,14 +97,14 @@ class DrainableHTTPServer(HTTPServer):
     _draining = False
     _all_closed: asyncio.Event | None = None
 
-    def start_request(self, server_conn, request_conn) -> httputil.HTTPMessageDelegate:
+    def start_request(self, server_conn: Any, request_conn: Any) -> httputil.HTTPMessageDelegate:
         busy = self._busy_set()
         busy.discard(server_conn)  # the previous response (if any) is done
         if self._draining:
             asyncio.ensure_future(server_conn.close())
         return _MarkBusy(super().start_request(server_conn, request_conn), busy, server_conn)
 
-    def on_close(self, server_conn) -> None:
+    def on_close(self, server_conn: Any) -> None:
         self._busy_set().discard(server_conn)
         super().on_close(server_conn)
         if self._all_closed is not None and not tornado_compat.server_connections(self):
@@ -129,6 +129,7 @@ class DrainableHTTPServer(HTTPServer):
     async def wait_drained(self, timeout: float) -> int:
         """Wait up to ``timeout`` for every connection to close; cut the rest. Returns how many were cut."""
         try:
+            assert self._all_closed is not None  # start_drain() ran
             await asyncio.wait_for(self._all_closed.wait(), timeout=max(timeout, 0))
         except asyncio.TimeoutError:
             pass
@@ -140,12 +141,13 @@ class DrainableHTTPServer(HTTPServer):
 class _MarkBusy(DelegateRelay):
     """Passes a request through, marking its connection busy once headers arrived."""
 
-    def __init__(self, delegate, busy: set, server_conn):
+    def __init__(self, delegate: httputil.HTTPMessageDelegate, busy: set, server_conn: Any) -> None:
         self.delegate = delegate
         self.busy = busy
         self.server_conn = server_conn
 
-    def headers_received(self, start_line, headers):
+    def headers_received(self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+                         headers: httputil.HTTPHeaders) -> Awaitable[None] | None:
         self.busy.add(self.server_conn)
         return self.delegate.headers_received(start_line, headers)
 

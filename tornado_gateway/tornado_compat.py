@@ -70,7 +70,7 @@ def client_ssl_defaults() -> ssl.SSLContext:
     return _client_ssl_defaults()
 
 
-def http_client_closed(client: AsyncHTTPClient) -> bool:
+def http_client_closed(client: AsyncHTTPClient | Any) -> bool:
     """Whether ``AsyncHTTPClient.close()`` was called (``_closed``)."""
     return bool(client._closed)
 

@@ -47,6 +47,7 @@ from redis.exceptions import NoScriptError
 from tornado_gateway import metrics
 from tornado_gateway.config import RateLimit, Settings
 from tornado_gateway.errors import GatewayError
+from typing import Any, Callable
 
 log = logging.getLogger("tornado_gateway.limits")
 
@@ -94,7 +95,8 @@ class Decision:
     retry_after: float  # seconds until the next request is allowed (0 when allowed)
 
 
-def gcra(tat: float | None, now: float, interval: float, window: float):
+def gcra(tat: float | None, now: float, interval: float,
+         window: float) -> tuple[bool, float, int, float, float]:
     """One GCRA step: (allowed, new_tat, remaining, retry_after, reset), times in seconds."""
     if tat is None or tat < now:
         tat = now
@@ -111,7 +113,7 @@ class LocalLimiter:
 
     MAX_KEYS = 100_000  # past this, full buckets are swept out
 
-    def __init__(self, clock=time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._tats: dict[str, float] = {}
 
@@ -133,7 +135,7 @@ class LocalLimiter:
 class Limits:
     """This node's limiter: Redis-shared when possible, local otherwise."""
 
-    def __init__(self, redis_link=None, settings: Settings | None = None):
+    def __init__(self, redis_link: Any = None, settings: Settings | None = None) -> None:
         self.redis = redis_link  # RedisLink or None (single-node mode)
         self.http = HttpPolicy(settings or Settings())
         self.local = LocalLimiter()
@@ -209,7 +211,7 @@ class Limits:
         finally:
             self._sender = None
 
-    async def _run_batch(self, batch) -> None:
+    async def _run_batch(self, batch: list) -> None:
         keys = [bucket for bucket, _, _ in batch]
         args = [arg for _, pair, _ in batch for arg in pair]
         client = self.redis.client
@@ -226,7 +228,7 @@ class Limits:
         self._resolve(batch, replies)
 
     @staticmethod
-    def _resolve(batch, replies) -> None:
+    def _resolve(batch: list, replies: list) -> None:
         for (_, _, future), reply in zip(batch, replies):
             if not future.done():
                 future.set_result(reply)
@@ -261,7 +263,7 @@ class HttpPolicy:
     ``RateLimit: "user";r=299;t=1``; a refusal adds ``Retry-After``.
     """
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings) -> None:
         # Compared without case: an upstream may route /api/auth/LOGIN like /api/auth/login.
         self.auth_paths = tuple(p.lower() for p in settings.rate_limit_auth_paths)
         self.classes = {"auth": settings.rate_limit_auth, "user": settings.rate_limit_user,

@@ -21,6 +21,7 @@ from redis.exceptions import MaxConnectionsError
 from socketio.redis_manager import parse_redis_sentinel_url
 
 from tornado_gateway import metrics
+from typing import Any
 
 log = logging.getLogger("tornado_gateway.redis")
 
@@ -49,7 +50,7 @@ def redis_options(url: str) -> dict:
     return options
 
 
-def connect(url: str, bounded_pool: bool = False, **overrides) -> aioredis.Redis:
+def connect(url: str, bounded_pool: bool = False, **overrides: Any) -> aioredis.Redis:
     """A redis.asyncio client for a redis://, rediss://, unix:// or redis+sentinel:// URL.
 
     ``bounded_pool``: at most POOL_MAX_CONNECTIONS connections, and a command
@@ -79,7 +80,7 @@ class RedisLink:
 
     PING_INTERVAL = 1.0
 
-    def __init__(self, url: str):
+    def __init__(self, url: str) -> None:
         self.url = url
         self.client = connect(url, bounded_pool=True)
         self.up = False
@@ -87,7 +88,7 @@ class RedisLink:
         self._watcher: asyncio.Task | None = None
         self._listeners: list = []
 
-    def on_change(self, callback) -> None:
+    def on_change(self, callback: Any) -> None:
         """Call ``callback(up: bool)`` whenever reachability changes."""
         self._listeners.append(callback)
 

@@ -39,6 +39,8 @@ import logging
 import time
 
 from tornado_gateway import metrics
+from tornado_gateway.edge.identity import Identity
+from typing import Any, Callable
 
 log = logging.getLogger("tornado_gateway.revocation")
 
@@ -58,22 +60,23 @@ return 1
 class Revocations:
     """This node's view of revoked tokens, backed by Redis when configured."""
 
-    def __init__(self, redis_link=None, ttl: float = 7 * 86400.0, clock=time.time):
+    def __init__(self, redis_link: Any = None, ttl: float = 7 * 86400.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.redis = redis_link  # RedisLink or None (single-node mode)
         self.ttl = ttl
         self.clock = clock
         self._jtis: dict[str, float] = {}  # jti -> epoch after which the entry can go
         self._before: dict[str, tuple[float, float]] = {}  # user -> (before, forget-after epoch)
-        self._raise_before = redis_link.client.register_script(RAISE_BEFORE_SCRIPT) if redis_link else None
+        self._raise_before: Any = redis_link.client.register_script(RAISE_BEFORE_SCRIPT) if redis_link else None
         self.synced = redis_link is None  # True once the cache holds what Redis holds
 
     # -- the hot path ------------------------------------------------------
 
-    async def is_revoked(self, identity) -> bool:
+    async def is_revoked(self, identity: Identity) -> bool:
         """True when ``identity``'s token was revoked (memory only, never waits on Redis)."""
         return self.check(identity)
 
-    def check(self, identity) -> bool:
+    def check(self, identity: Identity) -> bool:
         """Synchronous form of :meth:`is_revoked`."""
         if identity.jti is not None and identity.jti in self._jtis:
             return True

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from urllib.parse import SplitResult
+
 import ipaddress
 import math
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 from urllib.parse import unquote, urlsplit
 
 from tornado_gateway.config.options import MIB, SERVICES, ConfigError
@@ -123,7 +125,7 @@ def _rate_limit(name: str, raw: str) -> RateLimit:
     return limit
 
 
-def _non_negative(name: str, values: Mapping[str, object]) -> int:
+def _non_negative(name: str, values: Mapping[str, Any]) -> int:
     value = int(values[name])
     if value < 0:
         raise ConfigError(f"{name.upper()}={value}: must not be negative (0: no cap)")
@@ -134,7 +136,7 @@ def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in str(raw).split(",") if part.strip())
 
 
-def _networks(raw: str):
+def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     nets = []
     for part in _csv(raw):
         try:
@@ -157,7 +159,7 @@ def _origins(raw: str) -> tuple[str, ...]:
     return tuple(o.rstrip("/") for o in origins)
 
 
-def _redis_url(values: Mapping[str, object]) -> str | None:
+def _redis_url(values: Mapping[str, Any]) -> str | None:
     url = str(values["redis_url"]).strip()
     if url:
         if url == "memory://":
@@ -183,7 +185,7 @@ def _quote(text: str) -> str:
     return quote(text, safe="")
 
 
-def _port_ok(parts) -> bool:
+def _port_ok(parts: SplitResult) -> bool:
     try:
         parts.port
     except ValueError:
@@ -212,7 +214,7 @@ def _split_upstream(name: str, url: str) -> tuple[str, str]:
     return f"{parts.scheme}://{parts.netloc}", parts.path.rstrip("/")
 
 
-def _routes(values: Mapping[str, object]) -> tuple[Route, ...]:
+def _routes(values: Mapping[str, Any]) -> tuple[Route, ...]:
     connect = float(values["upstream_connect_timeout"])
     total = float(values["upstream_timeout"])
     table: dict[str, Route] = {}
@@ -250,7 +252,7 @@ def _routes(values: Mapping[str, object]) -> tuple[Route, ...]:
     return tuple(sorted(table.values(), key=lambda r: len(r.prefix), reverse=True))
 
 
-def build_settings(values: Mapping[str, object]) -> Settings:
+def build_settings(values: Mapping[str, Any]) -> Settings:
     """Validate raw option values into Settings (raises ConfigError)."""
     env = str(values["env"]).strip().lower()
     if env not in ("development", "production", "test"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from tornado.options import OptionParser
 
@@ -83,13 +83,13 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError("expected true or false")
 
 
-_PARSERS = {bool: _parse_bool, int: int, float: float, str: str}
+_PARSERS: dict[type, Callable[[str], Any]] = {bool: _parse_bool, int: int, float: float, str: str}
 _EXPECTED = {int: "expected an integer", float: "expected a number", bool: "expected true or false"}
 
 
 def _set_raw(parser: OptionParser, name: str, raw: str, source: str) -> None:
     """Parse ``raw`` as option ``name`` wants; errors name ``source``, never a secret."""
-    option = tornado_compat.option_named(parser, name.replace("_", "-"))
+    option: Any = tornado_compat.option_named(parser, name.replace("_", "-"))
     try:
         value = _PARSERS[option.type](raw.strip() if option.type is not str else raw)
     except ValueError:

@@ -17,7 +17,7 @@ from tornado.httputil import HTTPServerRequest
 class ForwardingRules:
     """Applies TRUSTED_PROXIES to a request."""
 
-    def __init__(self, trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]):
+    def __init__(self, trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
         self.trusted = tuple(trusted)
         self._is_trusted = lru_cache(maxsize=4096)(self._check)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import jwt
 from tornado import httputil
@@ -42,7 +42,7 @@ class Identity:
 class AuthError(GatewayError):
     """401 with ``WWW-Authenticate: Bearer``."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str) -> None:
         challenge = 'Bearer realm="api"'
         if code != "UNAUTHENTICATED":
             error = "invalid_token"
@@ -68,7 +68,7 @@ CACHEABLE_TOKEN_CHARS = 2048  # longer tokens are verified every time (bounds th
 class TokenVerifier:
     """Verifies access and refresh tokens with the configured secrets."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings) -> None:
         self._access_cache: dict[str, Identity] = {}
         self.access_secret = settings.jwt_access_secret
         self.refresh_secret = settings.jwt_refresh_secret
@@ -94,7 +94,7 @@ class TokenVerifier:
     def _verify(self, token: str, secret: str, kind: str) -> Identity:
         if not secret:
             raise AuthError("INVALID_TOKEN", f"{kind} tokens cannot be verified: no secret configured")
-        options = {"require": ["exp"], "verify_aud": self.audience is not None}
+        options: Any = {"require": ["exp"], "verify_aud": self.audience is not None}
         try:
             claims = jwt.decode(
                 token,

@@ -133,7 +133,7 @@ class Resolved:
 
     __slots__ = ("route", "path", "upstream_path")
 
-    def __init__(self, route: Route, path: str, upstream_path: str):
+    def __init__(self, route: Route, path: str, upstream_path: str) -> None:
         self.route = route
         self.path = path  # normalised public path, e.g. "/api/users/b"
         self.upstream_path = upstream_path  # e.g. "/users/b" for upstream ".../users"

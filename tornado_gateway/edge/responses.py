@@ -9,6 +9,10 @@ refusal sent before the request body was read reach the client intact;
 
 from __future__ import annotations
 
+from asyncio import Future
+from tornado.iostream import IOStream
+from types import TracebackType
+
 import asyncio
 import json
 import logging
@@ -19,10 +23,15 @@ import time
 
 import tornado.web
 from tornado import httputil
+from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
 from tornado_gateway import metrics, tornado_compat
 from tornado_gateway.errors import GatewayError, error_body
+from tornado_gateway.parts import GatewayParts
+from typing import Any, Awaitable, Callable, Iterator, TypeVar, cast
+
+T = TypeVar("T")
 
 access_log = logging.getLogger("tornado_gateway.access")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -41,7 +50,7 @@ def make_request_id(incoming: str | None) -> str:
     return os.urandom(16).hex()  # 32 hex digits, like uuid4().hex, for a quarter of its cost
 
 
-class LingeringClose:
+class LingeringClose(tornado.web.RequestHandler):
     """Mixin for ``@stream_request_body`` handlers: a lingering close after an early answer.
 
     A response finished in ``prepare()`` (a 401, 404, 413, 429 before the body
@@ -55,7 +64,7 @@ class LingeringClose:
     lingering close). Bodyless requests are closed as Tornado does.
     """
 
-    def finish(self, chunk=None):
+    def finish(self, chunk: str | bytes | dict | None = None) -> Future[None]:
         if not self._body_unread():
             return super().finish(chunk)
         self.set_header("Connection", "close")
@@ -66,7 +75,7 @@ class LingeringClose:
         return tornado_compat.body_unread(self) and has_body(self.request.headers)
 
 
-def answer_before_body(connection, send):
+def answer_before_body(connection: Any, send: Callable[[], T]) -> T:
     """Run ``send()``, which writes a whole response (``Connection: close``) while the
     request body is still unread, then close with a lingering close; returns what
     ``send`` returned. Only while the request's headers are being handled (Tornado
@@ -80,12 +89,13 @@ def answer_before_body(connection, send):
     return result
 
 
-def has_body(headers) -> bool:
+def has_body(headers: httputil.HTTPHeaders) -> bool:
     """Whether a request announces a body (chunked, or a Content-Length above 0)."""
     return "Transfer-Encoding" in headers or headers.get("Content-Length", "0") not in ("", "0")
 
 
-def default_headers(gateway, request_id: str, origin: str | None):
+def default_headers(gateway: GatewayParts, request_id: str,
+                    origin: str | None) -> Iterator[tuple[str, str]]:
     """(name, value) pairs every public response starts from: the security floor, the
     request id and the CORS headers for ``origin``."""
     yield from gateway.security_headers
@@ -93,7 +103,7 @@ def default_headers(gateway, request_id: str, origin: str | None):
     yield from gateway.cors.response_headers(origin)
 
 
-async def _linger(stream) -> None:
+async def _linger(stream: IOStream) -> None:
     try:
         await stream.write(b"")  # resolves once the response is on the wire
         stream.socket.shutdown(socket.SHUT_WR)
@@ -106,13 +116,19 @@ async def _linger(stream) -> None:
         stream.close()
 
 
+class GatewayApplication(tornado.web.Application):
+    """A ``tornado.web.Application`` whose handlers reach the node as ``self.gateway``."""
+
+    gateway: GatewayParts
+
+
 class DelegateRelay(httputil.HTTPMessageDelegate):
     """Passes a request's body and end on to ``self.delegate``, which a subclass sets
     in ``headers_received`` at the latest (the public router, the drain's busy mark)."""
 
-    delegate: httputil.HTTPMessageDelegate | None = None
+    delegate: Any = None  # an httputil.HTTPMessageDelegate once headers_received ran
 
-    def data_received(self, chunk):
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         return self.delegate.data_received(chunk)
 
     def finish(self) -> None:
@@ -133,8 +149,8 @@ class GatewayHandler(LingeringClose, tornado_compat.RequestExceptionHook):
     request_id: str | None = None
 
     @property
-    def gateway(self):
-        return self.application.gateway
+    def gateway(self) -> GatewayParts:
+        return cast(GatewayApplication, self.application).gateway
 
     def set_default_headers(self) -> None:
         # Runs in __init__ and again on clear(): the request id must not change.
@@ -146,7 +162,7 @@ class GatewayHandler(LingeringClose, tornado_compat.RequestExceptionHook):
                                            self.request.headers.get("Origin")):
             headers[name] = value
 
-    def flush(self, include_footers: bool = False):
+    def flush(self, include_footers: bool = False) -> Future[None]:
         # Decided when the headers go out, not when the request came in: a response
         # that started before SIGTERM and ends during the drain still says so.
         if not tornado_compat.headers_written(self) and self.gateway.draining:
@@ -157,7 +173,7 @@ class GatewayHandler(LingeringClose, tornado_compat.RequestExceptionHook):
     def client_ip(self) -> str:
         return self.gateway.forwarding.client_ip(self.request)
 
-    def options(self, *args, **kwargs) -> None:
+    def options(self, *args: str, **kwargs: str) -> None:
         """CORS preflights are answered here and never reach an upstream."""
         origin = self.request.headers.get("Origin")
         if not self.request.headers.get("Access-Control-Request-Method"):
@@ -171,7 +187,7 @@ class GatewayHandler(LingeringClose, tornado_compat.RequestExceptionHook):
         self.set_status(204)
         self.finish()
 
-    def write_json(self, status: int, payload) -> None:
+    def write_json(self, status: int, payload: Any) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(json.dumps(payload, separators=(",", ":")))
@@ -181,7 +197,7 @@ class GatewayHandler(LingeringClose, tornado_compat.RequestExceptionHook):
             return
         if tornado_compat.headers_written(self):
             # Too late for a status: cut the response so the client sees it fail.
-            self.request.connection.close()
+            cast(HTTP1Connection, self.request.connection).close()
             tornado_compat.mark_finished(self)
             return
         self.clear()
@@ -191,7 +207,7 @@ class GatewayHandler(LingeringClose, tornado_compat.RequestExceptionHook):
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(error_body(error.code, error.message, self.request_id))
 
-    def write_error(self, status_code: int, **kwargs) -> None:
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, GatewayError):
             error = exc
@@ -201,12 +217,13 @@ class GatewayHandler(LingeringClose, tornado_compat.RequestExceptionHook):
             error = GatewayError(code, reason, status_code)
         self.send_gateway_error(error)
 
-    def log_exception(self, typ, value, tb) -> None:
+    def log_exception(self, typ: type[BaseException] | None, value: BaseException | None,
+                      tb: TracebackType | None) -> None:
         if isinstance(value, GatewayError):
             return  # an answer, not a failure
         if isinstance(value, tornado.web.HTTPError):
             return
-        access_log.error("unhandled error in %s", self.request.path, exc_info=(typ, value, tb),
+        access_log.error("unhandled error in %s", self.request.path, exc_info=value,
                          extra={"request_id": getattr(self, "request_id", None)})
 
     def on_request_exception(self, e: BaseException) -> bool:
@@ -226,7 +243,7 @@ class NotFoundHandler(GatewayHandler):
             raise GatewayError("NOT_FOUND", "no route for this path")
 
 
-def log_request(handler: tornado.web.RequestHandler) -> None:
+def log_request(handler: Any) -> None:
     """One access line and the HTTP metrics per request: the applications' ``log_function``,
     and what the proxy's exchanges call (they answer to the same attributes)."""
     status = handler.get_status()

@@ -39,7 +39,7 @@ CORS_MAX_AGE = "600"
 class CorsPolicy:
     """Decides the CORS headers of a response from its request's Origin."""
 
-    def __init__(self, allowed_origins: Iterable[str]):
+    def __init__(self, allowed_origins: Iterable[str]) -> None:
         self.allowed = frozenset(allowed_origins)
         self.any_origin = "*" in self.allowed
 
@@ -49,7 +49,7 @@ class CorsPolicy:
     def response_headers(self, origin: str | None) -> list[tuple[str, str]]:
         """Headers for an actual (non-preflight) response."""
         headers = [("Vary", "Origin")]
-        if self.allows(origin):
+        if origin is not None and self.allows(origin):
             headers += [
                 ("Access-Control-Allow-Origin", origin),
                 ("Access-Control-Allow-Credentials", "true"),

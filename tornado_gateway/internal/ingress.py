@@ -33,6 +33,8 @@ transition, and a revocation re-sync after every (re)subscription.
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncio
 import inspect
 import json
@@ -41,6 +43,7 @@ import time
 
 from tornado_gateway import metrics
 from tornado_gateway.errors import GatewayError
+from tornado_gateway.parts import GatewayParts
 
 log = logging.getLogger("tornado_gateway.ingress")
 
@@ -86,7 +89,7 @@ def _parse_emit(message: dict) -> dict:
     return {"event": event, "to": _parse_target(message["to"]), "data": message["data"]}
 
 
-def _parse_target(to) -> dict:
+def _parse_target(to: Any) -> dict:
     if not isinstance(to, dict) or len(to) != 1:
         raise EventError("'to' must be an object with exactly one of 'chat', 'user', 'users'")
     kind, value = next(iter(to.items()))
@@ -105,7 +108,7 @@ def _parse_revoke(message: dict) -> dict:
     if message["type"] != REVOKE:
         raise EventError(f"unknown type; the only accepted type is {REVOKE!r}")
     _only_keys(message, {"type", "userId", "jti", "before", "exp"}, required={"type", "userId"})
-    revoke = {"type": REVOKE, "userId": _id(message["userId"], "userId")}
+    revoke: dict[str, Any] = {"type": REVOKE, "userId": _id(message["userId"], "userId")}
     if message.get("jti") is not None:
         revoke["jti"] = _id(message["jti"], "jti", max_length=256)
     for name in ("before", "exp"):
@@ -129,7 +132,7 @@ def _only_keys(message: dict, allowed: set, required: set) -> None:
         raise EventError(f"unknown field(s): {', '.join(unknown)}")
 
 
-def _id(value, name: str, max_length: int = MAX_ID_LENGTH) -> str:
+def _id(value: Any, name: str, max_length: int = MAX_ID_LENGTH) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not value or len(value) > max_length:
@@ -151,7 +154,7 @@ class Ingress:
     RECONNECT_MIN, RECONNECT_MAX = 0.1, 2.0
     READ_TIMEOUT = 1.0  # a get_message() wait; socket_timeout bounds the rest
 
-    def __init__(self, gateway):
+    def __init__(self, gateway: GatewayParts) -> None:
         self.gateway = gateway
         self.redis = gateway.redis  # RedisLink or None
         self.max_size = gateway.settings.ingress_max_body_size
@@ -201,7 +204,7 @@ class Ingress:
         if inspect.isawaitable(result):
             await result
 
-    async def _revoke(self, message: dict, realtime) -> None:
+    async def _revoke(self, message: dict, realtime: Any) -> None:
         user_id, jti = message["userId"], message.get("jti")
         before, exp = message.get("before"), message.get("exp")
         revocations = self.gateway.revocations
@@ -232,6 +235,7 @@ class Ingress:
             log.exception("delivering %s failed", event_name(message))
 
     async def _subscribe_forever(self) -> None:
+        assert self.redis is not None  # started only with Redis
         delay = self.RECONNECT_MIN
         while True:
             pubsub = self.redis.client.pubsub(ignore_subscribe_messages=True)

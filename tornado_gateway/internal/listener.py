@@ -34,16 +34,19 @@ import os
 import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from tornado.auth import AuthError
-from tornado_http_auth import DigestAuthMixin
+from typing import cast
 
 import tornado.web
+from tornado.auth import AuthError
+from tornado.http1connection import HTTP1Connection
+from tornado_http_auth import DigestAuthMixin
 
 from tornado_gateway import metrics, tornado_compat
 from tornado_gateway.edge.handlers import HealthHandler, ReadyHandler
 from tornado_gateway.internal.ingress import EventError, event_name, parse_event
 from tornado_gateway.errors import GatewayError, error_body
 from tornado_gateway.edge.responses import GatewayHandler
+from tornado_gateway.config.settings import Settings
 
 log = logging.getLogger("tornado_gateway.internal")
 
@@ -53,14 +56,14 @@ REALM = "tornado_gateway internal"
 class InternalCredentials:
     """The listener's user, password and Digest signing key."""
 
-    def __init__(self, user: str, password: str, key: str):
+    def __init__(self, user: str, password: str, key: str) -> None:
         self.user = user.encode()
         self.password = password
         self.configured = bool(user and password)
         self.digest_key = key.encode() if key else binascii.hexlify(os.urandom(32))
 
     @classmethod
-    def from_settings(cls, settings) -> "InternalCredentials":
+    def from_settings(cls, settings: Settings) -> "InternalCredentials":
         return cls(settings.internal_auth_user, settings.internal_auth_password,
                    settings.internal_auth_key)
 
@@ -121,13 +124,13 @@ class InternalHandler(DigestAuthMixin, GatewayHandler):
         response_ok = hmac.compare_digest(expected.encode(), params["response"].encode())
         return user_ok and response_ok
 
-    def verify_opaque(self, opaque, nonce, clientip):
+    def verify_opaque(self, opaque: str, nonce: str, clientip: str | None) -> bool:
         """The library's check, with a constant-time signature comparison."""
         received_digest, _, received_ekey = opaque.partition("-")
         try:
             received_key = base64.b64decode(received_ekey).decode("ascii")
-            received_nonce, received_ip, received_time = received_key.split(",")
-            received_time = int(received_time)
+            received_nonce, received_ip, received_time_text = received_key.split(",")
+            received_time = int(received_time_text)
         except (ValueError, UnicodeError):
             raise AuthError("invalid opaque") from None
         if received_nonce != nonce or received_ip != clientip:
@@ -179,7 +182,7 @@ class EventsHandler(InternalHandler):
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self.max_size:
             raise GatewayError("PAYLOAD_TOO_LARGE", f"event body larger than {self.max_size} bytes")
-        self.request.connection.set_max_body_size(self.max_size + 1)
+        cast(HTTP1Connection, self.request.connection).set_max_body_size(self.max_size + 1)
 
     def data_received(self, chunk: bytes) -> None:
         if tornado_compat.handler_finished(self):
@@ -202,7 +205,7 @@ class EventsHandler(InternalHandler):
         self.write_json(202, {"accepted": True, "event": event_name(message)})
 
 
-def internal_handlers(settings) -> list:
+def internal_handlers(settings: Settings) -> list:
     """The internal listener's routes (``/healthz`` needs no credentials)."""
     credentials = InternalCredentials.from_settings(settings)
     if settings.internal_port and not credentials.configured:

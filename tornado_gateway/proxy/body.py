@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Awaitable, Callable
+
 import asyncio
 import logging
 
@@ -29,18 +31,18 @@ class BodyPipe:
     _END = None
     _ABORT = object()
 
-    def __init__(self, depth: int = PIPE_DEPTH):
+    def __init__(self, depth: int = PIPE_DEPTH) -> None:
         self._queue: asyncio.Queue = asyncio.Queue(depth)
         self.aborted = False
 
-    async def put(self, chunk: bytes) -> None:
+    async def put(self, chunk: bytes | None) -> None:
         if not self.aborted:
             await self._queue.put(chunk)
 
     async def end(self) -> None:
         await self.put(self._END)
 
-    def end_nowait(self):
+    def end_nowait(self) -> Awaitable[None] | None:
         """End the body now when the pipe has room; else return the awaitable that will."""
         if self.aborted:
             return None
@@ -59,7 +61,7 @@ class BodyPipe:
             self._queue.get_nowait()
         self._queue.put_nowait(self._ABORT)
 
-    async def produce(self, write) -> None:
+    async def produce(self, write: Callable[[bytes], Awaitable[None]]) -> None:
         """The upstream request's ``body_producer``."""
         while True:
             chunk = await self._queue.get()

@@ -22,7 +22,7 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 class CircuitBreaker:
     """The state of one upstream."""
 
-    def __init__(self, failures: int, cooldown: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, failures: int, cooldown: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.threshold = max(1, failures)
         self.cooldown = cooldown
         self.clock = clock
@@ -80,7 +80,7 @@ class CircuitBreaker:
 class Circuits:
     """One breaker per upstream base URL (``scheme://host:port``)."""
 
-    def __init__(self, failures: int = 5, cooldown: float = 10.0):
+    def __init__(self, failures: int = 5, cooldown: float = 10.0) -> None:
         self.failures = failures
         self.cooldown = cooldown
         self._breakers: dict[str, CircuitBreaker] = {}

@@ -1,9 +1,12 @@
 """One proxied request: the state machine from the client's head to the upstream's last byte."""
 
+from __future__ import annotations
+
 import asyncio
 import contextlib
 import logging
 import time
+from typing import Awaitable, Iterator, cast
 
 from tornado import httputil
 from tornado.httpclient import HTTPClientError
@@ -13,6 +16,7 @@ from tornado.simple_httpclient import HTTPTimeoutError
 from tornado_gateway import metrics
 from tornado_gateway.edge.identity import Identity, authenticate_http, refuse_revoked
 from tornado_gateway.proxy.circuit import CircuitBreaker
+from tornado_gateway.config import Route
 from tornado_gateway.errors import GatewayError
 from tornado_gateway.edge.responses import answer_before_body, has_body, make_request_id
 from tornado_gateway.edge.paths import PathError, Resolved, check_query, resolve
@@ -24,6 +28,7 @@ from tornado_gateway.proxy.circuit import is_connect_failure
 from tornado_gateway.proxy.headers import upstream_headers
 from tornado_gateway.proxy.request import ProxyRequest
 from tornado_gateway.proxy.response import ClientResponse
+from tornado_gateway.parts import GatewayParts
 
 log = logging.getLogger("tornado_gateway.proxy")
 
@@ -44,7 +49,7 @@ class ProxyExchange(ClientResponse, httputil.HTTPMessageDelegate):
     user_id: str | None = None
     identity: Identity | None = None
 
-    def __init__(self, gateway, request: ProxyRequest):
+    def __init__(self, gateway: GatewayParts, request: ProxyRequest) -> None:
         self.gateway = gateway
         self.request = request
         self.connection = request.connection
@@ -78,7 +83,8 @@ class ProxyExchange(ClientResponse, httputil.HTTPMessageDelegate):
 
     # -- the client's request (HTTPMessageDelegate) ---------------------------------
 
-    def headers_received(self, start_line, headers):
+    def headers_received(self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+                         headers: httputil.HTTPHeaders) -> Awaitable[None] | None:
         self._tracked = True
         self.gateway.request_started()
         self.connection.set_close_callback(self.on_connection_close)
@@ -97,7 +103,7 @@ class ProxyExchange(ClientResponse, httputil.HTTPMessageDelegate):
             self._start(resolved)
 
     @contextlib.contextmanager
-    def _refusing(self):
+    def _refusing(self) -> Iterator[None]:
         """A GatewayError (or a bug) while admitting the request becomes its answer."""
         try:
             yield
@@ -185,7 +191,7 @@ class ProxyExchange(ClientResponse, httputil.HTTPMessageDelegate):
         elif body:
             self._pipe = BodyPipe()
 
-    def data_received(self, chunk: bytes):
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         self._received += len(chunk)
         if self._finished:
             return None
@@ -230,7 +236,7 @@ class ProxyExchange(ClientResponse, httputil.HTTPMessageDelegate):
             self._abandon()
 
     def _end_body(self) -> None:
-        ended = self._pipe.end_nowait()
+        ended = cast(BodyPipe, self._pipe).end_nowait()
         if ended is not None:  # the pipe is full: end it when there is room
             asyncio.ensure_future(ended)
 
@@ -280,7 +286,7 @@ class ProxyExchange(ClientResponse, httputil.HTTPMessageDelegate):
         self._response_started = False
         self._attempt_started = time.monotonic()
         try:
-            fetched = self.gateway.http_client.fetch(self._upstream_request(self._resolved),
+            fetched = self.gateway.http_client.fetch(self._upstream_request(cast(Resolved, self._resolved)),
                                                      raise_error=False)
         except Exception:
             log.exception("starting the upstream request failed", extra={"request_id": self.request_id})
@@ -289,10 +295,10 @@ class ProxyExchange(ClientResponse, httputil.HTTPMessageDelegate):
         fetched.add_done_callback(self._settle)
 
     def _settle(self, fetched: asyncio.Future) -> None:
-        route = self._resolved.route
+        route = cast(Resolved, self._resolved).route
         retrying = False
         try:
-            retrying = self._take(fetched, route, self._breaker)
+            retrying = self._take(fetched, route, cast(CircuitBreaker, self._breaker))
         except GatewayError as error:
             if not self._client_gone and not self._discarding:
                 self.send_gateway_error(error)
@@ -308,7 +314,7 @@ class ProxyExchange(ClientResponse, httputil.HTTPMessageDelegate):
             self._forward()
         # A body over its limit (self._discarding) is answered by finish() or data_received.
 
-    def _take(self, fetched: asyncio.Future, route, breaker: CircuitBreaker) -> bool:
+    def _take(self, fetched: asyncio.Future, route: Route, breaker: CircuitBreaker) -> bool:
         """Finish the answer from one attempt's outcome; True when it is to be retried.
 
         Raises the GatewayError the client gets when the upstream failed.
@@ -343,7 +349,7 @@ class ProxyExchange(ClientResponse, httputil.HTTPMessageDelegate):
         self._finish_response()
         return False
 
-    def _upstream_failed(self, route, breaker: CircuitBreaker, kind: str, count: bool) -> None:
+    def _upstream_failed(self, route: Route, breaker: CircuitBreaker, kind: str, count: bool) -> None:
         metrics.child(metrics.UPSTREAM_ERRORS, route.service, kind).inc()
         if count:  # no response at all: the upstream is unhealthy
             breaker.record_failure()

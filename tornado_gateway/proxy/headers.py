@@ -87,7 +87,7 @@ def upstream_headers(request: Any, upstream: str, forwarding: Any, request_id: s
     return out
 
 
-_date_cache = [0, ""]
+_date_cache: list = [0, ""]
 
 
 def http_date() -> str:

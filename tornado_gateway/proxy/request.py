@@ -6,6 +6,7 @@ import re
 import time
 
 from tornado import httputil
+from typing import Any
 
 # A Host header: RFC 3986 host (reg-name, IPv4, IP literal) and optional port, the check
 # HTTPServerRequest makes; a comma means two Host lines were joined, also refused.
@@ -18,8 +19,8 @@ class ProxyRequest:
     __slots__ = ("method", "uri", "version", "path", "query", "headers", "connection",
                  "remote_ip", "protocol", "host", "_start_time")
 
-    def __init__(self, connection, start_line: httputil.RequestStartLine,
-                 headers: httputil.HTTPHeaders):
+    def __init__(self, connection: Any, start_line: httputil.RequestStartLine,
+                 headers: httputil.HTTPHeaders) -> None:
         self.method, self.uri, self.version = start_line
         self.path, _, self.query = self.uri.partition("?")
         self.headers = headers

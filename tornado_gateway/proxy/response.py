@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from asyncio import Future
+
 import time
-from typing import Any
+from typing import Any, cast, Awaitable, NoReturn
 
 from tornado import httputil
 from tornado.iostream import StreamClosedError
@@ -50,7 +52,7 @@ class ClientResponse:
                                                  or httputil.responses.get(start_line.code, "Unknown")),
                       headers)
 
-    def _on_chunk(self, chunk: bytes):
+    def _on_chunk(self, chunk: bytes) -> Awaitable[None] | None:
         """``streaming_callback``: pass a body chunk on. Returns None when the client took
         it at once, else an awaitable that resolves when it did (backpressure)."""
         if self._client_gone or self._finished:
@@ -59,27 +61,27 @@ class ClientResponse:
             written = self.connection.write(chunk)
         else:
             self._head_written = True
-            written = self.connection.write_headers(*self._head, chunk)
+            written = self.connection.write_headers(*cast(tuple, self._head), chunk)
         if not written.done():
             return self._written(written)
         if written.exception() is not None:
             self._lost(written.exception())
         return None
 
-    async def _written(self, written) -> None:
+    async def _written(self, written: Future[None]) -> None:
         try:
             await written
         except StreamClosedError as exc:
             self._lost(exc)
 
-    def _lost(self, exc: BaseException):
+    def _lost(self, exc: BaseException) -> NoReturn:
         self.on_connection_close()
         raise Abandoned("client gone") from exc
 
     def _finish_response(self) -> None:
         if not self._head_written:
             self._head_written = True
-            self.connection.write_headers(*self._head)
+            self.connection.write_headers(*cast(tuple, self._head))
         self._end()
 
     def _response_headers(self) -> httputil.HTTPHeaders:
@@ -120,7 +122,8 @@ class ClientResponse:
                                                 httputil.responses.get(error.status, "Unknown"))
         self._write_all(start_line, headers, None if self.request.method == "HEAD" else body)
 
-    def _write_all(self, start_line, headers, body: bytes | None) -> None:
+    def _write_all(self, start_line: httputil.ResponseStartLine, headers: httputil.HTTPHeaders,
+                   body: bytes | None) -> None:
         self._head_written = True
         self.connection.write_headers(start_line, headers, body)
         self._end()

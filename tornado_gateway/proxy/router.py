@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tornado.web
+
 import re
 
 from tornado import httputil
@@ -9,6 +11,8 @@ from tornado import httputil
 from tornado_gateway.edge.responses import DelegateRelay
 from tornado_gateway.proxy.exchange import ProxyExchange
 from tornado_gateway.proxy.request import ProxyRequest
+from tornado_gateway.parts import GatewayParts
+from typing import cast, Any, Awaitable
 
 
 class PublicRouter(httputil.HTTPServerConnectionDelegate):
@@ -19,29 +23,31 @@ class PublicRouter(httputil.HTTPServerConnectionDelegate):
     query arguments and costs about as much as the rest of the routing).
     """
 
-    def __init__(self, gateway, app, app_paths: str):
+    def __init__(self, gateway: GatewayParts, app: tornado.web.Application, app_paths: str) -> None:
         self.gateway = gateway
         self.app = app
         self.app_paths = re.compile(app_paths)
 
-    def start_request(self, server_conn, request_conn) -> httputil.HTTPMessageDelegate:
+    def start_request(self, server_conn: Any, request_conn: Any) -> httputil.HTTPMessageDelegate:
         return _PublicRequest(self, server_conn, request_conn)
 
 
 class _PublicRequest(DelegateRelay):
     """Hands one request to the application or to a ProxyExchange, once its head arrived."""
 
-    def __init__(self, router: PublicRouter, server_conn, request_conn):
+    def __init__(self, router: PublicRouter, server_conn: Any, request_conn: Any) -> None:
         self.router = router
         self.server_conn = server_conn
         self.request_conn = request_conn
 
-    def headers_received(self, start_line, headers):
+    def headers_received(self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+                         headers: httputil.HTTPHeaders) -> Awaitable[None] | None:
         router = self.router
-        if router.app_paths.fullmatch(start_line.path.partition("?")[0]):
+        line = cast(httputil.RequestStartLine, start_line)  # a server reads requests
+        if router.app_paths.fullmatch(line.path.partition("?")[0]):
             self.delegate = router.app.start_request(self.server_conn, self.request_conn)
         else:
-            request = ProxyRequest(self.request_conn, start_line, headers)
+            request = ProxyRequest(self.request_conn, line, headers)
             self.delegate = ProxyExchange(router.gateway, request)
         return self.delegate.headers_received(start_line, headers)
 

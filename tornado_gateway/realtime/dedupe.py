@@ -18,6 +18,9 @@ may be fanned out twice; logged).
 
 from __future__ import annotations
 
+from typing import Any
+from tornado_gateway.cluster.redis_link import RedisLink
+
 import asyncio
 import json
 import logging
@@ -46,11 +49,11 @@ return won
 class _LocalTtlDict:
     """A bounded dict whose entries expire; the memory fallback of both classes."""
 
-    def __init__(self, max_entries: int = LOCAL_MAX):
+    def __init__(self, max_entries: int = LOCAL_MAX) -> None:
         self.entries: dict[str, tuple[float, object]] = {}
         self.max_entries = max_entries
 
-    def get(self, key: str):
+    def get(self, key: str) -> Any:
         entry = self.entries.get(key)
         if entry is None:
             return None
@@ -59,7 +62,7 @@ class _LocalTtlDict:
             return None
         return entry[1]
 
-    def set(self, key: str, value, ttl: float) -> None:
+    def set(self, key: str, value: Any, ttl: float) -> None:
         if len(self.entries) >= self.max_entries:
             now = time.monotonic()
             self.entries = {k: v for k, v in self.entries.items() if v[0] > now}
@@ -74,7 +77,7 @@ class _LocalTtlDict:
 class SendRecords:
     """Reserve / complete / release idempotency records of message:send."""
 
-    def __init__(self, redis_link):
+    def __init__(self, redis_link: RedisLink | None) -> None:
         self.redis = redis_link
         self.local = _LocalTtlDict()
         self._writes: set = set()
@@ -152,7 +155,7 @@ class SendRecords:
 class OnceMarks:
     """``first(keys)``: which keys were never marked before, on any node."""
 
-    def __init__(self, redis_link, prefix: str, ttl: float = SEND_RECORD_TTL):
+    def __init__(self, redis_link: RedisLink | None, prefix: str, ttl: float = SEND_RECORD_TTL) -> None:
         self.redis = redis_link
         self.prefix = prefix
         self.ttl = int(ttl)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Coroutine
+from typing import Any, Coroutine, cast
 
 from tornado_gateway import metrics
 from tornado_gateway.edge.identity import Identity
 from tornado_gateway.realtime import wire
 from tornado_gateway.realtime.events import KNOWN_EVENTS, RealtimeEvents
 from tornado_gateway.realtime.payloads import EventError
-from tornado_gateway.realtime.sessions import SocketState
+from tornado_gateway.realtime.sessions import Authenticated, SocketState
 
 log = logging.getLogger("tornado_gateway.realtime")
 MAX_PENDING_EVENTS = 64  # events queued behind a slow one, per socket
@@ -40,7 +40,7 @@ class OrderedDispatch:
     def emit_to_sid(self, sid: str, event: str, data: Any) -> None:
         raise NotImplementedError
 
-    def receive(self, sid: str, eio_sid: str, data: list, ack_id) -> None:
+    def receive(self, sid: str, eio_sid: str, data: list, ack_id: Any) -> None:
         state = self.states.get(sid)
         if state is None or state.closing:
             return
@@ -64,10 +64,11 @@ class OrderedDispatch:
                 while state.pending:
                     self.events.abandon(state.pending.popleft()[2])
 
-    async def _handle(self, state: SocketState, data: list, ack_id, early=None) -> None:
+    async def _handle(self, state: SocketState, data: list, ack_id: Any, early: Any = None) -> None:
         event = _event_name(data)
         metrics.EVENTS_IN.labels(event if event in KNOWN_EVENTS else "unknown", "socket").inc()
         payload = data[1] if len(data) > 1 else None
+        result: dict | None
         try:
             if event == "auth:hello":
                 result = await self.auth_hello(state, payload)
@@ -77,8 +78,8 @@ class OrderedDispatch:
                 except EventError:
                     self.events.abandon(early)
                     raise
-                result = await self.events.dispatch(state, event, payload, early)
-            reply = {"ok": True, "data": {} if result is None else result}
+                result = await self.events.dispatch(cast(Authenticated, state), event, payload, early)
+            reply: dict = {"ok": True, "data": {} if result is None else result}
         except EventError as exc:
             reply = _failure(exc.code, exc.message)
             if exc.code == "TOKEN_REVOKED":
@@ -98,7 +99,7 @@ class OrderedDispatch:
         if await self._revoked(state.identity):
             raise EventError("TOKEN_REVOKED", "token revoked")
 
-    async def _reply(self, state: SocketState, event: str, ack_id, reply: dict) -> None:
+    async def _reply(self, state: SocketState, event: str, ack_id: Any, reply: dict) -> None:
         """The ack envelope, or an ``error`` event when the client asked for no ack."""
         if ack_id is not None:
             eio_sid = self.manager.eio_sid_from_sid(state.sid, "/")
@@ -112,7 +113,7 @@ def _failure(code: str, message: str) -> dict:
     return {"ok": False, "error": {"code": code, "message": message}}
 
 
-def _event_name(data) -> str:
+def _event_name(data: Any) -> str:
     if isinstance(data, list) and data and isinstance(data[0], str):
         return data[0][:64]
     return ""

@@ -2,13 +2,14 @@
 
 Every event is rate-limited per user by its class (message, typing, join),
 its payload validated, then it calls the chats/messages services and fans
-out. ``auth:hello`` lives in realtime.py with the rest of authentication.
+out. ``auth:hello`` lives in realtime/server.py with the rest of authentication.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING, Any, Coroutine
 
 from tornado_gateway.realtime.payloads import (
     EventError,
@@ -19,6 +20,11 @@ from tornado_gateway.realtime.payloads import (
     check_reaction_set,
     iso_time,
 )
+from tornado_gateway.edge.identity import Identity
+from tornado_gateway.realtime.sessions import Authenticated, SocketState
+
+if TYPE_CHECKING:
+    from tornado_gateway.realtime.server import Realtime
 
 log = logging.getLogger("tornado_gateway.realtime")
 
@@ -42,21 +48,21 @@ class PreparedSend:
 
     __slots__ = ("user_id", "body", "earlier")
 
-    def __init__(self, user_id: str, body: dict, earlier: dict | None):
+    def __init__(self, user_id: str, body: dict, earlier: dict | None) -> None:
         self.user_id = user_id
         self.body = body
         self.earlier = earlier
 
 
 class RealtimeEvents:
-    def __init__(self, realtime):
+    def __init__(self, realtime: Realtime) -> None:
         self.realtime = realtime
         self.services = realtime.services
         settings = realtime.settings
         self.rates = {"message": settings.socket_rate_message, "typing": settings.socket_rate_typing,
                       "join": settings.socket_rate_join}
 
-    def start_early(self, state, event: str, payload):
+    def start_early(self, state: SocketState, event: str, payload: Any) -> asyncio.Task | None:
         """Start, as the event arrives, the part of its work that needs no earlier event
         of the socket to have taken effect: the rate-limit check (a Redis round trip)
         and, for ``message:send``, validation, the membership check and the idempotency
@@ -66,15 +72,16 @@ class RealtimeEvents:
         entry = EVENTS.get(event)
         if entry is None or state.identity is None:
             return None
+        coro: Coroutine[Any, Any, Any]
         if event == "message:send":
             coro = self._prepare_send_early(state.identity, payload)
         else:
-            coro = self._check_rate(entry[0], state.user_id)
+            coro = self._check_rate(entry[0], state.identity.user_id)
         task = asyncio.ensure_future(coro)
         task.add_done_callback(_retrieve)
         return task
 
-    def abandon(self, early) -> None:
+    def abandon(self, early: asyncio.Task | None) -> None:
         """The event will not run (socket closing, token refused): undo its reservation."""
         if early is not None:
             early.add_done_callback(self._release_unused)
@@ -91,7 +98,8 @@ class RealtimeEvents:
     async def _check_rate(self, rate_class: str, user_id: str) -> None:
         await self.realtime.check_rate(user_id, "socket_" + rate_class, self.rates[rate_class])
 
-    async def dispatch(self, state, event: str, payload, early=None):
+    async def dispatch(self, state: Authenticated, event: str, payload: Any,
+                       early: asyncio.Task | None = None) -> dict | None:
         entry = EVENTS.get(event)
         if entry is None:
             raise EventError("VALIDATION_FAILED", f"unknown event {event!r}")
@@ -104,14 +112,14 @@ class RealtimeEvents:
                 return await self._send_prepared(state, prepared)
         return await getattr(self, method)(state, payload)
 
-    async def chat_create(self, state, payload) -> dict:
+    async def chat_create(self, state: Authenticated, payload: Any) -> dict:
         body = check_chat_create(payload)
         chat = await self.services.create_chat(state.identity, body)
         members = set(body["memberIds"]) | {state.user_id} | set(_member_ids(chat))
         await self.realtime.broadcast("chat:updated", {"chat": chat}, ["user:" + m for m in sorted(members)])
         return {"chat": chat}
 
-    async def chat_join(self, state, payload) -> dict:
+    async def chat_join(self, state: Authenticated, payload: Any) -> dict:
         chat_id = check_chat_id(payload)["chatId"]
         await self.services.check_member(state.identity, chat_id)
         await self.realtime.sio.enter_room(state.sid, "chat:" + chat_id)
@@ -121,28 +129,28 @@ class RealtimeEvents:
                                       "chat:" + chat_id, skip_sid=state.sid)
         return {"chatId": chat_id}
 
-    async def chat_leave(self, state, payload) -> dict:
+    async def chat_leave(self, state: Authenticated, payload: Any) -> dict:
         chat_id = check_chat_id(payload)["chatId"]
         await self.realtime.typing.stop(state.sid, chat_id)
         await self.realtime.sio.leave_room(state.sid, "chat:" + chat_id)
         state.chats.discard(chat_id)
         return {"chatId": chat_id}
 
-    async def message_send(self, state, payload) -> dict:
+    async def message_send(self, state: Authenticated, payload: Any) -> dict:
         return await self._send_prepared(state, await self._prepare_send(state.identity, payload))
 
-    async def _prepare_send_early(self, identity, payload) -> "PreparedSend":
+    async def _prepare_send_early(self, identity: Identity, payload: Any) -> "PreparedSend":
         await self._check_rate("message", identity.user_id)
         return await self._prepare_send(identity, payload)
 
-    async def _prepare_send(self, identity, payload) -> "PreparedSend":
+    async def _prepare_send(self, identity: Identity, payload: Any) -> "PreparedSend":
         """Validate, check membership, reserve the clientMessageId (or find its message)."""
         body = check_message_send(payload)
         await self.services.check_member(identity, body["chatId"])
         earlier = await self.realtime.sends.reserve(identity.user_id, body["clientMessageId"])
         return PreparedSend(identity.user_id, body, earlier)
 
-    async def _send_prepared(self, state, prepared: "PreparedSend") -> dict:
+    async def _send_prepared(self, state: Authenticated, prepared: "PreparedSend") -> dict:
         """The in-order part of message:send: the upstream call, then the fan-out."""
         if prepared.earlier is not None:
             return {"message": prepared.earlier}  # a retry: same message, no second message:new
@@ -160,7 +168,7 @@ class RealtimeEvents:
                                       skip_sid=state.sid)
         return {"message": message}
 
-    async def message_read(self, state, payload) -> dict:
+    async def message_read(self, state: Authenticated, payload: Any) -> dict:
         body = check_message_read(payload)
         await self.services.check_member(state.identity, body["chatId"])
         await self.services.mark_read(state.identity, body["chatId"], body["messageIds"])
@@ -169,17 +177,17 @@ class RealtimeEvents:
             "at": iso_time()}, "chat:" + body["chatId"])
         return {}
 
-    async def typing_start(self, state, payload) -> dict:
+    async def typing_start(self, state: Authenticated, payload: Any) -> dict:
         chat_id = self._joined(state, payload)
         await self.realtime.typing.start(state.sid, state.user_id, chat_id)
         return {}
 
-    async def typing_stop(self, state, payload) -> dict:
+    async def typing_stop(self, state: Authenticated, payload: Any) -> dict:
         chat_id = self._joined(state, payload)
         await self.realtime.typing.stop(state.sid, chat_id)
         return {}
 
-    async def reaction_set(self, state, payload) -> dict:
+    async def reaction_set(self, state: Authenticated, payload: Any) -> dict:
         body = check_reaction_set(payload)
         await self.services.check_member(state.identity, body["chatId"])
         message = await self.services.set_reaction(state.identity, body["chatId"], body["messageId"],
@@ -190,7 +198,7 @@ class RealtimeEvents:
         return {"message": message}
 
     @staticmethod
-    def _joined(state, payload) -> str:
+    def _joined(state: Authenticated, payload: Any) -> str:
         chat_id = check_chat_id(payload)["chatId"]
         if chat_id not in state.chats:
             raise EventError("FORBIDDEN", "join the chat (chat:join) before typing in it")

@@ -7,6 +7,8 @@ PUBLISHes, and a listener loop that re-subscribes by itself (docs/architecture.m
 
 from __future__ import annotations
 
+from tornado_gateway.cluster.redis_link import RedisLink
+
 import asyncio
 import collections
 import json
@@ -17,6 +19,7 @@ from socketio.async_manager import AsyncManager
 from tornado_gateway.cluster.redis_link import connect
 from tornado_gateway.realtime import wire
 from tornado_gateway.realtime.wire import _dumps
+from typing import Any
 
 log = logging.getLogger("tornado_gateway.realtime")
 OUTBOX_MAX = 20_000
@@ -26,15 +29,15 @@ PUBLISH_BATCH = 256
 class LocalManager(wire.FastDelivery, AsyncManager):
     """Single node (memory mode): every emit is local."""
 
-    async def emit(self, event, data, namespace="/", room=None, skip_sid=None, callback=None,
-                   to=None, **kwargs):
+    async def emit(self, event: str, data: Any, namespace: str = "/", room: Any = None,
+                   skip_sid: Any = None, callback: Any = None, to: Any = None, **kwargs: Any) -> Any:
         room = to or room
         if callback is not None or namespace != "/":
             return await super().emit(event, data, namespace, room=room, skip_sid=skip_sid,
                                       callback=callback)
         self.emit_now(event, data, room, skip_sid)
 
-    def emit_now(self, event: str, data, room, skip_sid=None) -> None:
+    def emit_now(self, event: str, data: Any, room: Any, skip_sid: Any = None) -> None:
         """A room emit of namespace ``/`` without awaiting anything."""
         self.deliver_local(event, data, room, skip_sid)
 
@@ -42,7 +45,7 @@ class LocalManager(wire.FastDelivery, AsyncManager):
 class RedisFanoutManager(wire.RedisManagerBase):
     """Several nodes: local delivery at once, other nodes through Redis pub/sub."""
 
-    def __init__(self, url: str, redis_link, channel: str = "gateway:socketio"):
+    def __init__(self, url: str, redis_link: RedisLink, channel: str = "gateway:socketio") -> None:
         super().__init__(url, channel=channel, redis_options={})
         self.redis_link = redis_link  # the node's shared client publishes
         self.outbox: collections.deque = collections.deque()
@@ -53,12 +56,13 @@ class RedisFanoutManager(wire.RedisManagerBase):
         # Messages this node published start with this (host_id first): skipped undecoded.
         self.own_prefix = ('{"host_id":' + _dumps(self.host_id) + ",").encode()
 
-    def initialize(self):
+    def initialize(self) -> None:
         super().initialize()  # starts the listener (listen)
         self._publisher = asyncio.ensure_future(self._publish_loop())
 
-    async def emit(self, event, data, namespace="/", room=None, skip_sid=None, callback=None,
-                   to=None, ignore_queue=False, **kwargs):
+    async def emit(self, event: str, data: Any, namespace: str = "/", room: Any = None,
+                   skip_sid: Any = None, callback: Any = None, to: Any = None,
+                   ignore_queue: bool = False, **kwargs: Any) -> Any:
         room = to or room
         if callback is not None or namespace != "/":
             return await super().emit(event, data, namespace=namespace, room=room,
@@ -68,7 +72,7 @@ class RedisFanoutManager(wire.RedisManagerBase):
         else:
             self.emit_now(event, data, room, skip_sid)
 
-    def emit_now(self, event: str, data, room, skip_sid=None) -> None:
+    def emit_now(self, event: str, data: Any, room: Any, skip_sid: Any = None) -> None:
         """A room emit of namespace ``/``: local sockets now, other nodes through the outbox."""
         self.deliver_local(event, data, room, skip_sid)
         if isinstance(room, str) and self.is_sid_room("/", room):
@@ -156,7 +160,7 @@ class RedisFanoutManager(wire.RedisManagerBase):
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
-    async def _on_pubsub(self, raw) -> None:
+    async def _on_pubsub(self, raw: Any) -> None:
         if isinstance(raw, bytes) and raw.startswith(self.own_prefix):
             return  # this node's own message
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Any
 
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # chat, message, user, media and client message ids
 MAX_TEXT = 4096  # characters of a message text
@@ -23,7 +24,7 @@ MAX_TOKEN = 8192
 class EventError(Exception):
     """An event failed with an ack code from SPEC §5 (and a message for people)."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -33,7 +34,7 @@ def invalid(message: str) -> EventError:
     return EventError("VALIDATION_FAILED", message)
 
 
-def _object(payload) -> dict:
+def _object(payload: Any) -> dict:
     if not isinstance(payload, dict):
         raise invalid("payload must be a JSON object")
     return payload
@@ -82,7 +83,7 @@ def _text(payload: dict, name: str, max_length: int, required: bool = False) -> 
     return value
 
 
-def check_auth_hello(payload) -> str:
+def check_auth_hello(payload: Any) -> str:
     payload = _object(payload)
     token = payload.get("token")
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN:
@@ -90,12 +91,12 @@ def check_auth_hello(payload) -> str:
     return token
 
 
-def check_chat_id(payload) -> dict:
+def check_chat_id(payload: Any) -> dict:
     """chat:join, chat:leave, typing:start, typing:stop."""
     return {"chatId": _id(_object(payload), "chatId")}
 
 
-def check_chat_create(payload) -> dict:
+def check_chat_create(payload: Any) -> dict:
     payload = _object(payload)
     kind = payload.get("type")
     if kind not in ("direct", "group"):
@@ -110,7 +111,7 @@ def check_chat_create(payload) -> dict:
     return out
 
 
-def check_message_send(payload) -> dict:
+def check_message_send(payload: Any) -> dict:
     payload = _object(payload)
     out = {"chatId": _id(payload, "chatId"), "clientMessageId": _id(payload, "clientMessageId")}
     text = _text(payload, "text", MAX_TEXT)
@@ -124,12 +125,12 @@ def check_message_send(payload) -> dict:
     return out
 
 
-def check_message_read(payload) -> dict:
+def check_message_read(payload: Any) -> dict:
     payload = _object(payload)
     return {"chatId": _id(payload, "chatId"), "messageIds": _id_list(payload, "messageIds", MAX_READ_IDS)}
 
 
-def check_reaction_set(payload) -> dict:
+def check_reaction_set(payload: Any) -> dict:
     payload = _object(payload)
     out = {"chatId": _id(payload, "chatId"), "messageId": _id(payload, "messageId")}
     if "emoji" not in payload:

@@ -31,12 +31,15 @@ are renewed when Redis is back.
 
 from __future__ import annotations
 
+from typing import Awaitable, Callable
+
 import asyncio
 import logging
 import time
 
 
 from tornado_gateway.realtime.payloads import iso_time
+from tornado_gateway.parts import GatewayParts
 
 log = logging.getLogger("tornado_gateway.presence")
 PREFIX = "gw:presence:"
@@ -68,7 +71,8 @@ return 0
 class Presence:
     """This node's share of presence, and the cluster-wide view."""
 
-    def __init__(self, gateway, announce):
+    def __init__(self, gateway: GatewayParts,
+                 announce: Callable[[str, str, str | None, list[str]], Awaitable[None]]) -> None:
         self.gateway = gateway
         self.redis = gateway.redis
         self.node = gateway.node_id

@@ -7,6 +7,8 @@ Client events are run by dispatch.py in the order each socket sent them.
 
 from __future__ import annotations
 
+from tornado_gateway.config import RateLimit
+
 import asyncio
 import logging
 import time
@@ -14,7 +16,7 @@ import time
 import socketio
 
 from tornado_gateway import metrics
-from tornado_gateway.edge.identity import AuthError, bearer_token, check_access_token
+from tornado_gateway.edge.identity import Identity, AuthError, bearer_token, check_access_token
 from tornado_gateway.realtime.services import ChatServices
 from tornado_gateway.realtime.dedupe import OnceMarks, SendRecords
 from tornado_gateway.realtime.managers import LocalManager, RedisFanoutManager
@@ -25,6 +27,8 @@ from tornado_gateway.realtime.typing_indicator import TypingIndicators
 from tornado_gateway.realtime import wire
 from tornado_gateway.realtime.dispatch import OrderedDispatch
 from tornado_gateway.realtime.sessions import SocketState
+from tornado_gateway.parts import GatewayParts
+from typing import Any, NoReturn
 
 log = logging.getLogger("tornado_gateway.realtime")
 PING_INTERVAL = 25
@@ -34,13 +38,14 @@ PING_TIMEOUT = 20
 class Realtime(OrderedDispatch):
     """The node's Socket.IO server and everything about its sockets."""
 
-    def __init__(self, gateway):
+    def __init__(self, gateway: GatewayParts) -> None:
         self.gateway = gateway
         settings = gateway.settings
         self.settings = settings
         self.origins = [o for o in settings.allowed_origins if o != "*"]
         if gateway.redis is not None:
-            self.manager = RedisFanoutManager(settings.redis_url, gateway.redis)
+            self.manager: LocalManager | RedisFanoutManager = RedisFanoutManager(
+                settings.redis_url or "", gateway.redis)
         else:
             self.manager = LocalManager()
         self.manager.on_delivery_ack = self._delivery_acked
@@ -78,9 +83,7 @@ class Realtime(OrderedDispatch):
         return [(r"/socket.io/", wire.make_socket_handler(self))]
 
     async def start(self) -> None:
-        if not self.sio.manager_initialized:
-            self.sio.manager_initialized = True
-            self.manager.initialize()
+        wire.initialize_manager(self.sio)
         self.presence.start()
 
     async def drain(self) -> None:
@@ -104,7 +107,7 @@ class Realtime(OrderedDispatch):
 
     # -- connect / disconnect ----------------------------------------------------
 
-    async def _on_connect(self, sid, environ, auth=None):
+    async def _on_connect(self, sid: str, environ: dict, auth: Any = None) -> bool:
         request = environ["tornado.handler"].request
         ip = self.gateway.forwarding.client_ip(request)
         if self.gateway.draining:
@@ -129,7 +132,7 @@ class Realtime(OrderedDispatch):
             self._check_user_cap(identity.user_id)
         state = SocketState(sid, ip)
         self.states[sid] = state
-        self._write_directly(sid, environ["tornado.handler"])
+        wire.write_directly(self.sio, self.manager, sid, environ["tornado.handler"])
         self.sockets_of_ip[ip] = self.sockets_of_ip.get(ip, 0) + 1
         metrics.OPEN_SOCKETS.inc()
         if identity is not None:
@@ -139,15 +142,7 @@ class Realtime(OrderedDispatch):
                 self.settings.auth_timeout, self._spawn, self._auth_timed_out(sid))
         return True
 
-    def _write_directly(self, sid: str, handler) -> None:
-        """A socket connected with the websocket transport is written without engineio's queue."""
-        eio_sid = self.manager.eio_sid_from_sid(sid, "/")
-        socket = wire.eio_socket(self.sio, eio_sid)
-        if wire.is_websocket(handler) and socket is not None and socket.upgraded:
-            if self.manager.write_directly(eio_sid, socket, handler):
-                handler.direct_eio_sid = eio_sid  # its events and acks skip engineio's queue too
-
-    async def _on_disconnect(self, sid, reason=None):
+    async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
         state = self.states.pop(sid, None)
         eio_sid = self.manager.eio_sid_from_sid(sid, "/")
         if eio_sid is not None:
@@ -178,7 +173,7 @@ class Realtime(OrderedDispatch):
         if cap and len(self.sockets_of_user.get(user_id, ())) >= cap:
             _refuse("TOO_MANY_CONNECTIONS", "too many connections for this user")
 
-    async def _authenticate(self, state: SocketState, identity) -> None:
+    async def _authenticate(self, state: SocketState, identity: Identity) -> None:
         """First authentication of a socket: user room, presence, expiry timer."""
         state.identity = identity
         self.sockets_of_user.setdefault(identity.user_id, set()).add(state.sid)
@@ -190,6 +185,7 @@ class Realtime(OrderedDispatch):
         if state.timer is not None:
             state.timer.cancel()
         state.expired = False
+        assert state.identity is not None
         delay = max(0.0, state.identity.expires_at - time.time())
         state.timer = asyncio.get_running_loop().call_later(delay, self._token_expired, state.sid)
 
@@ -213,7 +209,7 @@ class Realtime(OrderedDispatch):
                                         "message": "no auth:hello within AUTH_TIMEOUT"})
         await self.disconnect(sid)
 
-    async def auth_hello(self, state: SocketState, payload) -> dict:
+    async def auth_hello(self, state: SocketState, payload: Any) -> dict:
         """``auth:hello {token}``: authenticate, or refresh the token of the same user."""
         token = check_auth_hello(payload)
         try:
@@ -236,21 +232,21 @@ class Realtime(OrderedDispatch):
             self._schedule_expiry(state)
         return {"userId": identity.user_id, "expiresAt": iso_time(identity.expires_at)}
 
-    async def _revoked(self, identity) -> bool:
+    async def _revoked(self, identity: Identity) -> bool:
         return bool(await self.gateway.revocations.is_revoked(identity))
 
-    async def check_rate(self, user_id: str, scope: str, limit) -> None:
+    async def check_rate(self, user_id: str, scope: str, limit: RateLimit) -> None:
         decision = await self.gateway.limits.allow(scope, user_id, limit)
         if not decision.allowed:
             raise EventError("RATE_LIMITED", "too many events; slow down")
 
     # -- sending -------------------------------------------------------------------
 
-    def emit_to_sid(self, sid: str, event: str, data) -> None:
+    def emit_to_sid(self, sid: str, event: str, data: Any) -> None:
         """To one local socket (its own room never leaves this node)."""
         self.manager.deliver_local(event, data, sid)
 
-    async def broadcast(self, event: str, data, room, skip_sid=None) -> None:
+    async def broadcast(self, event: str, data: Any, room: str | list[str], skip_sid: Any = None) -> None:
         """To a room (or rooms) on every node."""
         await self.manager.emit(event, data, "/", room=room, skip_sid=skip_sid)
 
@@ -295,13 +291,13 @@ class Realtime(OrderedDispatch):
         except Exception:
             pass
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         task.add_done_callback(_log_task_failure)
 
     # -- receipts, presence and typing fan-out -------------------------------------------
 
-    def _delivery_acked(self, sid: str, data, *ack_args) -> None:
+    def _delivery_acked(self, sid: str, data: Any, *ack_args: Any) -> None:
         """A device acked ``message:new``: queue a delivered receipt for the sender."""
         state = self.states.get(sid)
         message = data.get("message") if isinstance(data, dict) else None
@@ -331,7 +327,8 @@ class Realtime(OrderedDispatch):
         finally:
             self._receipt_flush = None
 
-    async def _announce_presence(self, user_id: str, status: str, last_seen, chat_ids) -> None:
+    async def _announce_presence(self, user_id: str, status: str, last_seen: str | None,
+                                 chat_ids: list[str]) -> None:
         if not chat_ids:
             return
         data = {"userId": user_id, "status": status}
@@ -339,17 +336,17 @@ class Realtime(OrderedDispatch):
             data["lastSeen"] = last_seen
         await self.broadcast("presence:update", data, ["chat:" + c for c in chat_ids])
 
-    async def _broadcast_typing(self, chat_id: str, user_id: str, typing: bool, skip_sid) -> None:
+    async def _broadcast_typing(self, chat_id: str, user_id: str, typing: bool, skip_sid: Any) -> None:
         await self.broadcast("typing:update", {"chatId": chat_id, "userId": user_id, "typing": typing},
                              "chat:" + chat_id, skip_sid=skip_sid)
 
 
-def _refuse(code: str, message: str):
+def _refuse(code: str, message: str) -> NoReturn:
     """Refuse a connection: the client gets ``connect_error`` with ``data.code``."""
     raise socketio.exceptions.ConnectionRefusedError(message, {"code": code, "message": message})
 
 
-def _rooms_of(to) -> list[str]:
+def _rooms_of(to: Any) -> list[str]:
     if not isinstance(to, dict):
         return []
     if isinstance(to.get("chat"), str):

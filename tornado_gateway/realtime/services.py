@@ -21,6 +21,9 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from tornado_gateway import metrics
 from tornado_gateway.realtime.payloads import EventError
+from tornado_gateway.edge.identity import Identity
+from tornado_gateway.parts import GatewayParts
+from typing import Any
 
 log = logging.getLogger("tornado_gateway.realtime")
 _CODE_OF_STATUS = {401: "INVALID_TOKEN", 403: "FORBIDDEN", 404: "NOT_FOUND", 429: "RATE_LIMITED"}
@@ -30,7 +33,7 @@ MEMBERSHIP_CACHE_MAX = 100_000
 class ChatServices:
     """Chats and messages upstream calls on behalf of a socket's identity."""
 
-    def __init__(self, gateway):
+    def __init__(self, gateway: GatewayParts) -> None:
         self.gateway = gateway
         self.routes = {}
         for route in reversed(gateway.settings.routes):  # shortest prefix last wins: /api/chats
@@ -51,11 +54,11 @@ class ChatServices:
 
     # -- the calls of SPEC §5 -------------------------------------------------
 
-    async def create_chat(self, identity, body: dict) -> dict:
+    async def create_chat(self, identity: Identity, body: dict) -> dict:
         data = await self.call("chats", "POST", "/chats", identity, body)
         return _unwrap(data, "chat")
 
-    async def check_member(self, identity, chat_id: str) -> None:
+    async def check_member(self, identity: Identity, chat_id: str) -> None:
         """2xx from ``GET {CHATS}/chats/{chatId}`` means a member (cached briefly)."""
         key = (identity.user_id, chat_id)
         now = time.monotonic()
@@ -72,7 +75,7 @@ class ChatServices:
     def forget_member(self, user_id: str, chat_id: str) -> None:
         self._members.pop((user_id, chat_id), None)
 
-    async def send_message(self, identity, body: dict, idempotency_key: str) -> dict:
+    async def send_message(self, identity: Identity, body: dict, idempotency_key: str) -> dict:
         data = await self.call("messages", "POST", "/messages", identity, body,
                                {"Idempotency-Key": idempotency_key})
         message = _unwrap(data, "message")
@@ -80,11 +83,11 @@ class ChatServices:
             raise EventError("UPSTREAM_ERROR", "messages service returned a message without an id")
         return message
 
-    async def mark_read(self, identity, chat_id: str, message_ids: list[str]) -> None:
+    async def mark_read(self, identity: Identity, chat_id: str, message_ids: list[str]) -> None:
         await self.call("messages", "POST", "/messages/read", identity,
                         {"chatId": chat_id, "messageIds": message_ids})
 
-    async def set_reaction(self, identity, chat_id: str, message_id: str, emoji: str | None) -> dict:
+    async def set_reaction(self, identity: Identity, chat_id: str, message_id: str, emoji: str | None) -> dict:
         path = f"/messages/{quote(message_id)}/reactions"
         if emoji is None:
             data = await self.call("messages", "DELETE", path, identity)
@@ -94,8 +97,8 @@ class ChatServices:
 
     # -- one upstream request ---------------------------------------------------
 
-    async def call(self, service: str, method: str, path: str, identity, body: dict | None = None,
-                   extra_headers: dict | None = None):
+    async def call(self, service: str, method: str, path: str, identity: Identity, body: dict | None = None,
+                   extra_headers: dict | None = None) -> Any:
         route = self.routes.get(service)
         if route is None:
             raise EventError("UPSTREAM_UNAVAILABLE", f"no route to the {service} service")
@@ -143,7 +146,7 @@ class ChatServices:
         raise EventError("UPSTREAM_ERROR", f"{service} service answered {response.code}")
 
 
-def _unwrap(data, name: str) -> dict:
+def _unwrap(data: Any, name: str) -> dict:
     """Services answer ``{name: {...}}`` or the object itself."""
     if isinstance(data, dict) and isinstance(data.get(name), dict):
         return data[name]

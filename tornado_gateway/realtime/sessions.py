@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from typing import Protocol
 
 from tornado_gateway.edge.identity import Identity
 
@@ -14,7 +15,7 @@ class SocketState:
     __slots__ = ("sid", "ip", "identity", "chats", "pending", "worker", "timer", "expired",
                  "closing")
 
-    def __init__(self, sid: str, ip: str):
+    def __init__(self, sid: str, ip: str) -> None:
         self.sid = sid
         self.ip = ip
         self.identity: Identity | None = None  # once authenticated
@@ -28,3 +29,14 @@ class SocketState:
     @property
     def user_id(self) -> str | None:
         return self.identity.user_id if self.identity is not None else None
+
+
+class Authenticated(Protocol):
+    """A SocketState after the dispatch checked its token: what event handlers see."""
+
+    sid: str
+    identity: Identity
+    chats: set[str]
+
+    @property
+    def user_id(self) -> str: ...

@@ -9,6 +9,8 @@ update goes to the chat's room, never back to the typing socket.
 
 from __future__ import annotations
 
+from typing import Any, Awaitable, Callable
+
 import asyncio
 import logging
 import time
@@ -17,7 +19,8 @@ log = logging.getLogger("tornado_gateway.realtime")
 
 
 class TypingIndicators:
-    def __init__(self, timeout: float, broadcast):
+    def __init__(self, timeout: float,
+                 broadcast: Callable[[str, str, bool, Any], Awaitable[None]]) -> None:
         self.timeout = timeout
         self.throttle = min(3.0, timeout / 2)
         self.broadcast = broadcast  # async fn(chat_id, user_id, typing, skip_sid)

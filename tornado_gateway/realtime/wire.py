@@ -12,7 +12,7 @@ import asyncio
 import functools
 import json
 import logging
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, cast
 
 import socketio
 import tornado.web
@@ -20,6 +20,7 @@ from engineio import packet as eio_packet
 from engineio.async_drivers.tornado import get_tornado_handler
 from socketio import packet as sio_packet
 from socketio.async_redis_manager import AsyncRedisManager
+from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
 from tornado_gateway import metrics, tornado_compat
@@ -39,12 +40,15 @@ class FastDelivery:
     on_delivery_ack: Callable[..., None] | None = None  # fn(sid, data): a socket acked ACKED_EVENT
     on_event: Callable[[str, str, list, int | None], None]  # fn(sid, eio_sid, data, ack id)
 
-    def __init__(self, *args, **kwargs):
+    if TYPE_CHECKING:  # the python-socketio manager this is mixed into
+        def __getattr__(self, name: str) -> Any: ...
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.websockets: dict = {}  # eio sid -> Tornado WebSocketHandler, written directly
         self._unflushed: dict = {}  # handler -> websocket frames written at the end of this tick
 
-    def write_directly(self, eio_sid: str, socket, handler) -> bool:
+    def write_directly(self, eio_sid: str, socket: Any, handler: Any) -> bool:
         """Write this websocket's messages ourselves instead of through Engine.IO's queue.
 
         A socket that connected with the websocket transport has no reason for
@@ -62,7 +66,7 @@ class FastDelivery:
             return False
         queue_send = socket.send
 
-        async def send(pkt):
+        async def send(pkt: eio_packet.Packet) -> None:
             if pkt.packet_type != eio_packet.MESSAGE:
                 self._flush_one(handler)
                 return await queue_send(pkt)
@@ -83,7 +87,7 @@ class FastDelivery:
         if handler is not None:
             self._flush_one(handler)
 
-    def send_text(self, handler, payload: bytes, opcode: int = 0x1) -> None:
+    def send_text(self, handler: Any, payload: bytes, opcode: int = 0x1) -> None:
         """Queue one text (or binary) frame for ``handler``; written at the end of this loop iteration."""
         frames = self._unflushed.get(handler)
         if frames is None:
@@ -101,12 +105,12 @@ class FastDelivery:
         for handler, frames in unflushed.items():
             _write_frames(handler, frames)
 
-    def _flush_one(self, handler) -> None:
+    def _flush_one(self, handler: Any) -> None:
         frames = self._unflushed.pop(handler, None)
         if frames:
             _write_frames(handler, frames)
 
-    def deliver_local(self, event: str, data, room, skip_sid=None) -> int:
+    def deliver_local(self, event: str, data: Any, room: Any, skip_sid: Any = None) -> int:
         """Send ``event`` to this node's sockets in ``room`` (a room or list of rooms)."""
         participants = list(self.get_participants("/", room))
         if not participants:
@@ -115,7 +119,8 @@ class FastDelivery:
         body_bytes = body.encode()
         skip = skip_sid if isinstance(skip_sid, (list, tuple, set)) else (skip_sid,)
         sockets = self.server.eio.sockets
-        track = event == ACKED_EVENT and self.on_delivery_ack is not None
+        on_ack = self.on_delivery_ack
+        track = event == ACKED_EVENT and on_ack is not None
         shared_payload = b"42" + body_bytes
         shared_pkt = None
         websockets = self.websockets
@@ -127,7 +132,7 @@ class FastDelivery:
             if socket is None or socket.closed or socket.closing:
                 continue
             if track:
-                ack_id = self._ack_id(sid, functools.partial(self.on_delivery_ack, sid, data))
+                ack_id = self._ack_id(sid, functools.partial(cast(Callable[..., None], on_ack), sid, data))
             handler = websockets.get(eio_sid)
             if handler is not None:
                 self.send_text(handler, b"42%d%s" % (ack_id, body_bytes) if track else shared_payload)
@@ -179,7 +184,7 @@ class FastDelivery:
                 asyncio.ensure_future(result)
         return True
 
-    def send_ack(self, eio_sid: str, ack_id: int, reply) -> bool:
+    def send_ack(self, eio_sid: str, ack_id: int, reply: dict) -> bool:
         """Answer a client event's ack on a directly written websocket; False otherwise."""
         handler = self.websockets.get(eio_sid)
         if handler is None:
@@ -187,7 +192,7 @@ class FastDelivery:
         self.send_text(handler, b"43%d%s" % (ack_id, _dumps([reply]).encode()))
         return True
 
-    def _ack_id(self, sid: str, callback) -> int:
+    def _ack_id(self, sid: str, callback: Any) -> int:
         ack_id = self._generate_ack_id(sid, callback)
         pending = self.callbacks[sid]
         if len(pending) > ACK_WINDOW + 1:  # key 0 holds the counter; ids ascend
@@ -196,7 +201,7 @@ class FastDelivery:
             del pending[next(keys)]
         return ack_id
 
-    async def trigger_callback(self, sid, id, data):
+    async def trigger_callback(self, sid: str, id: int | None, data: Any) -> None:
         callback = self.callbacks.get(sid, {}).pop(id, None) if id else None
         if callback is None:
             return  # unknown or forgotten ack: nothing to do
@@ -215,7 +220,7 @@ def _frame(payload: bytes, opcode: int = 0x1) -> bytes:
     return bytes((0x80 | opcode, 127)) + size.to_bytes(8, "big") + payload
 
 
-def _write_frames(handler, frames: list) -> None:
+def _write_frames(handler: Any, frames: list) -> None:
     connection = handler.ws_connection
     if connection is None or connection.is_closing():
         return  # closing: engineio notices and cleans up
@@ -259,7 +264,7 @@ class RedisManagerBase(FastDelivery, AsyncRedisManager):
 class GatewaySocketServer(socketio.AsyncServer):
     """AsyncServer whose client events go to ``on_event`` (the ordered dispatch), not to tasks."""
 
-    def __init__(self, on_event: Callable[[str, str, list, int | None], None], **kwargs: Any):
+    def __init__(self, on_event: Callable[[str, str, list, int | None], None], **kwargs: Any) -> None:
         self.on_event = on_event
         super().__init__(**kwargs)
 
@@ -282,9 +287,20 @@ def eio_socket(sio: socketio.AsyncServer, eio_sid: str | None) -> Any:
     return sio.eio.sockets.get(eio_sid) if eio_sid is not None else None
 
 
-def is_websocket(handler: Any) -> bool:
-    """Whether the Tornado handler of ``/socket.io/`` holds a websocket."""
-    return getattr(handler, "ws_connection", None) is not None
+def write_directly(sio: socketio.AsyncServer, manager: Any, sid: str, handler: Any) -> None:
+    """A socket connected with the websocket transport is written without engineio's queue."""
+    eio_sid = manager.eio_sid_from_sid(sid, "/")
+    socket = eio_socket(sio, eio_sid)
+    if getattr(handler, "ws_connection", None) is not None and socket is not None and socket.upgraded:
+        if manager.write_directly(eio_sid, socket, handler):
+            handler.direct_eio_sid = eio_sid  # its events and acks skip engineio's queue too
+
+
+def initialize_manager(sio: socketio.AsyncServer) -> None:
+    """Start the client manager now (python-socketio would on the first connection)."""
+    if not sio.manager_initialized:
+        sio.manager_initialized = True
+        sio.manager.initialize()
 
 
 def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
@@ -295,13 +311,13 @@ def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
     max_body = max_payload + 1024  # a polling POST may carry a few packets' framing
 
     @tornado.web.stream_request_body
-    class SocketIOHandler(LingeringClose, base):
+    class SocketIOHandler(LingeringClose, base):  # type: ignore[valid-type,misc]
         """Streams request bodies so that prepare() can bound a polling POST before it is read:
         an oversized one is refused without buffering it (the server allows up to the largest
         route's body size)."""
 
         route_name = "socket.io"  # access log and metrics label
-        _chunks = None
+        _chunks: list[bytes] | None = None
 
         def get_compression_options(self) -> None:
             return None  # no permessage-deflate: ~4x the memory and CPU per socket
@@ -323,7 +339,7 @@ def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
 
         direct_eio_sid = None  # set once the socket is written directly (websocket from the start)
 
-        def on_message(self, message):
+        def on_message(self, message: dict) -> None:
             """Events and acks of a direct websocket go straight to the gateway, in
             arrival order (anything else, or while engineio still holds earlier
             messages, through engineio's queue as usual)."""
@@ -333,7 +349,7 @@ def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
                 return
             self.receive_queue.put_nowait(message)
 
-        def prepare(self):
+        def prepare(self) -> None:
             origin = self.request.headers.get("Origin")
             if not realtime.origin_allowed(origin):
                 self._refuse(403, "FORBIDDEN", "origin not allowed")
@@ -341,7 +357,7 @@ def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
                 self._refuse(503, "DRAINING", "this node is shutting down")
             elif self.request.method == "POST":
                 self._chunks = []
-                self.request.connection.set_max_body_size(max_body)  # a chunked body too
+                cast(HTTP1Connection, self.request.connection).set_max_body_size(max_body)  # chunked too
                 if _content_length(self.request) > max_body:
                     self._refuse(413, "PAYLOAD_TOO_LARGE", "packet too large")  # the body is not read
 
@@ -349,9 +365,9 @@ def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
             if self._chunks is not None:
                 self._chunks.append(chunk)
 
-        async def post(self, *args, **kwargs):
+        async def post(self, *args: Any, **kwargs: Any) -> None:
             self.request.body = b"".join(self._chunks or ())
-            await super().post(*args, **kwargs)
+            await cast(Awaitable[None], super().post(*args, **kwargs))
 
         def _refuse(self, status: int, code: str, message: str) -> None:
             self.set_status(status)
@@ -363,7 +379,7 @@ def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
     return SocketIOHandler
 
 
-def _content_length(request) -> int:
+def _content_length(request: Any) -> int:
     try:
         return int(request.headers.get("Content-Length", "0"))
     except ValueError:

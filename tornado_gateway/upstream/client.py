@@ -17,6 +17,7 @@ from tornado.simple_httpclient import HTTPTimeoutError
 from tornado.tcpclient import TCPClient
 
 
+from tornado_gateway import tornado_compat
 from tornado_gateway.upstream.exchange import Exchange
 from tornado_gateway.upstream.pool import HostPool, LiteralFirstResolver, Target, remaining, ssl_options
 
@@ -68,7 +69,7 @@ class PooledHTTPClient(AsyncHTTPClient):
         self._ssl_contexts: dict[tuple, ssl.SSLContext | dict] = {}
 
     def close(self) -> None:
-        if self._closed:
+        if tornado_compat.http_client_closed(self):
             return
         super().close()
         if self._sweeper is not None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from asyncio import Future
+
 import asyncio
 import base64
 import ssl
 import time
 from io import BytesIO
-from typing import Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from tornado import httputil
 from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
@@ -45,7 +47,7 @@ class Exchange(httputil.HTTPMessageDelegate):
     """One fetch: get a connection, send the request, read the response, settle once."""
 
     def __init__(self, client: ConnectionSource, request: HTTPRequest,
-                 callback: Callable[[HTTPResponse], None]):
+                 callback: Callable[[HTTPResponse], None]) -> None:
         self.client = client
         self.request = request
         self.callback: Callable[[HTTPResponse], None] | None = callback
@@ -53,7 +55,7 @@ class Exchange(httputil.HTTPMessageDelegate):
         self.start_time = self.io_loop.time()
         self.start_wall_time = time.time()
         self.stream: IOStream | None = None
-        self.timeout_handle = None
+        self.timeout_handle: Any = None
         self.streaming_callback = request.streaming_callback
         self.header_callback = request.header_callback
         self.head_callback = getattr(request, "head_callback", None)
@@ -143,8 +145,9 @@ class Exchange(httputil.HTTPMessageDelegate):
                 await self._produce_body(producer, connection)
         connection.finish()
 
-    async def _produce_body(self, producer, connection: HTTP1Connection) -> None:
-        def write(chunk: bytes):
+    async def _produce_body(self, producer: Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]],
+                            connection: HTTP1Connection) -> None:
+        def write(chunk: bytes) -> Future[None]:
             self.body_started = True
             return connection.write(chunk)
 
@@ -234,7 +237,9 @@ class Exchange(httputil.HTTPMessageDelegate):
 
     # -- HTTPMessageDelegate ----------------------------------------------------
 
-    def headers_received(self, start_line, headers):
+    def headers_received(self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+                         headers: httputil.HTTPHeaders) -> Awaitable[None] | None:
+        assert isinstance(start_line, httputil.ResponseStartLine)  # a client reads responses
         self.start_line = start_line
         self.headers = headers
         if self.head_callback is not None:
@@ -253,7 +258,7 @@ class Exchange(httputil.HTTPMessageDelegate):
                 self._abort(exc)
         return None
 
-    def data_received(self, chunk: bytes):
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         self.body_size += len(chunk)
         if self.callback is None:
             return None  # settled already (timeout): drop the rest
@@ -269,7 +274,7 @@ class Exchange(httputil.HTTPMessageDelegate):
             return None
         return self._await_callback(result)
 
-    async def _await_callback(self, result) -> None:
+    async def _await_callback(self, result: Awaitable[None]) -> None:
         try:
             await result
         except Exception as exc:
@@ -307,6 +312,7 @@ class Exchange(httputil.HTTPMessageDelegate):
 
     def _settle(self, response: HTTPResponse) -> None:
         callback, self.callback = self.callback, None
+        assert callback is not None  # settled once
         if self.timeout_handle is not None:
             self.timeout_handle.cancel()
             self.timeout_handle = None

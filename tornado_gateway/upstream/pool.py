@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncio
 import collections
 import socket
@@ -22,13 +24,13 @@ from tornado.simple_httpclient import HTTPTimeoutError
 class LiteralFirstResolver(Resolver):
     """Answers IP literals at once and sends real names to the default resolver."""
 
-    def initialize(self) -> None:  # type: ignore[override]
+    def initialize(self) -> None:
         self.names = Resolver()
 
     def close(self) -> None:
         self.names.close()
 
-    async def resolve(self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC):
+    async def resolve(self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC) -> list[tuple[int, Any]]:
         if is_valid_ip(host):
             literal_family = socket.AF_INET6 if ":" in host else socket.AF_INET
             if family in (socket.AF_UNSPEC, literal_family):
@@ -39,7 +41,7 @@ class LiteralFirstResolver(Resolver):
 class HostPool:
     """The connections to one ``(scheme, host, port)``: idle ones, a count and a queue."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int) -> None:
         self.limit = limit
         self.idle: collections.deque[tuple[IOStream, float]] = collections.deque()
         self.open_count = 0  # idle + in use + being opened
@@ -146,7 +148,7 @@ class Target:
 
     __slots__ = ("scheme", "host", "port", "netloc", "path", "userinfo", "ssl_key", "ssl_options")
 
-    def __init__(self, request: HTTPRequest):
+    def __init__(self, request: HTTPRequest) -> None:
         parsed = urllib.parse.urlsplit(request.url)
         if parsed.scheme not in ("http", "https"):
             raise ValueError(f"Unsupported url scheme: {request.url}")
@@ -158,7 +160,7 @@ class Target:
         self.port = port or (443 if parsed.scheme == "https" else 80)
         self.path = (parsed.path or "/") + ("?" + parsed.query if parsed.query else "")
         self.ssl_key = _ssl_key(request) if parsed.scheme == "https" else None
-        self.ssl_options = None  # filled in by the client, one context per ssl_key
+        self.ssl_options: ssl.SSLContext | dict | None = None  # filled in by the client, per ssl_key
 
     @property
     def pool_key(self) -> tuple:

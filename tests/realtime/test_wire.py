@@ -1,0 +1,101 @@
+"""Pins the python-socketio / python-engineio internals realtime/wire.py relies on: each test
+fails when a release of either library changes the detail wire.py reaches for."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import pytest
+import socketio
+from engineio import packet as eio_packet
+from engineio.async_drivers.tornado import get_tornado_handler
+from engineio.async_socket import AsyncSocket
+from socketio.async_manager import AsyncManager
+from socketio.async_pubsub_manager import AsyncPubSubManager
+
+from tornado_gateway.realtime import wire
+
+
+def test_ack_ids_ascend_per_sid_and_key_0_holds_the_counter():
+    manager = AsyncManager()
+    first = manager._generate_ack_id("s1", print)
+    second = manager._generate_ack_id("s1", len)
+    assert (first, second) == (1, 2)
+    assert list(manager.callbacks["s1"]) == [0, 1, 2]  # FastDelivery._ack_id trims by this order
+    assert manager.callbacks["s1"][2] is len
+    assert manager._generate_ack_id("s2", print) == 1
+
+
+def test_client_events_reach_handle_event_with_the_overridden_signature():
+    params = list(inspect.signature(socketio.AsyncServer._handle_event).parameters)
+    assert params == ["self", "eio_sid", "namespace", "id", "data"]
+    assert "self._handle_event(" in inspect.getsource(socketio.AsyncServer._handle_eio_message)
+    params = list(inspect.signature(socketio.AsyncServer._send_packet).parameters)
+    assert params == ["self", "eio_sid", "pkt"]
+
+
+@pytest.mark.gen_test
+async def test_gateway_server_hands_connected_events_to_on_event():
+    received: list = []
+    sio = wire.GatewaySocketServer(lambda *args: received.append(args), async_mode="tornado")
+    await sio._handle_event("eio-unknown", "/", 3, ["x", {}])  # no such socket: dropped
+    assert received == []
+    sid = await sio.manager.connect("eio-1", "/")
+    await sio._handle_event("eio-1", None, 3, ["x", {"a": 1}])
+    assert received == [(sid, "eio-1", ["x", {"a": 1}], 3)]
+
+
+@pytest.mark.gen_test
+async def test_engineio_socket_queue_is_what_poll_sends():
+    eio = socketio.AsyncServer(async_mode="tornado").eio
+    sock = AsyncSocket(eio, "eio-1")
+    assert (sock.upgraded, sock.closed, sock.closing) == (False, False, False)
+    pkt = eio_packet.Packet(eio_packet.MESSAGE, '2["e",1]')
+    sock.queue.put_nowait(pkt)
+    assert await sock.poll() == [pkt]
+    assert "self.queue.put(" in inspect.getsource(AsyncSocket.send)  # write_directly replaces send
+
+
+def test_tornado_handler_queues_incoming_messages_in_receive_queue():
+    handler = get_tornado_handler(socketio.AsyncServer(async_mode="tornado").eio)
+    source = inspect.getsource(handler)
+    assert "self.receive_queue = asyncio.Queue()" in source
+    assert "await self.receive_queue.put(message)" in source  # on_message, replaced by ours
+
+
+class _Recording(wire.RedisManagerBase):
+    def __init__(self) -> None:
+        super().__init__("redis://127.0.0.1:1/0", channel="pin")
+        self.listened = asyncio.Event()
+        self.published: list = []
+
+    async def listen(self) -> None:
+        self.listened.set()
+        await asyncio.sleep(3600)
+
+    async def publish_control(self, data: dict) -> None:
+        self.published.append(data)
+
+
+@pytest.mark.gen_test
+async def test_pubsub_hooks_thread_and_publish_reach_listen_and_publish_control():
+    manager = _Recording()
+    sio = socketio.AsyncServer(client_manager=manager, async_mode="tornado")
+    assert sio.manager_initialized is False
+    wire.initialize_manager(sio)
+    assert sio.manager_initialized is True
+    await asyncio.wait_for(manager.listened.wait(), 2)  # initialize() ran _thread as a task
+    assert manager.listener_task() is not None
+    await manager.close_room("r1", "/")
+    assert manager.published and manager.published[0]["method"] == "close_room"
+    manager.listener_task().cancel()
+    for name in ("disconnect", "enter_room", "leave_room", "close_room"):
+        assert name in wire.CONTROL_METHODS
+        assert inspect.iscoroutinefunction(getattr(AsyncPubSubManager, f"_handle_{name}"))
+
+
+def test_frames_are_rfc6455_unmasked_final_frames():
+    assert wire._frame(b"hi") == b"\x81\x02hi"
+    assert wire._frame(b"x" * 200)[:4] == b"\x81\x7e\x00\xc8"
+    assert wire._frame(b"x" * 70000, opcode=0x2)[:2] == b"\x82\x7f"

@@ -1,0 +1,201 @@
+"""Pins the private Tornado behaviour tornado_compat.py relies on: each test fails when a
+Tornado release changes the detail the named function reaches for."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+
+import pytest
+import tornado.web
+from tornado import httputil
+from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpserver import HTTPServer
+from tornado.iostream import IOStream
+from tornado.options import OptionParser
+from tornado.testing import bind_unused_port
+
+from tornado_gateway import tornado_compat
+
+
+def test_version_range_is_enforced():
+    tornado_compat.check_version((6, 6))
+    for outside in ((6, 5), (7, 0)):
+        with pytest.raises(RuntimeError, match="not supported"):
+            tornado_compat.check_version(outside)
+
+
+def test_option_named_reads_the_parsers_options():
+    parser = OptionParser()
+    parser.define("max_things", type=int, default=3)  # stored under "max-things"
+    option = tornado_compat.option_named(parser, "max-things")
+    assert option.type is int
+    option.set(7)
+    assert parser.as_dict()["max_things"] == 7
+    assert tornado_compat.option_named(parser, "absent") is None
+
+
+def _stream_pair() -> tuple[IOStream, IOStream]:
+    left, right = socket.socketpair()
+    return IOStream(left), IOStream(right)
+
+
+class _Recorder(httputil.HTTPMessageDelegate):
+    def __init__(self) -> None:
+        self.head: tuple | None = None
+        self.body = b""
+
+    def headers_received(self, start_line, headers):  # type: ignore[no-untyped-def]
+        self.head = (start_line, headers)
+
+    def data_received(self, chunk: bytes) -> None:
+        self.body += chunk
+
+
+@pytest.mark.gen_test
+async def test_head_parsing_connection_parses_response_heads_with_its_hook():
+    seen: list[bytes] = []
+
+    def parse(data: bytes) -> tuple[str, httputil.HTTPHeaders]:
+        seen.append(data)
+        return _tornado_parse(data)
+
+    class Connection(tornado_compat.HeadParsingConnection):
+        parse_head = staticmethod(parse)
+
+    client, server = _stream_pair()
+    connection = Connection(client, True, HTTP1ConnectionParameters())
+    connection.write_headers(httputil.RequestStartLine("GET", "/", "HTTP/1.1"),
+                             httputil.HTTPHeaders({"Host": "x"}))
+    connection.finish()
+    await server.read_until(b"\r\n\r\n")
+    await server.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Pin: yes\r\n\r\nok")
+    recorder = _Recorder()
+    assert await connection.read_response(recorder)
+    assert len(seen) == 1 and seen[0].startswith(b"HTTP/1.1 200 OK")
+    assert recorder.head[1]["X-Pin"] == "yes" and recorder.body == b"ok"
+    client.close()
+    server.close()
+
+
+def _tornado_parse(data: bytes) -> tuple[str, httputil.HTTPHeaders]:
+    text = data.decode("latin1").lstrip("\r\n")
+    eol = text.find("\n")
+    return text[:eol].rstrip("\r"), httputil.HTTPHeaders.parse(text[eol:])
+
+
+def test_finish_decides_by_the_two_flags_answer_without_reading_body_sets():
+    client, server = socket.socketpair()
+    connection = HTTP1Connection(IOStream(server), False)
+    for name in ("_read_finished", "_disconnect_on_finish"):
+        assert hasattr(connection, name)  # set in __init__ ...
+    tornado_compat.answer_without_reading_body(connection)
+    assert connection._read_finished is True and connection._disconnect_on_finish is False
+    import inspect
+    source = inspect.getsource(HTTP1Connection.finish)  # ... and read by finish()
+    assert "_read_finished" in source and "_disconnect_on_finish" in source
+    client.close()
+    connection.stream.close()
+
+
+def test_client_ssl_defaults_is_a_verifying_context():
+    context = tornado_compat.client_ssl_defaults()
+    assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_REQUIRED
+
+
+@pytest.mark.gen_test
+async def test_http_client_closed_follows_close():
+    client = AsyncHTTPClient(force_instance=True)
+    assert tornado_compat.http_client_closed(client) is False
+    client.close()
+    assert tornado_compat.http_client_closed(client) is True
+
+
+@pytest.mark.gen_test
+async def test_server_connections_holds_open_connections():
+    server = HTTPServer(tornado.web.Application([(r"/", _Pinned)]))
+    sock, port = bind_unused_port()
+    server.add_sockets([sock])
+    assert tornado_compat.server_connections(server) == set()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for _ in range(100):
+        if tornado_compat.server_connections(server):
+            break
+        await asyncio.sleep(0.01)
+    assert len(tornado_compat.server_connections(server)) == 1
+    writer.close()
+    server.stop()
+    await server.close_all_connections()
+
+
+@pytest.mark.gen_test
+async def test_bytes_buffered_counts_what_no_read_took_yet():
+    ours, peer = _stream_pair()
+    await peer.write(b"0123456789")
+    assert await ours.read_bytes(2) == b"01"
+    for _ in range(100):
+        if tornado_compat.bytes_buffered(ours) == 8:
+            break
+        await asyncio.sleep(0.01)
+    assert tornado_compat.bytes_buffered(ours) == 8
+    ours.close()
+    peer.close()
+
+
+class _Pinned(tornado_compat.RequestExceptionHook):
+    seen: dict = {}
+
+    def get(self) -> None:
+        _Pinned.seen["before_write"] = (tornado_compat.headers_written(self),
+                                        tornado_compat.handler_finished(self))
+        tornado_compat.response_headers(self)["X-Default"] = "set"
+        raise LookupError("handled by the hook")
+
+    def on_request_exception(self, e: BaseException) -> bool:
+        if isinstance(e, LookupError):
+            self.set_status(418)
+            self.finish("hooked")
+            _Pinned.seen["after_finish"] = tornado_compat.handler_finished(self)
+            return True
+        return False
+
+
+@tornado.web.stream_request_body
+class _Streaming(tornado.web.RequestHandler):
+    seen: dict = {}
+
+    def prepare(self) -> None:
+        _Streaming.seen["in_prepare"] = tornado_compat.body_unread(self)
+
+    def data_received(self, chunk: bytes) -> None:
+        pass
+
+    def post(self) -> None:
+        _Streaming.seen["in_post"] = tornado_compat.body_unread(self)
+        self.set_status(400, reason="Pinned Reason")
+        _Streaming.seen["reason"] = tornado_compat.reason(self)
+        self.finish()
+
+
+@pytest.mark.gen_test
+async def test_request_handler_state_and_exception_hook():
+    app = tornado.web.Application([(r"/", _Pinned), (r"/stream", _Streaming)])
+    server = HTTPServer(app)
+    sock, port = bind_unused_port()
+    server.add_sockets([sock])
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        response = await client.fetch(f"http://127.0.0.1:{port}/", raise_error=False)
+        assert response.code == 418 and response.body == b"hooked"
+        assert response.headers["X-Default"] == "set"
+        assert _Pinned.seen == {"before_write": (False, False), "after_finish": True}
+        response = await client.fetch(HTTPRequest(f"http://127.0.0.1:{port}/stream", method="POST",
+                                                  body=b"x" * 10), raise_error=False)
+        assert response.code == 400
+        assert _Streaming.seen == {"in_prepare": True, "in_post": False, "reason": "Pinned Reason"}
+    finally:
+        client.close()
+        server.stop()
+        await server.close_all_connections()
