@@ -39,6 +39,9 @@ class GatewayError(Exception):
         self.headers = headers or {}
 
 
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+
+
 def error_body(code: str, message: str, request_id: str | None) -> bytes:
     """``{"error":{"code","message","requestId"}}`` as bytes."""
     return json.dumps(

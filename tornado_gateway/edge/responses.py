@@ -27,7 +27,7 @@ from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
 from tornado_gateway import metrics, tornado_compat
-from tornado_gateway.errors import GatewayError, error_body
+from tornado_gateway.errors import JSON_CONTENT_TYPE, GatewayError, error_body
 from tornado_gateway.parts import GatewayParts
 from typing import Any, Awaitable, Callable, Iterator, TypeVar, cast
 
@@ -116,6 +116,16 @@ async def _linger(stream: IOStream) -> None:
         stream.close()
 
 
+def finish_error(handler: tornado.web.RequestHandler, error: GatewayError,
+                 request_id: str | None) -> Future[None]:
+    """Answer with THE error envelope (errors.error_body): status, headers, JSON body."""
+    handler.set_status(error.status)
+    for name, value in error.headers.items():
+        handler.set_header(name, value)
+    handler.set_header("Content-Type", JSON_CONTENT_TYPE)
+    return handler.finish(error_body(error.code, error.message, request_id))
+
+
 class GatewayApplication(tornado.web.Application):
     """A ``tornado.web.Application`` whose handlers reach the node as ``self.gateway``."""
 
@@ -201,11 +211,7 @@ class GatewayHandler(LingeringClose, tornado_compat.RequestExceptionHook):
             tornado_compat.mark_finished(self)
             return
         self.clear()
-        self.set_status(error.status)
-        for name, value in error.headers.items():
-            self.set_header(name, value)
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(error_body(error.code, error.message, self.request_id))
+        finish_error(self, error, self.request_id)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]

@@ -42,6 +42,7 @@ import logging
 import time
 
 from tornado_gateway import metrics
+from tornado_gateway.cluster.subscription import Subscription
 from tornado_gateway.errors import GatewayError
 from tornado_gateway.parts import GatewayParts
 
@@ -57,22 +58,22 @@ MAX_TARGETS = 1000
 MAX_ID_LENGTH = 128
 
 
-class EventError(ValueError):
+class InvalidEvent(ValueError):
     """An ingress message is malformed; the message says why (never echoes payload data)."""
 
 
 # -- validation -------------------------------------------------------------
 
 def parse_event(raw: bytes | str, max_size: int) -> dict:
-    """Validate one ingress message; returns it normalised, raises EventError."""
+    """Validate one ingress message; returns it normalised, raises InvalidEvent."""
     if len(raw) > max_size:
-        raise EventError(f"message larger than {max_size} bytes")
+        raise InvalidEvent(f"message larger than {max_size} bytes")
     try:
         message = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        raise EventError("body is not valid JSON") from None
+        raise InvalidEvent("body is not valid JSON") from None
     if not isinstance(message, dict):
-        raise EventError("body must be a JSON object")
+        raise InvalidEvent("body must be a JSON object")
     if "type" in message:
         return _parse_revoke(message)
     return _parse_emit(message)
@@ -83,30 +84,30 @@ def _parse_emit(message: dict) -> dict:
     event = message["event"]
     if not isinstance(event, str) or event not in SERVER_EVENTS:
         shown = repr(event[:64]) if isinstance(event, str) else type(event).__name__
-        raise EventError(f"unknown event {shown}; expected one of {', '.join(sorted(SERVER_EVENTS))}")
+        raise InvalidEvent(f"unknown event {shown}; expected one of {', '.join(sorted(SERVER_EVENTS))}")
     if not isinstance(message["data"], dict):
-        raise EventError("'data' must be a JSON object")
+        raise InvalidEvent("'data' must be a JSON object")
     return {"event": event, "to": _parse_target(message["to"]), "data": message["data"]}
 
 
 def _parse_target(to: Any) -> dict:
     if not isinstance(to, dict) or len(to) != 1:
-        raise EventError("'to' must be an object with exactly one of 'chat', 'user', 'users'")
+        raise InvalidEvent("'to' must be an object with exactly one of 'chat', 'user', 'users'")
     kind, value = next(iter(to.items()))
     if kind in ("chat", "user"):
         return {kind: _id(value, f"to.{kind}")}
     if kind == "users":
         if not isinstance(value, list) or not value:
-            raise EventError("'to.users' must be a non-empty array of ids")
+            raise InvalidEvent("'to.users' must be a non-empty array of ids")
         if len(value) > MAX_TARGETS:
-            raise EventError(f"'to.users' has more than {MAX_TARGETS} ids")
+            raise InvalidEvent(f"'to.users' has more than {MAX_TARGETS} ids")
         return {"users": list(dict.fromkeys(_id(v, "to.users[]") for v in value))}
-    raise EventError("'to' must be an object with exactly one of 'chat', 'user', 'users'")
+    raise InvalidEvent("'to' must be an object with exactly one of 'chat', 'user', 'users'")
 
 
 def _parse_revoke(message: dict) -> dict:
     if message["type"] != REVOKE:
-        raise EventError(f"unknown type; the only accepted type is {REVOKE!r}")
+        raise InvalidEvent(f"unknown type; the only accepted type is {REVOKE!r}")
     _only_keys(message, {"type", "userId", "jti", "before", "exp"}, required={"type", "userId"})
     revoke: dict[str, Any] = {"type": REVOKE, "userId": _id(message["userId"], "userId")}
     if message.get("jti") is not None:
@@ -116,7 +117,7 @@ def _parse_revoke(message: dict) -> dict:
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e11:
-            raise EventError(f"'{name}' must be a positive epoch time in seconds")
+            raise InvalidEvent(f"'{name}' must be a positive epoch time in seconds")
         revoke[name] = value
     if "jti" not in revoke and "before" not in revoke:
         revoke["before"] = time.time()
@@ -126,19 +127,19 @@ def _parse_revoke(message: dict) -> dict:
 def _only_keys(message: dict, allowed: set, required: set) -> None:
     missing = sorted(required - message.keys())
     if missing:
-        raise EventError(f"missing field(s): {', '.join(missing)}")
+        raise InvalidEvent(f"missing field(s): {', '.join(missing)}")
     unknown = sorted(k[:32] for k in message.keys() - allowed)
     if unknown:
-        raise EventError(f"unknown field(s): {', '.join(unknown)}")
+        raise InvalidEvent(f"unknown field(s): {', '.join(unknown)}")
 
 
 def _id(value: Any, name: str, max_length: int = MAX_ID_LENGTH) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not value or len(value) > max_length:
-        raise EventError(f"'{name}' must be a non-empty string of at most {max_length} characters")
+        raise InvalidEvent(f"'{name}' must be a non-empty string of at most {max_length} characters")
     if any(ord(c) < 32 for c in value):
-        raise EventError(f"'{name}' contains control characters")
+        raise InvalidEvent(f"'{name}' contains control characters")
     return value
 
 
@@ -151,8 +152,6 @@ def event_name(message: dict) -> str:
 class Ingress:
     """Validates, fans out (through Redis) and delivers ingress events on this node."""
 
-    RECONNECT_MIN, RECONNECT_MAX = 0.1, 2.0
-    READ_TIMEOUT = 1.0  # a get_message() wait; socket_timeout bounds the rest
 
     def __init__(self, gateway: GatewayParts) -> None:
         self.gateway = gateway
@@ -224,7 +223,7 @@ class Ingress:
         """One message from the Redis channel: validate, count, deliver; log and drop bad ones."""
         try:
             message = parse_event(raw, self.max_size)
-        except EventError as exc:
+        except InvalidEvent as exc:
             metrics.EVENTS_REJECTED.labels("redis").inc()
             log.warning("dropped invalid event from %s: %s", CHANNEL, exc)
             return
@@ -235,31 +234,16 @@ class Ingress:
             log.exception("delivering %s failed", event_name(message))
 
     async def _subscribe_forever(self) -> None:
-        assert self.redis is not None  # started only with Redis
-        delay = self.RECONNECT_MIN
-        while True:
-            pubsub = self.redis.client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(CHANNEL)
-                self._set_subscribed(True, None)
-                delay = self.RECONNECT_MIN
-                # Anything published while we were not listening is gone: re-read revocations.
-                await self.gateway.revocations.sync()
-                while True:
-                    item = await pubsub.get_message(timeout=self.READ_TIMEOUT)
-                    if item is not None and item.get("type") == "message":
-                        await self.handle_raw(item["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._set_subscribed(False, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.RECONNECT_MAX)
-            finally:
-                try:
-                    await pubsub.aclose()
-                except Exception:
-                    pass
+        redis = self.redis
+        assert redis is not None  # started only with Redis
+        await Subscription(CHANNEL, lambda: redis.client, self.handle_raw,
+                           on_subscribed=self._on_subscribed,
+                           on_lost=lambda exc: self._set_subscribed(False, exc)).run()
+
+    async def _on_subscribed(self) -> None:
+        self._set_subscribed(True, None)
+        # Anything published while we were not listening is gone: re-read revocations.
+        await self.gateway.revocations.sync()
 
     def _set_subscribed(self, subscribed: bool, error: BaseException | None) -> None:
         if subscribed:

@@ -43,9 +43,9 @@ from tornado_http_auth import DigestAuthMixin
 
 from tornado_gateway import metrics, tornado_compat
 from tornado_gateway.edge.handlers import HealthHandler, ReadyHandler
-from tornado_gateway.internal.ingress import EventError, event_name, parse_event
-from tornado_gateway.errors import GatewayError, error_body
-from tornado_gateway.edge.responses import GatewayHandler
+from tornado_gateway.internal.ingress import InvalidEvent, event_name, parse_event
+from tornado_gateway.errors import GatewayError
+from tornado_gateway.edge.responses import GatewayHandler, finish_error
 from tornado_gateway.config.settings import Settings
 
 log = logging.getLogger("tornado_gateway.internal")
@@ -148,8 +148,7 @@ class InternalHandler(DigestAuthMixin, GatewayHandler):
         self.set_header("WWW-Authenticate",
                         self.create_auth_challenge(REALM, self.request.remote_ip, int(time.time())))
         self.add_header("WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"')
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(error_body("UNAUTHENTICATED", message, self.request_id))
+        finish_error(self, GatewayError("UNAUTHENTICATED", message, 401), self.request_id)
 
 
 class MetricsHandler(InternalHandler):
@@ -197,7 +196,7 @@ class EventsHandler(InternalHandler):
             return
         try:
             message = parse_event(bytes(self.body), self.max_size)
-        except EventError as exc:
+        except InvalidEvent as exc:
             metrics.EVENTS_REJECTED.labels("http").inc()
             raise GatewayError("VALIDATION_FAILED", str(exc)) from None
         metrics.EVENTS_IN.labels(event_name(message), "http").inc()

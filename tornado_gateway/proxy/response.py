@@ -12,7 +12,7 @@ from tornado.iostream import StreamClosedError
 
 from tornado_gateway import metrics
 from tornado_gateway.edge.responses import default_headers, log_request
-from tornado_gateway.errors import GatewayError, error_body
+from tornado_gateway.errors import JSON_CONTENT_TYPE, GatewayError, error_body
 from tornado_gateway.proxy.body import Abandoned
 from tornado_gateway.proxy.headers import http_date, merge_response_headers
 
@@ -113,7 +113,7 @@ class ClientResponse:
         for name, value in error.headers.items():
             headers[name] = value
         body = error_body(error.code, error.message, self.request_id)
-        headers["Content-Type"] = "application/json; charset=utf-8"
+        headers["Content-Type"] = JSON_CONTENT_TYPE
         headers["Content-Length"] = str(len(body))
         if close:
             headers["Connection"] = "close"

@@ -17,6 +17,7 @@ import logging
 from socketio.async_manager import AsyncManager
 
 from tornado_gateway.cluster.redis_link import connect
+from tornado_gateway.cluster.subscription import Subscription
 from tornado_gateway.realtime import wire
 from tornado_gateway.realtime.wire import _dumps
 from typing import Any
@@ -52,6 +53,7 @@ class RedisFanoutManager(wire.RedisManagerBase):
         self._outbox_ready = asyncio.Event()
         self._publisher: asyncio.Task | None = None
         self.subscribed = False
+        self._listener_lost = False
         self.dropped = 0
         # Messages this node published start with this (host_id first): skipped undecoded.
         self.own_prefix = ('{"host_id":' + _dumps(self.host_id) + ",").encode()
@@ -125,40 +127,21 @@ class RedisFanoutManager(wire.RedisManagerBase):
 
     async def listen(self) -> None:
         """Listen for other nodes' events; never dies, logs loss and recovery once."""
-        backoff = 0.1
-        lost = False
-        while True:
-            client = pubsub = None
-            try:
-                client = connect(self.redis_url)
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
-                await pubsub.subscribe(self.channel)
-                self.subscribed = True
-                if lost:
-                    log.info("socket.io cross-node listener re-subscribed")
-                    lost = False
-                backoff = 0.1
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        await self._on_pubsub(message["data"])
-            except asyncio.CancelledError:
-                self.subscribed = False
-                raise
-            except Exception as exc:
-                self.subscribed = False
-                if not lost:
-                    log.error("socket.io cross-node listener lost redis, retrying: %s", exc)
-                    lost = True
-            finally:
-                for closable in (pubsub, client):
-                    if closable is not None:
-                        try:
-                            await closable.aclose()
-                        except Exception:
-                            pass
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+        await Subscription(self.channel, lambda: connect(self.redis_url), self._on_pubsub,
+                           on_subscribed=self._resubscribed, on_lost=self._lost,
+                           own_client=True).run()
+
+    async def _resubscribed(self) -> None:
+        self.subscribed = True
+        if self._listener_lost:
+            log.info("socket.io cross-node listener re-subscribed")
+            self._listener_lost = False
+
+    def _lost(self, exc: BaseException) -> None:
+        self.subscribed = False
+        if not self._listener_lost:
+            log.error("socket.io cross-node listener lost redis, retrying: %s", exc)
+            self._listener_lost = True
 
     async def _on_pubsub(self, raw: Any) -> None:
         if isinstance(raw, bytes) and raw.startswith(self.own_prefix):

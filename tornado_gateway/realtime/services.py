@@ -41,16 +41,10 @@ class ChatServices:
                 self.routes[route.service] = route
         self.membership_ttl = gateway.settings.membership_cache_ttl
         self._members: dict[tuple[str, str], float] = {}
-        self._own_client: AsyncHTTPClient | None = None
 
     @property
     def http_client(self) -> AsyncHTTPClient:
-        client = getattr(self.gateway, "http_client", None)
-        if client is None:
-            if self._own_client is None:
-                self._own_client = AsyncHTTPClient()
-            client = self._own_client
-        return client
+        return self.gateway.http_client
 
     # -- the calls of SPEC §5 -------------------------------------------------
 
@@ -71,9 +65,6 @@ class ChatServices:
             if len(self._members) >= MEMBERSHIP_CACHE_MAX:
                 self._members.clear()
         self._members[key] = now + self.membership_ttl
-
-    def forget_member(self, user_id: str, chat_id: str) -> None:
-        self._members.pop((user_id, chat_id), None)
 
     async def send_message(self, identity: Identity, body: dict, idempotency_key: str) -> dict:
         data = await self.call("messages", "POST", "/messages", identity, body,
@@ -127,9 +118,6 @@ class ChatServices:
             metrics.UPSTREAM_ERRORS.labels(service, "connect").inc()
             raise EventError("UPSTREAM_UNAVAILABLE", f"{service} service unavailable") from None
         metrics.UPSTREAM_LATENCY.labels(service).observe(time.monotonic() - started)
-        if response.code == 599:
-            metrics.UPSTREAM_ERRORS.labels(service, "connect").inc()
-            raise EventError("UPSTREAM_UNAVAILABLE", f"{service} service unavailable")
         if 200 <= response.code < 300:
             if not response.body:
                 return {}

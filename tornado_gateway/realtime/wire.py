@@ -24,8 +24,8 @@ from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
 from tornado_gateway import metrics, tornado_compat
-from tornado_gateway.edge.responses import LingeringClose
-from tornado_gateway.errors import error_body
+from tornado_gateway.edge.responses import LingeringClose, finish_error
+from tornado_gateway.errors import GatewayError
 
 log = logging.getLogger("tornado_gateway.realtime")
 ACKED_EVENT = "message:new"  # recipients' acks of this event make delivered receipts
@@ -370,11 +370,9 @@ def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
             await cast(Awaitable[None], super().post(*args, **kwargs))
 
         def _refuse(self, status: int, code: str, message: str) -> None:
-            self.set_status(status)
-            self.set_header("Content-Type", "application/json; charset=utf-8")
             for name, value in gateway.cors.response_headers(self.request.headers.get("Origin")):
                 self.set_header(name, value)
-            self.finish(error_body(code, message, None))
+            finish_error(self, GatewayError(code, message, status), None)
 
     return SocketIOHandler
 

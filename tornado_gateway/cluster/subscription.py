@@ -1,0 +1,66 @@
+"""THE Redis pub/sub reconnect loop: every subscriber of the gateway runs on it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable
+
+import redis.asyncio as aioredis
+
+
+class Subscription:
+    """Keeps one channel subscribed: subscribe, read with a timeout (never spins, never
+    hangs), hand each message on; on any failure close, wait (0.1 s doubling to 2 s) and
+    subscribe again, for ever. What a subscriber does on (re)subscription, per message and
+    on loss are its callbacks; ``subscribed`` says whether it listens right now."""
+
+    MIN_DELAY, MAX_DELAY = 0.1, 2.0
+    READ_TIMEOUT = 1.0
+
+    def __init__(self, channel: str, client: Callable[[], aioredis.Redis],
+                 on_message: Callable[[Any], Awaitable[None]], *,
+                 on_subscribed: Callable[[], Awaitable[None]] | None = None,
+                 on_lost: Callable[[BaseException], None] | None = None,
+                 own_client: bool = False) -> None:
+        self.channel = channel
+        self.client = client  # the client to subscribe with, asked again on every attempt
+        self.own_client = own_client  # close it after each attempt (a dedicated connection)
+        self.on_message = on_message
+        self.on_subscribed = on_subscribed
+        self.on_lost = on_lost
+        self.subscribed = False
+
+    async def run(self) -> None:
+        delay = self.MIN_DELAY
+        while True:
+            client: aioredis.Redis | None = None
+            pubsub: Any = None
+            try:
+                client = self.client()
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(self.channel)
+                self.subscribed = True
+                delay = self.MIN_DELAY
+                if self.on_subscribed is not None:
+                    await self.on_subscribed()
+                while True:
+                    item = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                    timeout=self.READ_TIMEOUT)
+                    if item is not None and item.get("type") == "message":
+                        await self.on_message(item["data"])
+            except asyncio.CancelledError:
+                self.subscribed = False
+                raise
+            except Exception as exc:
+                self.subscribed = False
+                if self.on_lost is not None:
+                    self.on_lost(exc)
+            finally:
+                for closable in (pubsub, client if self.own_client else None):
+                    if closable is not None:
+                        try:
+                            await closable.aclose()
+                        except Exception:
+                            pass
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.MAX_DELAY)
