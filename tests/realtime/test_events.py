@@ -190,8 +190,14 @@ async def test_message_new_and_receipts_only_after_ack(gw, fakes):
         assert (await client.next("message:new")) == [{"message": message}]
     receipt = (await a.next("receipt:delivered"))[0]
     assert receipt["userId"] == carol and receipt["messageId"] == message["id"]
-    await asyncio.sleep(0.5)
-    assert [r["userId"] for r in a.events("receipt:delivered")] == [carol]  # none for bob, none twice
+    # Marker: a second message. Once carol's receipt for it arrived, a late receipt for the
+    # first (bob's, or carol's twice) and an echo to the sender would have arrived before it.
+    marker = (await a.call("message:send", {"chatId": chat, "clientMessageId": uid("c"),
+                                            "text": "marker"}))["data"]["message"]
+    receipts = await a.next("receipt:delivered", count=2)
+    assert [(r["messageId"], r["userId"]) for r in receipts] == [(message["id"], carol),
+                                                                 (marker["id"], carol)]
+    await a2.next("message:new", count=2)
     assert a.events("message:new") == []  # not back to the sending socket
     for client in (a, a2, b, c):
         await client.close()
@@ -205,9 +211,12 @@ async def test_retried_client_message_id_same_message_no_second_fanout(gw, fakes
     second = await a.call("message:send", send)
     assert first["ok"] and second == first
     await b.next("message:new")
-    await asyncio.sleep(0.4)
-    assert len(b.events("message:new")) == 1
-    assert len(fakes.created()) == 1
+    # Marker: another message after the retry; a second fan-out would reach b before it.
+    after = await a.call("message:send", {"chatId": chat, "clientMessageId": uid("c"), "text": "after"})
+    got = await b.next("message:new", count=2)
+    assert [m["message"]["id"] for m in got] == [first["data"]["message"]["id"],
+                                                 after["data"]["message"]["id"]]
+    assert len(fakes.created()) == 2  # the retry never reached the messages service
     await a.close()
     await b.close()
 

@@ -203,11 +203,18 @@ async def test_sequential_requests_share_one_connection(client, upstream):
 
 @pytest.mark.gen_test
 async def test_concurrent_requests_reuse_the_pooled_connections(client, upstream):
+    # Eight requests held in flight at once need eight connections ...
+    held = [asyncio.ensure_future(client.fetch(upstream.base + "/slow")) for _ in range(8)]
+    for _ in range(500):
+        if upstream.accepts == 8:
+            break
+        await asyncio.sleep(0.01)
+    assert upstream.accepts == 8
+    upstream.release.set()
+    assert [r.body for r in await asyncio.gather(*held)] == [b"late"] * 8
+    # ... and the next eight find them idle in the pool: no new connection.
     await asyncio.gather(*(client.fetch(upstream.base + "/hello") for _ in range(8)))
-    first_wave = upstream.accepts
-    assert first_wave <= 8
-    await asyncio.gather(*(client.fetch(upstream.base + "/hello") for _ in range(8)))
-    assert upstream.accepts == first_wave
+    assert upstream.accepts == 8
 
 
 @pytest.mark.gen_test

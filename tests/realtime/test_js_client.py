@@ -12,7 +12,7 @@ import pytest
 from chat_fakes import ChatFakes
 from harness import ORIGIN, GatewayProcess, make_token
 
-JS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "js")
+JS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "js")
 
 
 @pytest.fixture(scope="module")

@@ -78,8 +78,14 @@ async def test_message_crosses_nodes_exactly_once_with_receipt_and_presence(two_
     again = await a2.call("message:send", {"chatId": chat, "clientMessageId": reply["data"]["message"]
                                            ["clientMessageId"], "text": "hop"})
     assert again["data"]["message"] == message
-    await asyncio.sleep(0.5)
-    assert len(b.events("message:new")) == 1 and len(a.events("receipt:delivered")) == 1
+    # Marker: a new message from the same node; a second fan-out of the retried one (and its
+    # receipt) would have reached bob (and alice) before the marker's.
+    marker = (await a2.call("message:send", {"chatId": chat, "clientMessageId": uid("c"),
+                                             "text": "marker"}))["data"]["message"]
+    got = await b.next("message:new", count=2)
+    assert [m["message"]["id"] for m in got] == [message["id"], marker["id"]]
+    receipts = await a.next("receipt:delivered", count=2)
+    assert [r["messageId"] for r in receipts] == [message["id"], marker["id"]]
     # multi-device across nodes: offline only when the last socket (on any node) closes
     await a.close()
     await asyncio.sleep(0.5)
