@@ -1,12 +1,6 @@
 """Logging: one JSON object per line on stdout, with request context, never secrets.
 
-Handlers put the request id, user id, route, upstream, status and duration on
-a record through ``extra=`` (or the context variables below); the formatter
-writes them out. A redaction pass runs over the message, every string field
-and any traceback, whatever logged it: it removes the configured secret
-values themselves (JWT secrets, Redis and internal passwords), and anything
-that looks like a bearer/basic/digest credential, a JWT, a ``password=`` /
-``token=`` / ``cookie:`` value, or the password of a redis:// URL.
+Why it works this way: docs/design-notes.md.
 """
 
 from __future__ import annotations

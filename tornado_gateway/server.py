@@ -1,19 +1,6 @@
 """Start-up and shutdown: settings, logging, listeners, signals, drain.
 
-``main`` turns configuration errors into one line on stderr and exit code 2,
-and a listener that cannot bind into one log line and exit code 1.
-
-SIGTERM/SIGINT drain the node (README "Running several processes per VM, and
-draining"), all within DRAIN_TIMEOUT:
-
-1. the public listener stops accepting; idle keep-alive connections are
-   closed now, busy ones right after their response (which carries
-   ``Connection: close``);
-2. ``Gateway.drain``: readiness turns 503 (still visible on the internal
-   listener's ``/readyz``), the ``on_drain`` callbacks run (Socket.IO sockets
-   told and closed, presence withdrawn), in-flight proxied requests finish;
-3. connections still busy when the timeout ends are cut, the internal
-   listener closes, exit code 0. A second SIGTERM exits at once with code 1.
+Why it works this way: docs/design-notes.md.
 """
 
 from __future__ import annotations

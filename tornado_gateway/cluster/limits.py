@@ -1,36 +1,6 @@
 """Rate limits shared by every node through Redis, with a local fallback.
 
-The algorithm is GCRA (the generic cell rate algorithm, a.k.a. a virtual
-scheduling leaky bucket): a limit of ``count`` per ``window`` seconds spaces
-requests ``window / count`` apart and lets a burst of up to ``count`` through
-at once. Each key stores one number, its "theoretical arrival time" (TAT),
-so a decision is one read-modify-write.
-
-With Redis, decisions are made by :data:`GCRA_SCRIPT` on the node's shared
-client: atomic on the server and timed by Redis' own clock (``TIME``), so all
-nodes agree on one limit and on one clock, with no race between reading and
-writing the counter. The decisions asked for at one moment go out as ONE
-``EVALSHA`` of the script over all their keys, one batch in flight at a time
-(see ``_send_pending``): redis-py's per-command cost is paid once per batch.
-Keys are ``gw:rl:<scope>:<key>`` and expire as soon as the bucket is full again.
-
-While Redis is unreachable (``RedisLink.up`` is false, or a call fails) the
-node decides with :class:`LocalLimiter`, the same algorithm in memory: limits
-still hold per node (a cluster of N nodes then admits up to N times the limit).
-The switch is logged once each way and shown by ``/readyz`` under
-``checks.limits`` (:meth:`Limits.readiness`). When Redis is back, decisions are
-shared again (the Redis buckets restart from whatever Redis still holds).
-
-Interface used by the proxy and the realtime parts::
-
-    decision = await gateway.limits.allow(scope, key, limit)   # limit: config.RateLimit
-    decision.allowed, decision.limit, decision.remaining, decision.reset, decision.retry_after
-
-    headers = await gateway.limits.admit_http(path, user_id, client_ip)  # raises 429 GatewayError
-
-``reset`` is the seconds until the bucket is full again (every slot free);
-``retry_after`` the seconds until the next request would be allowed (0 when
-allowed). Every refusal counts in ``gateway_rate_limited_total{scope}``.
+Why it works this way: docs/design-notes.md.
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
 """The node's connection to Redis and whether Redis is reachable right now.
 
-One client (a bounded connection pool: a burst of commands waits for a free
-connection instead of failing, and a busy pool never counts as Redis being
-down) serves limits, presence, dedupe and revocations. A watcher pings Redis
-once a second, logs each loss and recovery once, and feeds ``/readyz``; the node keeps serving while Redis is
-down (callers fall back to local state) and the pool reconnects by itself.
+Why it works this way: docs/design-notes.md.
 """
 
 from __future__ import annotations

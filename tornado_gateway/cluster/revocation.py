@@ -1,35 +1,6 @@
 """Token revocation: ``session:revoke`` by jti or by "issued before" for a user.
 
-Interface used by the proxy and the realtime parts::
-
-    revoked = await gateway.revocations.is_revoked(identity)   # auth.Identity
-
-A token is revoked when its ``jti`` was revoked, or when its user has a
-"before" epoch and the token's ``iat`` is earlier (``iat < before``; a token
-without ``iat`` counts as issued before). ``is_revoked`` is called on every
-HTTP request and socket event, so it only reads this process's memory: no
-Redis round trip on the hot path.
-
-Where revocations live:
-
-- Redis is the durable store: ``gw:revoked:jti:<jti>`` (value: user id) and
-  ``gw:revoked:user:<userId>`` (value: the before epoch; only ever raised),
-  each expiring after REVOCATION_TTL (the longest token lifetime; after that
-  every token it could refuse has expired anyway), or at the token's ``exp``
-  when the event names it.
-- The local cache is filled from Redis at start, refilled whenever Redis or
-  the node's ``gateway:events`` subscription comes back (events published
-  while a node was cut off are not lost), and kept current by the
-  ``session:revoke`` events every node receives on ``gateway:events``
-  (:mod:`tornado_gateway.ingress` calls :meth:`Revocations.apply`).
-
-Consistency: while Redis is up, a revocation takes effect on every node as
-soon as the pub/sub message arrives (milliseconds); the HTTP ingress stores
-it in Redis before publishing, and every node receiving it stores it again
-(idempotently), so a revocation that was only PUBLISHed is durable too. A
-node cut off from Redis keeps the revocations it already knew and learns the
-missed ones when it reconnects. In single-node (memory) mode revocations live
-in memory only, and are lost on restart.
+Why it works this way: docs/design-notes.md.
 """
 
 from __future__ import annotations

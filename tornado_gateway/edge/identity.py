@@ -1,16 +1,6 @@
 """JWT verification: access and refresh tokens, pinned HMAC algorithms.
 
-``none`` is never accepted and the algorithm list is fixed by configuration,
-so a token cannot choose how it is checked. ``exp`` is required; ``nbf`` and
-``iat`` are honoured with the configured leeway; ``iss``/``aud`` are checked
-when configured. The user id is ``sub`` (fallback ``userId``). A token whose
-``type`` or ``typ`` says ``refresh`` is refused as an access token, and the
-other way round.
-
-Verified access tokens are remembered (by their exact text, so the signature
-is part of the key) until their ``exp``: a client sends the same token with
-every request, and HMAC verification plus claim checks are a large part of a
-proxied request's CPU. A remembered token past its ``exp`` is verified afresh.
+Why it works this way: docs/design-notes.md.
 """
 
 from __future__ import annotations

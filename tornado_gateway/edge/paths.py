@@ -1,26 +1,6 @@
 """Request paths: validation, dot-segment resolution and route matching.
 
-The gateway routes on the path exactly as the client sent it (percent-encoded,
-case-sensitive), and only then resolves dot segments in what follows the
-matched prefix. That order makes the rules simple to state:
-
-* the path must start with ``/`` and hold only RFC 3986 path characters
-  (unreserved, sub-delims, ``:``, ``@``, ``/`` and well-formed ``%XX``); a
-  literal backslash, ``#``, space, control or non-ASCII byte is refused;
-* an encoded slash or backslash (``%2F``, ``%5C``) or an encoded control
-  character (``%00``-``%1F``, ``%7F``) is refused anywhere: an upstream might
-  decode it into a separator the gateway did not route on;
-* an empty segment (``//``) is refused anywhere but at the very end: after a
-  prefix it could read as a network-path reference (``//evil.com``);
-* ``.``/``..`` segments, also when percent-encoded (``%2e``, ``.%2E``), are
-  resolved per RFC 3986 remove_dot_segments, but only inside the part after
-  the matched prefix: a dot segment among the prefix's own segments, or a
-  ``..`` that would climb above the prefix, is refused. So
-  ``/api/users/a/../b`` reaches the users service as ``/b``, while
-  ``/api/users/../auth/x`` is refused instead of quietly becoming an auth call.
-
-Every refusal is :class:`PathError`; the proxy answers it with 400 BAD_PATH
-and forwards nothing.
+Why it works this way: docs/design-notes.md.
 """
 
 from __future__ import annotations

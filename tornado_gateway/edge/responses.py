@@ -1,10 +1,6 @@
 """The base request handler: request id, security headers, CORS, JSON errors, access log.
 
-Every public handler derives from :class:`GatewayHandler`, so every response,
-including errors and 404s, carries the same headers and error envelope.
-:class:`LingeringClose` (part of it, and of the Socket.IO handler) makes a
-refusal sent before the request body was read reach the client intact;
-:class:`DelegateRelay` is the pass-through the public listener's delegates share.
+Why it works this way: docs/design-notes.md.
 """
 
 from __future__ import annotations

@@ -1,34 +1,6 @@
 """Event ingress: services tell the gateway what to push to clients.
 
-Two equivalent ways in (SPEC §6):
-
-- ``PUBLISH gateway:events <json>`` on the gateway's Redis;
-- ``POST /internal/events`` with the same JSON on the internal listener
-  (:class:`EventsHandler`, behind the internal listener's auth).
-
-Accepted bodies (anything else is refused: 400 on HTTP, a log line and a
-``gateway_events_rejected_total`` count on Redis):
-
-- ``{"event": E, "to": {"chat": id} | {"user": id} | {"users": [id, ...]}, "data": {...}}``
-  with E one of the nine server→client events (:data:`SERVER_EVENTS`); ids
-  are strings (integers are accepted and turned into strings), at most
-  :data:`MAX_TARGETS` users;
-- ``{"type": "session:revoke", "userId": id, "jti"?: str, "before"?: epoch seconds,
-  "exp"?: epoch seconds}``; with neither ``jti`` nor ``before`` every token
-  the user holds now is revoked (``before`` = now). ``exp`` (the revoked
-  token's expiry, optional) lets the stored jti expire with the token.
-
-Exactly once per socket, with any number of nodes: every node subscribes to
-``gateway:events`` and delivers each valid message to ITS OWN sockets only
-(``gateway.realtime.emit_local`` / ``disconnect_local``). The HTTP path never
-delivers directly in Redis mode: it PUBLISHes (after storing a revocation in
-Redis), so every node, this one included, delivers once through its
-subscription. In single-node (memory) mode the HTTP path delivers locally.
-While Redis is down the HTTP path answers 503 (nothing was sent; retry).
-
-The subscriber survives Redis restarts: a reconnect loop with backoff, reads
-bounded by a timeout so it neither spins nor hangs, one log line per
-transition, and a revocation re-sync after every (re)subscription.
+Why it works this way: docs/design-notes.md.
 """
 
 from __future__ import annotations

@@ -1,26 +1,6 @@
 """The internal listener: ``POST /internal/events``, ``GET /metrics``, ``GET /healthz``, ``GET /readyz``.
 
-It listens on INTERNAL_HOST:INTERNAL_PORT (default 127.0.0.1:3100, loopback
-only) and every path but ``/healthz`` and ``/readyz`` requires HTTP Digest (MD5, qop=auth) or
-Basic authentication with INTERNAL_AUTH_USER / INTERNAL_AUTH_PASSWORD,
-through tornado-http-auth's ``DigestAuthMixin``. That library is old, so:
-
-- its ``DIGEST_PRIVATE_KEY`` (which signs the ``opaque`` of each challenge) is
-  INTERNAL_AUTH_KEY, or 32 random bytes per process when that is empty, never
-  the library's built-in default;
-- usernames, passwords, Digest responses and opaque signatures are compared
-  with ``hmac.compare_digest`` (the library compares with ``==``), and a
-  malformed header is a 401, never a 500;
-- the Digest realm, URI and qop of a response must be ours;
-- with no credentials configured every authenticated path is refused (403);
-  in production config.py refuses to start without them.
-
-A Digest challenge is valid for DIGEST_CHALLENGE_TIMEOUT_SECONDS (60 s) and
-bound to the client's address; nonce counts are not tracked, so within that
-minute a captured request could be replayed: keep the listener on loopback or
-a private network.
-
-Each process serves its own metrics (one scrape target per INTERNAL_PORT).
+Why it works this way: docs/design-notes.md.
 """
 
 from __future__ import annotations

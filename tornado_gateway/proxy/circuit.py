@@ -1,13 +1,6 @@
 """A simple circuit breaker per upstream.
 
-Closed: requests flow; every connect failure or timeout counts, any response
-(whatever its status: a 500 is an answer) resets the count. After
-``failures`` consecutive failures the circuit opens for ``cooldown`` seconds:
-requests are refused at once (503 CIRCUIT_OPEN with ``Retry-After``) instead
-of piling up behind connect timeouts. Then it is half-open: one probe request
-is let through; its success closes the circuit, its failure opens it again for
-another cool-down. A probe that never reports (its client went away) frees the
-slot after one more cool-down.
+Why it works this way: docs/design-notes.md.
 """
 
 from __future__ import annotations

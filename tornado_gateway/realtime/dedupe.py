@@ -1,19 +1,6 @@
 """Exactly-once records of the real-time parts: idempotent sends and delivered receipts.
 
-``SendRecords`` makes ``message:send`` idempotent per (user, clientMessageId):
-the first send reserves the key (Redis ``SET NX`` with a short TTL while the
-upstream call runs), then stores the created message for SEND_RECORD_TTL; a
-retry on any node gets the stored message back and is not fanned out again.
-A retry that arrives while the first is still running waits for its result.
-
-``OnceMarks`` answers "first time for this key?" cluster-wide (``SET NX``),
-after a local check so repeats on one node cost no Redis round trip, for a
-whole batch of keys in one script call; the delivered receipts use it per
-(message, recipient user).
-
-Without Redis (memory mode), or while Redis is unreachable, both fall back to
-this process's memory (so during an outage a retry that lands on another node
-may be fanned out twice; logged).
+Why it works this way: docs/design-notes.md.
 """
 
 from __future__ import annotations

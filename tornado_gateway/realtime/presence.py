@@ -1,32 +1,6 @@
 """Presence: who is online across all nodes, heartbeated so a dead node's users go offline.
 
-Redis layout (all keys expire on their own if every node disappears):
-
-* ``gw:presence:user:<userId>`` sorted set, member = node id, score = the
-  time (epoch s) that node's claim runs out. A node claims a user while it
-  holds at least one authenticated socket of that user (multi-device: the
-  node counts sockets itself).
-* ``gw:presence:node:<nodeId>`` set of the users that node claims, and
-  ``gw:presence:nodes`` sorted set node id -> claim expiry, so a dead node's
-  users can be found.
-* ``gw:presence:chats:<userId>`` set of chats that user's sockets joined (the
-  rooms told when the user goes offline), ``gw:presence:seen:<userId>`` the
-  last-seen time.
-
-Claims last ``PRESENCE_TTL / 2`` and every node renews its own every
-``PRESENCE_TTL / 5``. Every node also sweeps every ``PRESENCE_TTL / 5``:
-nodes whose claim ran out are dead; the node that removes a dead node from
-``gw:presence:nodes`` (``ZREM`` answers 1 to one node only) withdraws its
-claims and announces ``offline`` for users with no live claim left. So a
-SIGKILLed node's users go offline within about 0.7 x PRESENCE_TTL.
-
-Online/offline transitions are decided by Lua scripts (atomic), so exactly
-one node announces each: online when a user's first claim appears, offline
-when the last claim goes. Announcements go to the ``chat:`` rooms of the
-user's joined chats; in addition a socket joining a chat tells that chat
-its user is online. Without Redis the same rules apply within the process.
-While Redis is down, each node decides from its own sockets, and its claims
-are renewed when Redis is back.
+Why it works this way: docs/design-notes.md.
 """
 
 from __future__ import annotations

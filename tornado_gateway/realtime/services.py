@@ -1,12 +1,6 @@
 """Upstream calls the Socket.IO events make to the chats and messages services.
 
-Each call carries ``X-User-Id``, a fresh ``X-Request-ID`` and the caller's
-``Authorization: Bearer``; it goes to the route whose service is ``chats`` or
-``messages`` (upstream + its own path). Failures become ack codes:
-connect failure or timeout -> UPSTREAM_UNAVAILABLE, 401 -> INVALID_TOKEN,
-403 -> FORBIDDEN, 404 -> NOT_FOUND, 429 -> RATE_LIMITED, other 4xx ->
-VALIDATION_FAILED, anything else -> UPSTREAM_ERROR. Positive membership
-checks are cached for MEMBERSHIP_CACHE_TTL seconds.
+Why it works this way: docs/design-notes.md.
 """
 
 from __future__ import annotations

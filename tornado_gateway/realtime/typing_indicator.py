@@ -1,10 +1,6 @@
 """Typing indicators: ``typing:update`` with throttling and automatic stop.
 
-One entry per (socket, chat). ``typing:start`` broadcasts ``typing:true`` at
-most once per THROTTLE seconds (repeats only push the auto-stop back);
-``typing:stop``, TYPING_TIMEOUT seconds without a ``typing:start``, leaving
-the chat, and the socket's disconnect broadcast ``typing:false`` once. The
-update goes to the chat's room, never back to the typing socket.
+Why it works this way: docs/design-notes.md.
 """
 
 from __future__ import annotations
