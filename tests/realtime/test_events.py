@@ -271,8 +271,13 @@ async def test_presence_multi_device_and_http_answer(gw, fakes):
     assert (await presence(f"userIds={alice}", token=None))[0] == 401
     assert (await presence("userIds=bad%20id"))[0] == 400
     assert (await presence("userIds=" + ",".join(f"u{i}" for i in range(101))))[0] == 400
+    assert (await a1.call("typing:start", {"chatId": chat}))["ok"]
+    await b.next("typing:update")
     await a1.close()
-    await asyncio.sleep(0.3)
+    # Marker: closing a1 stops its typing (typing:update false) right before the presence
+    # decision, and b's own round trip after that follows any offline announcement.
+    assert (await b.next("typing:update", count=2))[-1]["typing"] is False
+    assert (await b.call("chat:join", {"chatId": chat}))["ok"]
     assert not [p for p in b.events("presence:update") if p["status"] == "offline"]
     await a2.close()
     offline = [p for p in await b.next("presence:update", count=1) if p["status"] == "offline"]
