@@ -5,6 +5,7 @@ on, the origin its CORS echoes, the upstream path a proxied request lands on.
 """
 
 import configparser
+import dataclasses
 import os
 import re
 import socket
@@ -284,3 +285,19 @@ def test_redis_host_port_password_make_the_url_with_the_password_quoted():
     settings = config.load(["gw"], {"REDIS_HOST": "r.test", "REDIS_PORT": "6390", "REDIS_PASSWORD": "p@ss/w:rd"})
     assert settings.redis_url == "redis://:p%40ss%2Fw%3Ard@r.test:6390/0"
     assert config.secret_values(settings)[-1] == "p@ss/w:rd"
+
+
+def test_every_setting_comes_from_the_option_table_with_its_default():
+    from tornado_gateway.config import settings as settings_module
+
+    table = {name: (kind, default) for name, _envs, kind, default, _help in config._OPTIONS}
+    defaults = config.Settings()
+    for name in settings_module.PLAIN_FIELDS:  # a field without an option would be a KeyError
+        kind, default = table[name]
+        assert getattr(defaults, name) == default, name
+        assert isinstance(getattr(defaults, name), kind), name
+    built = config.build_settings({name: default for name, (_kind, default) in table.items()})
+    # The table's defaults build Settings' defaults (routes and redis_url come from several
+    # options each, Settings() itself has none).
+    assert dataclasses.replace(built, routes=(), redis_url=None) == defaults
+    assert len(built.routes) == 6 and built.redis_url == "redis://localhost:6379/0"

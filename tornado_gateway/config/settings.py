@@ -6,7 +6,7 @@ from urllib.parse import SplitResult
 
 import ipaddress
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 from urllib.parse import unquote, urlsplit
 
@@ -252,6 +252,15 @@ def _routes(values: Mapping[str, Any]) -> tuple[Route, ...]:
     return tuple(sorted(table.values(), key=lambda r: len(r.prefix), reverse=True))
 
 
+RATE_LIMIT_FIELDS = tuple(f.name for f in fields(Settings) if f.type == "RateLimit")
+DERIVED_FIELDS = frozenset({
+    "env", "log_level", "allowed_origins", "jwt_algorithms", "public_paths", "redis_url", "routes",
+    "trusted_proxies", "rate_limit_auth_paths", "max_connections_per_ip", "max_connections_per_user",
+    *RATE_LIMIT_FIELDS})
+#: Settings that are their option's value as parsed (same name, same type).
+PLAIN_FIELDS = tuple(f.name for f in fields(Settings) if f.name not in DERIVED_FIELDS)
+
+
 def build_settings(values: Mapping[str, Any]) -> Settings:
     """Validate raw option values into Settings (raises ConfigError)."""
     env = str(values["env"]).strip().lower()
@@ -280,57 +289,22 @@ def build_settings(values: Mapping[str, Any]) -> Settings:
                  "upstream_idle_timeout"):
         if not float(values[name]) >= 0 or not math.isfinite(float(values[name])):
             raise ConfigError(f"{name.upper()}={values[name]}: must not be negative")
-    public = tuple("/" + p.strip("/") for p in _csv(values["public_paths"]))
-    settings = Settings(
-        env=env,
-        log_level=level,
-        host=str(values["host"]),
-        port=int(values["port"]),
-        allowed_origins=_origins(values["allowed_origins"]),
-        jwt_access_secret=str(values["jwt_access_secret"]),
-        jwt_refresh_secret=str(values["jwt_refresh_secret"]),
-        jwt_algorithms=algorithms,
-        jwt_issuer=str(values["jwt_issuer"]),
-        jwt_audience=str(values["jwt_audience"]),
-        jwt_leeway=float(values["jwt_leeway"]),
-        public_paths=public,
-        redis_url=_redis_url(values),
-        routes=_routes(values),
-        upstream_connect_timeout=float(values["upstream_connect_timeout"]),
-        upstream_timeout=float(values["upstream_timeout"]),
-        upstream_max_connections=int(values["upstream_max_connections"]),
-        upstream_idle_timeout=float(values["upstream_idle_timeout"]),
-        max_body_size=int(values["max_body_size"]),
-        media_max_body_size=int(values["media_max_body_size"]),
-        circuit_failures=int(values["circuit_failures"]),
-        circuit_cooldown=float(values["circuit_cooldown"]),
-        trusted_proxies=_networks(values["trusted_proxies"]),
-        rate_limit_user=_rate_limit("rate_limit_user", values["rate_limit_user"]),
-        rate_limit_ip=_rate_limit("rate_limit_ip", values["rate_limit_ip"]),
-        rate_limit_auth=_rate_limit("rate_limit_auth", values["rate_limit_auth"]),
-        rate_limit_enabled=bool(values["rate_limit_enabled"]),
-        rate_limit_auth_paths=tuple("/" + p.strip("/") for p in _csv(values["rate_limit_auth_paths"])),
-        revocation_ttl=float(values["revocation_ttl"]),
-        ingress_max_body_size=int(values["ingress_max_body_size"]),
-        auth_timeout=float(values["auth_timeout"]),
-        typing_timeout=float(values["typing_timeout"]),
-        presence_ttl=float(values["presence_ttl"]),
-        drain_timeout=float(values["drain_timeout"]),
-        socket_rate_message=_rate_limit("socket_rate_message", values["socket_rate_message"]),
-        socket_rate_typing=_rate_limit("socket_rate_typing", values["socket_rate_typing"]),
-        socket_rate_join=_rate_limit("socket_rate_join", values["socket_rate_join"]),
-        socket_rate_connect=_rate_limit("socket_rate_connect", values["socket_rate_connect"]),
-        max_connections_per_ip=_non_negative("max_connections_per_ip", values),
-        max_connections_per_user=_non_negative("max_connections_per_user", values),
-        socket_token_grace=float(values["socket_token_grace"]),
-        socket_max_payload=int(values["socket_max_payload"]),
-        membership_cache_ttl=float(values["membership_cache_ttl"]),
-        internal_host=str(values["internal_host"]),
-        internal_port=int(values["internal_port"]),
-        internal_auth_user=str(values["internal_auth_user"]),
-        internal_auth_password=str(values["internal_auth_password"]),
-        internal_auth_key=str(values["internal_auth_key"]),
-    )
+    # Settings derived by more than their option's type; every other field is its option's value.
+    derived: dict[str, Any] = {
+        "env": env,
+        "log_level": level,
+        "allowed_origins": _origins(values["allowed_origins"]),
+        "jwt_algorithms": algorithms,
+        "public_paths": tuple("/" + p.strip("/") for p in _csv(values["public_paths"])),
+        "redis_url": _redis_url(values),
+        "routes": _routes(values),
+        "trusted_proxies": _networks(values["trusted_proxies"]),
+        "rate_limit_auth_paths": tuple("/" + p.strip("/") for p in _csv(values["rate_limit_auth_paths"])),
+        "max_connections_per_ip": _non_negative("max_connections_per_ip", values),
+        "max_connections_per_user": _non_negative("max_connections_per_user", values),
+        **{name: _rate_limit(name, values[name]) for name in RATE_LIMIT_FIELDS},
+    }
+    settings = Settings(**{name: values[name] for name in PLAIN_FIELDS}, **derived)
     if settings.production:
         check_production(settings)
     return settings
