@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 import asyncio
-import inspect
 import json
 import logging
 import time
@@ -165,25 +164,17 @@ class Ingress:
 
     async def deliver(self, message: dict) -> None:
         """Act on a validated message for THIS node's sockets only."""
-        realtime = self.gateway.realtime
         if message.get("type") == REVOKE:
-            await self._revoke(message, realtime)
+            await self._revoke(message)
             return
-        if realtime is None:
-            return
-        result = realtime.emit_local(message["event"], message["to"], message["data"])
-        if inspect.isawaitable(result):
-            await result
+        await self.gateway.realtime.emit_local(message["event"], message["to"], message["data"])
 
-    async def _revoke(self, message: dict, realtime: Any) -> None:
+    async def _revoke(self, message: dict) -> None:
         user_id, jti = message["userId"], message.get("jti")
         before, exp = message.get("before"), message.get("exp")
         revocations = self.gateway.revocations
         revocations.apply(user_id, jti, before, exp)
-        if realtime is not None:
-            result = realtime.disconnect_local(user_id, jti=jti, before=before)
-            if inspect.isawaitable(result):
-                await result
+        await self.gateway.realtime.disconnect_local(user_id, jti=jti, before=before)
         if self.redis is not None:
             try:  # a revocation that was only PUBLISHed must be durable too (idempotent)
                 await revocations.store(user_id, jti, before, exp)
