@@ -12,6 +12,7 @@ setup(
         "python-engineio>=4.15,<5",
         "pyjwt>=2.10,<3",
         "redis[hiredis]>=5.2,<9",
+        "orjson>=3.10,<4",
         "tornado-http-auth>=1.1,<2",
         "prometheus-client>=0.20,<1",
         "python-dotenv>=1.0,<2",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from tornado_gateway.codec import dumps_bytes
 
 # HTTP status of each code the gateway itself produces.
 HTTP_STATUS = {
@@ -44,7 +44,4 @@ JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 
 def error_body(code: str, message: str, request_id: str | None) -> bytes:
     """``{"error":{"code","message","requestId"}}`` as bytes."""
-    return json.dumps(
-        {"error": {"code": code, "message": message, "requestId": request_id}},
-        separators=(",", ":"),
-    ).encode()
+    return dumps_bytes({"error": {"code": code, "message": message, "requestId": request_id}})

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import MaxConnectionsError
 from socketio.redis_manager import parse_redis_sentinel_url
 
@@ -69,6 +70,14 @@ def pool_exhausted(exc: BaseException) -> bool:
     if isinstance(exc, MaxConnectionsError):
         return True
     return isinstance(exc, RedisConnectionError) and isinstance(exc.__cause__, asyncio.TimeoutError)
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Only a connection-level failure means Redis is unreachable; a refused command or a
+    bad payload (an encoding error, a script error) is the caller's error, never an outage."""
+    if pool_exhausted(exc):
+        return False
+    return isinstance(exc, (RedisConnectionError, RedisTimeoutError, asyncio.TimeoutError, OSError))
 
 
 class RedisLink:
@@ -130,6 +139,9 @@ class RedisLink:
         """Callers report a failed command so readiness turns at once (a busy pool is no outage)."""
         if pool_exhausted(exc):
             log.warning("redis connection pool busy: %s", exc)
+            return
+        if not connection_lost(exc):
+            log.warning("redis command failed (not an outage): %s: %s", type(exc).__name__, exc)
             return
         self._set(False, f"{type(exc).__name__}: {exc}")
 

@@ -10,7 +10,6 @@ from tornado.iostream import IOStream
 from types import TracebackType
 
 import asyncio
-import json
 import logging
 import re
 import os
@@ -28,6 +27,7 @@ from tornado_gateway.parts import GatewayParts
 from typing import Any, Awaitable, Callable, Iterator, TypeVar, cast
 
 T = TypeVar("T")
+from tornado_gateway.codec import dumps_bytes
 
 access_log = logging.getLogger("tornado_gateway.access")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -196,7 +196,7 @@ class GatewayHandler(LingeringClose, tornado_compat.RequestExceptionHook):
     def write_json(self, status: int, payload: Any) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(json.dumps(payload, separators=(",", ":")))
+        self.finish(dumps_bytes(payload))
 
     def send_gateway_error(self, error: GatewayError) -> None:
         if tornado_compat.handler_finished(self):

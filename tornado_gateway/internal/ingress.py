@@ -8,12 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 import asyncio
-import json
 import logging
 import time
 
 from tornado_gateway import metrics
 from tornado_gateway.cluster.subscription import Subscription
+from tornado_gateway.codec import JSONRefused, dumps, loads
 from tornado_gateway.errors import GatewayError
 from tornado_gateway.parts import GatewayParts
 
@@ -40,9 +40,9 @@ def parse_event(raw: bytes | str, max_size: int) -> dict:
     if len(raw) > max_size:
         raise InvalidEvent(f"message larger than {max_size} bytes")
     try:
-        message = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidEvent("body is not valid JSON") from None
+        message = loads(raw)  # strict: NaN, lone surrogates, depth > 64 refused
+    except JSONRefused as exc:
+        raise InvalidEvent(f"body refused: {exc}") from None
     if not isinstance(message, dict):
         raise InvalidEvent("body must be a JSON object")
     if "type" in message:
@@ -156,7 +156,7 @@ class Ingress:
             if message.get("type") == REVOKE:
                 await self.gateway.revocations.store(
                     message["userId"], message.get("jti"), message.get("before"), message.get("exp"))
-            await self.redis.client.publish(CHANNEL, json.dumps(message, separators=(",", ":")))
+            await self.redis.client.publish(CHANNEL, dumps(message))
         except Exception as exc:
             self.redis.note_failure(exc)
             raise GatewayError("REDIS_UNAVAILABLE", "Redis is unreachable: the event was not "

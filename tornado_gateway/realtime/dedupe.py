@@ -9,10 +9,10 @@ from typing import Any
 from tornado_gateway.cluster.redis_link import RedisLink
 
 import asyncio
-import json
 import logging
 import time
 
+from tornado_gateway.codec import dumps, loads
 from tornado_gateway.realtime.payloads import EventError
 
 log = logging.getLogger("tornado_gateway.realtime")
@@ -82,7 +82,7 @@ class SendRecords:
             if stored is None:
                 return None
             if stored != PENDING:
-                return json.loads(stored)
+                return loads(stored, max_depth=None)
             if time.monotonic() > deadline:
                 raise EventError("UPSTREAM_UNAVAILABLE",
                                  "an earlier send with this clientMessageId is still in progress")
@@ -107,7 +107,7 @@ class SendRecords:
 
     async def complete(self, user_id: str, client_message_id: str, message: dict) -> None:
         key = self.key(user_id, client_message_id)
-        value = json.dumps(message, separators=(",", ":"))
+        value = dumps(message)
         self.local.set(key, value, SEND_RECORD_TTL)
         if self._redis_usable():
             # Not awaited: a retry meanwhile finds "pending" and waits for this write.

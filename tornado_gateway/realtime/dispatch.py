@@ -7,6 +7,7 @@ import logging
 from typing import Any, Coroutine, cast
 
 from tornado_gateway import metrics
+from tornado_gateway.codec import Refused
 from tornado_gateway.edge.identity import Identity
 from tornado_gateway.realtime import wire
 from tornado_gateway.realtime.events import KNOWN_EVENTS, RealtimeEvents
@@ -49,7 +50,9 @@ class OrderedDispatch:
                                     _failure("RATE_LIMITED", "too many events in flight on this socket")))
             return
         payload = data[1] if isinstance(data, list) and len(data) > 1 else None
-        state.pending.append((data, ack_id, self.events.start_early(state, _event_name(data), payload)))
+        early = None if isinstance(payload, Refused) else self.events.start_early(
+            state, _event_name(data), payload)
+        state.pending.append((data, ack_id, early))
         if state.worker is None:
             state.worker = asyncio.ensure_future(self._run_pending(state))
 
@@ -70,6 +73,12 @@ class OrderedDispatch:
         payload = data[1] if len(data) > 1 else None
         result: dict | None
         try:
+            refused = next((item for item in data if isinstance(item, Refused)), None)
+            if refused is not None:
+                log.warning("socket event %s refused: %s", event or "(unnamed)", refused.reason,
+                            extra={"event": event, "sid": state.sid})
+                self.events.abandon(early)
+                raise EventError("VALIDATION_FAILED", f"payload refused: {refused.reason}")
             if event == "auth:hello":
                 result = await self.auth_hello(state, payload)
             else:

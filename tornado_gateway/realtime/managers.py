@@ -11,13 +11,13 @@ from tornado_gateway.cluster.redis_link import RedisLink
 
 import asyncio
 import collections
-import json
 import logging
 
 from socketio.async_manager import AsyncManager
 
 from tornado_gateway.cluster.redis_link import connect
 from tornado_gateway.cluster.subscription import Subscription
+from tornado_gateway.codec import JSONRefused, loads
 from tornado_gateway.realtime import wire
 from tornado_gateway.realtime.wire import _dumps
 from typing import Any
@@ -147,8 +147,8 @@ class RedisFanoutManager(wire.RedisManagerBase):
         if isinstance(raw, bytes) and raw.startswith(self.own_prefix):
             return  # this node's own message
         try:
-            message = json.loads(raw)
-        except ValueError:
+            message = loads(raw, max_depth=None)  # other nodes' own encodes
+        except JSONRefused:
             log.warning("socket.io channel: undecodable message dropped")
             return
         if not isinstance(message, dict) or message.get("host_id") == self.host_id:

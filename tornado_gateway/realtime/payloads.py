@@ -12,6 +12,8 @@ import re
 import time
 from typing import Any
 
+from tornado_gateway.codec import Refused
+
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # chat, message, user, media and client message ids
 MAX_TEXT = 4096  # characters of a message text
 MAX_NAME = 128  # characters of a chat name
@@ -35,6 +37,8 @@ def invalid(message: str) -> EventError:
 
 
 def _object(payload: Any) -> dict:
+    if isinstance(payload, Refused):
+        raise invalid(f"payload refused: {payload.reason}")
     if not isinstance(payload, dict):
         raise invalid("payload must be a JSON object")
     return payload

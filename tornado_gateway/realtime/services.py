@@ -5,7 +5,6 @@ Why it works this way: docs/design-notes.md.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -14,6 +13,7 @@ from urllib.parse import quote
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from tornado_gateway import metrics
+from tornado_gateway.codec import JSONRefused, dumps_bytes, loads
 from tornado_gateway.realtime.payloads import EventError
 from tornado_gateway.edge.identity import Identity
 from tornado_gateway.parts import GatewayParts
@@ -98,7 +98,7 @@ class ChatServices:
         headers.update(extra_headers or {})
         request = HTTPRequest(
             route.upstream + route.upstream_path + path, method=method, headers=headers,
-            body=json.dumps(body, separators=(",", ":")) if body is not None else None,
+            body=dumps_bytes(body) if body is not None else None,
             allow_nonstandard_methods=True, follow_redirects=False,
             connect_timeout=route.connect_timeout, request_timeout=route.timeout,
         )
@@ -116,8 +116,8 @@ class ChatServices:
             if not response.body:
                 return {}
             try:
-                return json.loads(response.body)
-            except ValueError:
+                return loads(response.body, max_depth=None)
+            except JSONRefused:
                 raise EventError("UPSTREAM_ERROR", f"{service} service answered with invalid JSON") from None
         message = _upstream_message(response.body) or f"{service} service answered {response.code}"
         if response.code in _CODE_OF_STATUS:
@@ -140,8 +140,8 @@ def _unwrap(data: Any, name: str) -> dict:
 def _upstream_message(body: bytes | None) -> str | None:
     """A short message out of an upstream JSON error body, if there is one."""
     try:
-        data = json.loads(body or b"")
-    except ValueError:
+        data = loads(body or b"", max_depth=None)
+    except JSONRefused:
         return None
     if isinstance(data, dict):
         error = data.get("error")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, cast
 
@@ -24,6 +23,8 @@ from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
 from tornado_gateway import metrics, tornado_compat
+from tornado_gateway.codec import SocketJSON
+from tornado_gateway.codec import dumps as _dumps
 from tornado_gateway.edge.responses import LingeringClose, finish_error
 from tornado_gateway.errors import GatewayError
 
@@ -31,7 +32,6 @@ log = logging.getLogger("tornado_gateway.realtime")
 ACKED_EVENT = "message:new"  # recipients' acks of this event make delivered receipts
 ACK_WINDOW = 256  # unanswered acks kept per socket; older ones are forgotten
 CONTROL_METHODS = frozenset({"disconnect", "enter_room", "leave_room", "close_room"})
-_dumps = functools.partial(json.dumps, separators=(",", ":"), ensure_ascii=False)
 
 
 class FastDelivery:
@@ -168,10 +168,7 @@ class FastDelivery:
             end += 1
         if end < len(text) and text[end] != "[":
             return False  # a namespace, or something engineio/socketio should judge
-        try:
-            data = json.loads(text[end:]) if end < len(text) else []
-        except ValueError:
-            return False
+        data = SocketJSON.loads(text[end:]) if end < len(text) else []
         if not isinstance(data, list):
             return False
         packet_id = int(text[1:end]) if end > 1 else None
@@ -261,12 +258,19 @@ class RedisManagerBase(FastDelivery, AsyncRedisManager):
         return getattr(self, "thread", None)
 
 
+class StrictPacket(sio_packet.Packet):
+    """Socket.IO packets decoded and encoded by codec (strict; a refused payload is answered)."""
+
+    json = SocketJSON
+
+
 class GatewaySocketServer(socketio.AsyncServer):
     """AsyncServer whose client events go to ``on_event`` (the ordered dispatch), not to tasks."""
 
     def __init__(self, on_event: Callable[[str, str, list, int | None], None], **kwargs: Any) -> None:
         self.on_event = on_event
         super().__init__(**kwargs)
+        self.packet_class = StrictPacket  # Socket.IO packets only; Engine.IO keeps its own json
 
     async def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None,
                             data: Any) -> None:

@@ -1,0 +1,83 @@
+"""Shared parts of the robustness tests (issue 7): two nodes on one Redis, helpers, the JS client.
+
+Everything is real: gateways are processes, Redis is a redis-server, clients
+are python-socketio or the official socket.io-client (tests/js/robust.js).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+
+from chat_fakes import ChatFakes, SocketClient, connected
+from harness import ORIGIN, make_token
+from internal_client import AUTH_ENV
+
+JS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "js")
+
+__all__ = ["ChatFakes", "SocketClient", "connected", "make_token", "ORIGIN", "AUTH_ENV", "uid",
+           "join", "presence_of", "eventually", "run_js", "node_binary", "log_lines"]
+
+
+def uid(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:6]}"
+
+
+async def join(client: SocketClient, chat: str) -> None:
+    reply = await client.call("chat:join", {"chatId": chat})
+    assert reply["ok"], reply
+
+
+async def presence_of(gw, user: str) -> str:
+    response = await AsyncHTTPClient().fetch(
+        gw.url(f"/api/presence?userIds={user}"), raise_error=False,
+        headers={"Authorization": f"Bearer {make_token('asker')}"})
+    assert response.code == 200, response.body
+    return json.loads(response.body)["presence"][0]["status"]
+
+
+async def eventually(check, timeout: float = 6.0, step: float = 0.05):
+    """Poll an async check until it returns something truthy (or the timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(step)
+
+
+def log_lines(gw, needle: str) -> list[str]:
+    return [line for line in gw.logs().splitlines() if needle in line]
+
+
+def node_binary() -> str:
+    """``node`` with tests/js/node_modules installed (npm ci on first use); skips without node."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("node/npm not installed")
+    if not os.path.isdir(os.path.join(JS_DIR, "node_modules", "socket.io-client")):
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True,
+                       capture_output=True, timeout=180)
+    return node
+
+
+async def run_js(scenario: str, **options) -> dict:
+    """Run a scenario of tests/js/robust.js (without blocking the test's loop)."""
+    node = node_binary()
+    proc = await asyncio.create_subprocess_exec(
+        node, "robust.js", scenario, json.dumps({"origin": ORIGIN, **options}), cwd=JS_DIR,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    lines = [line for line in stdout.decode().splitlines() if line.startswith("{")]
+    assert lines, f"robust.js printed nothing: {stdout!r} {stderr!r}"
+    out = json.loads(lines[-1])
+    assert proc.returncode == 0 and "error" not in out, out
+    return out
