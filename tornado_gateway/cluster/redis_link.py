@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -37,6 +38,18 @@ CLIENT_OPTIONS = {
 # The shared client's pool: bounded, and a burst waits for a free connection.
 POOL_MAX_CONNECTIONS = 100
 POOL_WAIT = 1.0  # below the watcher's 2 s ping timeout
+
+
+EPOCH_KEY = "gw:epoch"
+# KEYS[1] epoch marker; ARGV[1] a fresh epoch. Returns the marker's value, set first if missing.
+EPOCH_SCRIPT = """
+local value = redis.call('GET', KEYS[1])
+if not value then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return ARGV[1]
+end
+return value
+"""
 
 
 def redis_options(url: str) -> dict:
@@ -92,10 +105,35 @@ class RedisLink:
         self.last_error: str | None = None
         self._watcher: asyncio.Task | None = None
         self._listeners: list = []
+        self._wiped_listeners: list = []
+        self.epoch: str | None = None  # the data epoch last seen (see check_epoch)
+        self._epoch_script = self.client.register_script(EPOCH_SCRIPT)
 
     def on_change(self, callback: Any) -> None:
         """Call ``callback(up: bool)`` whenever reachability changes."""
         self._listeners.append(callback)
+
+    def on_wiped(self, callback) -> None:
+        """Call ``callback()`` when Redis is found to have lost its data (see check_epoch)."""
+        self._wiped_listeners.append(callback)
+
+    async def check_epoch(self) -> bool:
+        """True when Redis lost its data since this node last looked (listeners are told once).
+
+        Raises what the Redis call raises."""
+        value = await self._epoch_script(keys=[EPOCH_KEY], args=[uuid.uuid4().hex])
+        value = value.decode() if isinstance(value, bytes) else str(value)
+        previous, self.epoch = self.epoch, value
+        if previous is None or previous == value:
+            return False
+        log.warning("redis lost its data (restart without persistence or failover); "
+                    "rebuilding presence and revocations from this node")
+        for callback in self._wiped_listeners:
+            try:
+                callback()
+            except Exception:
+                log.exception("redis wipe listener failed")
+        return True
 
     async def start(self) -> None:
         await self._ping()
@@ -112,6 +150,10 @@ class RedisLink:
                 self._set(False, f"{type(exc).__name__}: {exc}")
         else:
             self._set(True, None)
+            try:
+                await asyncio.wait_for(self.check_epoch(), timeout=2.0)
+            except Exception as exc:
+                log.warning("redis epoch check failed: %s: %s", type(exc).__name__, exc)
 
     def _set(self, up: bool, error: str | None) -> None:
         was = self.up

@@ -92,7 +92,29 @@ class Revocations:
         if self.redis is None:
             return
         self.redis.on_change(self._redis_changed)
+        self.redis.on_wiped(self._redis_wiped)
         await self.sync()
+
+    def _redis_wiped(self) -> None:
+        asyncio.get_running_loop().create_task(self.restore())
+
+    async def restore(self) -> int:
+        """Write every revocation this node holds back to Redis (after Redis lost its data)."""
+        now = self.clock()
+        jtis = [(j, t) for j, t in self._jtis.items() if t > now]
+        befores = [(u, e[0]) for u, e in self._before.items() if e[1] > now]
+        try:
+            for jti, forget_at in jtis:
+                await self.redis.client.set(JTI_PREFIX + jti, "", ex=max(1, int(forget_at - now) + 1))
+            for user_id, before in befores:
+                await self._raise_before(keys=(USER_PREFIX + user_id,),
+                                         args=(repr(float(before)), int(self.ttl)))
+        except Exception as exc:
+            log.warning("revocations: could not restore to Redis (%s)", type(exc).__name__)
+            return 0
+        if jtis or befores:
+            log.info("revocations: restored to Redis (%d jti, %d user)", len(jtis), len(befores))
+        return len(jtis) + len(befores)
 
     def _redis_changed(self, up: bool) -> None:
         if up:

@@ -124,9 +124,11 @@ class RealtimeEvents:
         await self.services.check_member(state.identity, chat_id)
         await self.realtime.sio.enter_room(state.sid, "chat:" + chat_id)
         state.chats.add(chat_id)
-        await self.realtime.presence.chat_joined(state.user_id, chat_id)
-        await self.realtime.broadcast("presence:update", {"userId": state.user_id, "status": "online"},
-                                      "chat:" + chat_id, skip_sid=state.sid)
+        if await self.realtime.presence.chat_joined(state.user_id, chat_id):
+            # The user's first socket in this chat: the room learns the user is online (once).
+            await self.realtime.broadcast("presence:update", {"userId": state.user_id,
+                                                              "status": "online"},
+                                          "chat:" + chat_id, skip_sid=state.sid)
         return {"chatId": chat_id}
 
     async def chat_leave(self, state: Authenticated, payload: Any) -> dict:

@@ -53,13 +53,16 @@ class Presence:
         self.ttl = gateway.settings.presence_ttl
         self.announce = announce  # async fn(user_id, status, last_seen, chat_ids)
         self.sockets: dict[str, int] = {}  # user -> authenticated sockets on this node
-        self.chats: dict[str, set[str]] = {}  # memory mode: user -> joined chats
+        self.chats: dict[str, set[str]] = {}  # user -> chats joined by this node's sockets
         self.seen: dict[str, str] = {}  # memory mode: user -> last seen
         self._task: asyncio.Task | None = None
         self._claim = self._release = None
+        self._beat = asyncio.Lock()
+        self._epoch: str | None = None  # the Redis data epoch of the last heartbeat
         if self.redis is not None:
             self._claim = self.redis.client.register_script(CLAIM_SCRIPT)
             self._release = self.redis.client.register_script(RELEASE_SCRIPT)
+            self.redis.on_wiped(self._wiped)
 
     @property
     def interval(self) -> float:
@@ -101,18 +104,22 @@ class Presence:
         self.sockets.pop(user_id, None)
         await self._release_user(user_id, self.node)
 
-    async def chat_joined(self, user_id: str, chat_id: str) -> None:
+    async def chat_joined(self, user_id: str, chat_id: str) -> bool:
+        """Record the join; True when it is the user's first socket (on any node) in that chat."""
+        local = self.chats.setdefault(user_id, set())
+        first = chat_id not in local
+        local.add(chat_id)
         if self._redis_usable():
             try:
                 key = PREFIX + "chats:" + user_id
                 pipe = self.redis.client.pipeline(transaction=False)
                 pipe.sadd(key, chat_id)
                 pipe.expire(key, CHATS_TTL)
-                await pipe.execute()
-                return
+                added, _ = await pipe.execute()
+                return added == 1
             except Exception as exc:
                 self._failed(exc)
-        self.chats.setdefault(user_id, set()).add(chat_id)
+        return first
 
     async def joined_chats(self, user_id: str) -> list[str]:
         chats = set(self.chats.get(user_id, ()))
@@ -136,6 +143,8 @@ class Presence:
             except Exception as exc:
                 self._failed(exc)
         if not went_offline:
+            if node == self.node and user_id not in self.sockets:
+                self.chats.pop(user_id, None)  # the user's other sockets are elsewhere
             return
         chats = await self.joined_chats(user_id)
         self.seen[user_id] = last_seen
@@ -166,8 +175,29 @@ class Presence:
                 self._failed(exc)
             await asyncio.sleep(self.interval)
 
+    def _wiped(self) -> None:
+        """Redis lost its data: rebuild this node's share now rather than at the next beat."""
+        if self._task is not None:
+            asyncio.ensure_future(self._beat_now())
+
+    async def _beat_now(self) -> None:
+        try:
+            await self.heartbeat()
+        except Exception as exc:
+            self._failed(exc)
+
     async def heartbeat(self) -> None:
-        """Renew this node's claims; a claim found missing (Redis restart, false sweep) re-announces."""
+        """Renew this node's claims; a claim found missing after a false sweep re-announces
+        ``online``, one missing because Redis lost its data is rebuilt silently (with the
+        user's joined chats)."""
+        async with self._beat:
+            await self.redis.check_epoch()
+            epoch = self.redis.epoch
+            rebuilding = self._epoch is not None and epoch != self._epoch
+            self._epoch = epoch
+            await self._renew(rebuilding)
+
+    async def _renew(self, rebuilding: bool) -> None:
         now = time.time()
         client = self.redis.client
         users = list(self.sockets)
@@ -178,10 +208,21 @@ class Presence:
         if users:
             pipe.sadd(node_key, *users)
         pipe.pexpire(node_key, int(self.ttl * 4000))
+        if rebuilding:
+            for user_id in users:
+                chats = self.chats.get(user_id)
+                if chats:
+                    pipe.sadd(PREFIX + "chats:" + user_id, *chats)
+                    pipe.expire(PREFIX + "chats:" + user_id, CHATS_TTL)
         for user_id in users:
-            self._claim(keys=[PREFIX + "user:" + user_id],
-                        args=[self.node, now + self.ttl / 2, now, int(self.ttl * 2000)], client=pipe)
+            await self._claim(keys=[PREFIX + "user:" + user_id],
+                              args=[self.node, now + self.ttl / 2, now, int(self.ttl * 2000)],
+                              client=pipe)
         results = await pipe.execute()
+        if rebuilding:
+            log.info("presence: rebuilt %d user claim(s) of this node after redis lost its data",
+                     len(users))
+            return
         for user_id, became_online in zip(users, results[-len(users):] if users else ()):
             if became_online == 1 and user_id in self.sockets:
                 await self.announce(user_id, "online", None, await self.joined_chats(user_id))
