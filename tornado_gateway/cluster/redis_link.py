@@ -126,7 +126,8 @@ class RedisLink:
         previous, self.epoch = self.epoch, value
         if previous is None or previous == value:
             return False
-        log.warning("redis lost its data (restart without persistence or failover); "
+        log.warning("redis came back without the gateway's data (restart without persistence "
+                    "or failover); "
                     "rebuilding presence and revocations from this node")
         for callback in self._wiped_listeners:
             try:
