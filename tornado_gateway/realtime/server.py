@@ -265,7 +265,8 @@ class Realtime(OrderedDispatch):
                 continue
             identity = state.identity
             by_jti = jti is not None and identity.jti == jti
-            by_time = before is not None and identity.issued_at is not None and identity.issued_at < before
+            # The rule of revocation.py: a token without iat counts as issued before.
+            by_time = before is not None and (identity.issued_at is None or identity.issued_at < before)
             if (jti is not None or before is not None) and not (by_jti or by_time):
                 continue
             self.emit_to_sid(sid, "error", {"code": "TOKEN_REVOKED", "message": "token revoked",
