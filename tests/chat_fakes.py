@@ -28,7 +28,7 @@ class ChatFakes:
         self.stubs = stubs
         self.chats: dict[str, dict] = {}
         self.messages: dict[str, dict] = {}
-        self.by_key: dict[tuple[str, str], dict] = {}
+        self.by_key: dict[tuple[str, str, str], dict] = {}
         self.ids = itertools.count(1)
         stubs.hooks[("POST", "/chats")] = self._create_chat
         stubs.hooks[("GET", "/chats/*")] = self._get_chat
@@ -80,7 +80,7 @@ class ChatFakes:
             return self._answer(handler, 404, {"error": {"message": "no such chat"}})
         if user not in chat["memberIds"]:
             return self._answer(handler, 403, {"error": {"message": "not a member"}})
-        key = (user, record.headers.get("idempotency-key", ""))
+        key = (user, chat["id"], record.headers.get("idempotency-key", ""))  # SPEC §5: per chat
         if key in self.by_key:
             return self._answer(handler, 200, {"message": self.by_key[key]})
         message = {"id": f"m{next(self.ids)}", "chatId": chat["id"], "senderId": user, "text": text,

@@ -70,12 +70,13 @@ class SendRecords:
         self._writes: set = set()
 
     @staticmethod
-    def key(user_id: str, client_message_id: str) -> str:
-        return f"gw:send:{user_id}:{client_message_id}"
+    def key(user_id: str, chat_id: str, client_message_id: str) -> str:
+        """Scoped to the chat (SPEC §5): the same clientMessageId in another chat is another message."""
+        return f"gw:send:{user_id}:{chat_id}:{client_message_id}"
 
-    async def reserve(self, user_id: str, client_message_id: str) -> dict | None:
+    async def reserve(self, user_id: str, chat_id: str, client_message_id: str) -> dict | None:
         """None: this call owns the send. A dict: the message of an earlier identical send."""
-        key = self.key(user_id, client_message_id)
+        key = self.key(user_id, chat_id, client_message_id)
         deadline = time.monotonic() + RETRY_WAIT
         while True:
             stored = await self._reserve_once(key)
@@ -105,8 +106,8 @@ class SendRecords:
             self.local.set(key, PENDING, PENDING_TTL)
         return stored
 
-    async def complete(self, user_id: str, client_message_id: str, message: dict) -> None:
-        key = self.key(user_id, client_message_id)
+    async def complete(self, user_id: str, chat_id: str, client_message_id: str, message: dict) -> None:
+        key = self.key(user_id, chat_id, client_message_id)
         value = dumps(message)
         self.local.set(key, value, SEND_RECORD_TTL)
         if self._redis_usable():
@@ -121,9 +122,9 @@ class SendRecords:
         except Exception as exc:
             self._failed(exc)
 
-    async def release(self, user_id: str, client_message_id: str) -> None:
+    async def release(self, user_id: str, chat_id: str, client_message_id: str) -> None:
         """The send failed: a retry may try again."""
-        key = self.key(user_id, client_message_id)
+        key = self.key(user_id, chat_id, client_message_id)
         self.local.pop(key)
         if self._redis_usable():
             try:

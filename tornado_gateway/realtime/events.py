@@ -92,7 +92,7 @@ class RealtimeEvents:
         prepared = task.result()
         if isinstance(prepared, PreparedSend) and prepared.earlier is None:
             release = asyncio.ensure_future(self.realtime.sends.release(
-                prepared.user_id, prepared.body["clientMessageId"]))
+                prepared.user_id, prepared.body["chatId"], prepared.body["clientMessageId"]))
             release.add_done_callback(_retrieve)
 
     async def _check_rate(self, rate_class: str, user_id: str) -> None:
@@ -149,7 +149,8 @@ class RealtimeEvents:
         """Validate, check membership, reserve the clientMessageId (or find its message)."""
         body = check_message_send(payload)
         await self.services.check_member(identity, body["chatId"])
-        earlier = await self.realtime.sends.reserve(identity.user_id, body["clientMessageId"])
+        earlier = await self.realtime.sends.reserve(identity.user_id, body["chatId"],
+                                                    body["clientMessageId"])
         return PreparedSend(identity.user_id, body, earlier)
 
     async def _send_prepared(self, state: Authenticated, prepared: "PreparedSend") -> dict:
@@ -160,12 +161,12 @@ class RealtimeEvents:
         try:
             message = await self.services.send_message(identity, body, body["clientMessageId"])
         except BaseException:
-            await sends.release(identity.user_id, body["clientMessageId"])
+            await sends.release(identity.user_id, body["chatId"], body["clientMessageId"])
             raise
         message.setdefault("chatId", body["chatId"])
         message.setdefault("senderId", identity.user_id)
         message.setdefault("clientMessageId", body["clientMessageId"])
-        await sends.complete(identity.user_id, body["clientMessageId"], message)
+        await sends.complete(identity.user_id, body["chatId"], body["clientMessageId"], message)
         await self.realtime.broadcast("message:new", {"message": message}, "chat:" + body["chatId"],
                                       skip_sid=state.sid)
         return {"message": message}
