@@ -186,7 +186,8 @@ class Realtime(OrderedDispatch):
             state.timer.cancel()
         state.expired = False
         assert state.identity is not None
-        delay = max(0.0, state.identity.expires_at - time.time())
+        # The leeway of §3, as on HTTP: a token is expired once exp + leeway has passed.
+        delay = max(0.0, state.identity.expires_at + self.gateway.tokens.leeway - time.time())
         state.timer = asyncio.get_running_loop().call_later(delay, self._token_expired, state.sid)
 
     def _token_expired(self, sid: str) -> None:
