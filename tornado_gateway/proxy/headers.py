@@ -30,8 +30,16 @@ def connection_named(values: list[str]) -> set[str]:
 
 
 def is_identity_header(name: str) -> bool:
-    """``X-User-Id`` and every ``X-User*`` header: only the gateway may set them."""
-    return name.startswith("x-user")
+    """``X-User-Id`` and every ``X-User*`` header, in any spelling (``x_user_id`` reads as
+    ``HTTP_X_USER_ID`` to WSGI/CGI/PHP): only the gateway may set them. ``name`` is lower case."""
+    return name.replace("_", "-").startswith("x-user")
+
+
+def is_dropped_spelling(name: str) -> bool:
+    """A header name with an underscore is never passed on (nginx's default): CGI-style
+    servers read ``X_Forwarded_For`` as ``X-Forwarded-For``, so it could impersonate any
+    header the gateway sets."""
+    return "_" in name
 
 
 @lru_cache(maxsize=256)
@@ -73,7 +81,7 @@ def upstream_headers(request: Any, upstream: str, forwarding: Any, request_id: s
     for name, value in incoming.get_all():  # names arrive normalised (Http-Header-Case)
         lower = name.lower()
         if (lower in REQUEST_DROP or lower in dropped or is_identity_header(lower)
-                or lower.startswith("x-forwarded-")):
+                or is_dropped_spelling(lower) or lower.startswith("x-forwarded-")):
             continue
         if name in out:
             out[name] += ("; " if lower == "cookie" else ", ") + value
