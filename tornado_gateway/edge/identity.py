@@ -14,7 +14,7 @@ import jwt
 from tornado import httputil
 
 from tornado_gateway.config import Settings
-from tornado_gateway.edge.paths import is_under
+from tornado_gateway.edge.paths import class_key, is_under
 from tornado_gateway.errors import GatewayError
 
 
@@ -172,6 +172,7 @@ def authenticate_http(tokens: TokenVerifier, public_paths: Sequence[str], header
                       path: str) -> Identity | None:
     """An HTTP caller's identity, None when anonymous on a public path; raises AuthError."""
     bearer = bearer_token(headers.get("Authorization"))
+    path = class_key(path)  # /api/auth/REFRESH and /api/auth/%72efresh are the refresh route
     if path.rstrip("/") == REFRESH_PATH:
         # Refresh tokens are checked at the edge: a forged one never reaches auth.
         cookie = _cookie(headers, REFRESH_COOKIE)
@@ -181,7 +182,7 @@ def authenticate_http(tokens: TokenVerifier, public_paths: Sequence[str], header
             return tokens.verify_refresh(bearer)
         raise AuthError("UNAUTHENTICATED", f"a refresh token (cookie {REFRESH_COOKIE} or Bearer) "
                                            "is required")
-    public = any(is_under(path, prefix) for prefix in public_paths)
+    public = any(is_under(path, prefix.lower()) for prefix in public_paths)
     if bearer is None:
         if public:
             return None

@@ -51,7 +51,33 @@ def split_segments(path: str) -> list[str]:
     segments = path[1:].split("/")
     if "" in segments[:-1]:
         raise PathError("empty path segment ('//')")
+    if ";" in path:
+        for segment in segments:
+            if ";" in segment and dot_kind(segment.partition(";")[0]):
+                raise PathError("dot segment with path parameters ('..;')")
     return segments
+
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _decode_unreserved(match: re.Match) -> str:
+    digits = match.group(1) or ""
+    if len(digits) == 2 and digits[0] in _HEX and digits[1] in _HEX:
+        char = chr(int(digits, 16))
+        if char in _UNRESERVED:
+            return char
+    return match.group(0)
+
+
+def class_key(path: str) -> str:
+    """``path`` as a lenient router reads it, for classifying only (never forwarded):
+    unreserved escapes decoded, ``;params`` dropped from each segment, lower case."""
+    if "%" in path:
+        path = _ESCAPE_RE.sub(_decode_unreserved, path)
+    if ";" in path:
+        path = "/".join(segment.partition(";")[0] for segment in path.split("/"))
+    return path.lower()
 
 
 def dot_kind(segment: str) -> str | None:

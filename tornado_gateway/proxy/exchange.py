@@ -19,7 +19,7 @@ from tornado_gateway.proxy.circuit import CircuitBreaker
 from tornado_gateway.config import Route
 from tornado_gateway.errors import GatewayError
 from tornado_gateway.edge.responses import answer_before_body, has_body, make_request_id
-from tornado_gateway.edge.paths import PathError, Resolved, check_query, resolve
+from tornado_gateway.edge.paths import PathError, Resolved, check_query, class_key, resolve
 from tornado_gateway.upstream.client import UpstreamRequest
 
 from tornado_gateway.proxy.body import (BODY_METHODS, DROP_BODY_MAX, OVERSIZE_DRAIN, Abandoned,
@@ -99,7 +99,7 @@ class ProxyExchange(ClientResponse, httputil.HTTPMessageDelegate):
     async def _limit_then_start(self, resolved: Resolved) -> None:
         with self._refusing():
             self.extra_headers = await self.gateway.limits.admit_http(
-                resolved.path, self.user_id, self.client_ip)
+                class_key(resolved.path), self.user_id, self.client_ip)
             self._start(resolved)
 
     @contextlib.contextmanager
