@@ -15,6 +15,7 @@ import time
 import uuid
 
 import pytest
+import socketio
 from tornado.httpclient import AsyncHTTPClient
 
 from chat_fakes import ChatFakes, SocketClient, connected
@@ -24,7 +25,8 @@ from internal_client import AUTH_ENV
 JS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "js")
 
 __all__ = ["ChatFakes", "SocketClient", "connected", "make_token", "ORIGIN", "AUTH_ENV", "uid",
-           "join", "presence_of", "eventually", "run_js", "node_binary", "log_lines"]
+           "join", "presence_of", "eventually", "run_js", "node_binary", "log_lines", "RawJSON",
+           "raw_connected"]
 
 
 def uid(name: str) -> str:
@@ -81,3 +83,45 @@ async def run_js(scenario: str, **options) -> dict:
     out = json.loads(lines[-1])
     assert proc.returncode == 0 and "error" not in out, out
     return out
+
+
+class RawJSON:
+    """Text put into a packet as it is (JSON no encoder would write: 10,000 levels, NaN...)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+
+class _RawAwareJSON:
+    @staticmethod
+    def dumps(value, **kwargs) -> str:
+        raws: list[str] = []
+
+        def swap(item):
+            if isinstance(item, RawJSON):
+                raws.append(item.text)
+                return f"\x00RAW{len(raws) - 1}\x00"
+            if isinstance(item, dict):
+                return {k: swap(v) for k, v in item.items()}
+            if isinstance(item, (list, tuple)):
+                return [swap(v) for v in item]
+            return item
+
+        text = json.dumps(swap(value), **kwargs)
+        for index, raw in enumerate(raws):
+            text = text.replace(json.dumps(f"\x00RAW{index}\x00"), raw)
+        return text
+
+    loads = staticmethod(json.loads)
+
+
+class _RawPacket(socketio.packet.Packet):
+    json = _RawAwareJSON
+
+
+async def raw_connected(gateway, user: str | None, **kwargs) -> SocketClient:
+    """A SocketClient whose payloads may hold :class:`RawJSON` parts."""
+    client = SocketClient(ack_message_new=kwargs.pop("ack_message_new", True))
+    client.sio.packet_class = _RawPacket
+    token = make_token(user) if user is not None else None
+    return await client.connect(gateway, token, **kwargs)
