@@ -95,8 +95,9 @@ _OPTIONS: Sequence[tuple[str, tuple[str, ...], type, object, str]] = (
      "open sockets per user on one node (0: no cap)"),
     ("socket_token_grace", ("SOCKET_TOKEN_GRACE",), float, 5.0,
      "seconds a socket whose token expired may re-authenticate before it is closed"),
-    ("socket_max_payload", ("SOCKET_MAX_PAYLOAD",), int, 64 * 1024,
-     "largest Socket.IO packet accepted from a client, bytes"),
+    ("socket_max_payload", ("SOCKET_MAX_PAYLOAD",), int, 1_000_000,
+     "largest Socket.IO packet read from a client, bytes (Socket.IO's own default, 1 MB); "
+     "larger ones close the transport, smaller invalid ones are answered VALIDATION_FAILED"),
     ("membership_cache_ttl", ("MEMBERSHIP_CACHE_TTL",), float, 30.0,
      "seconds a positive chat membership check is reused"),
     ("internal_host", ("INTERNAL_HOST",), str, "127.0.0.1", "internal listener address"),

@@ -97,7 +97,7 @@ class Settings:
     max_connections_per_ip: int = 200
     max_connections_per_user: int = 20
     socket_token_grace: float = 5.0
-    socket_max_payload: int = 64 * 1024
+    socket_max_payload: int = 1_000_000
     membership_cache_ttl: float = 30.0
     internal_host: str = "127.0.0.1"
     internal_port: int = 3100

@@ -364,10 +364,22 @@ def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
                 cast(HTTP1Connection, self.request.connection).set_max_body_size(max_body)  # chunked too
                 if _content_length(self.request) > max_body:
                     self._refuse(413, "PAYLOAD_TOO_LARGE", "packet too large")  # the body is not read
+                    self._close_session()
 
         def data_received(self, chunk: bytes) -> None:
             if self._chunks is not None:
                 self._chunks.append(chunk)
+
+        def on_connection_close(self) -> None:
+            if self._chunks is not None and not tornado_compat.handler_finished(self):
+                self._close_session()  # a chunked POST over the limit: Tornado cut it
+            super().on_connection_close()
+
+        def _close_session(self) -> None:
+            """A packet over the limit closes the transport (Socket.IO's rule), on polling too."""
+            eio_sid = self.get_query_argument("sid", None)
+            if eio_sid is not None and eio_sid in realtime.sio.eio.sockets:
+                realtime._spawn(realtime.sio.eio.disconnect(eio_sid))
 
         async def post(self, *args: Any, **kwargs: Any) -> None:
             self.request.body = b"".join(self._chunks or ())
