@@ -1,7 +1,10 @@
 """Fake chats and messages services (stub hooks) and a recording Socket.IO client.
 
 ``ChatFakes(stubs)`` installs hooks on the stub upstreams so they behave like
-the real services for the real-time events: chats with members (GET 2xx for
+the real services for the real-time events, at the paths the public routes
+reach (``POST /api/chats`` -> ``POST {chats}/``, ``GET /api/chats/c1`` ->
+``GET {chats}/c1``, ``POST /api/messages`` -> ``POST {messages}/``, ...; pass
+``chats_base``/``messages_base`` when the service URLs carry a path): chats with members (GET 2xx for
 members, 403 for others, 404 for unknown chats), messages with ids that
 honour ``Idempotency-Key``, read marks and reactions. A message text
 ``slow:<ms> ...`` makes the create call wait; ``fail:<status>`` answers that
@@ -24,24 +27,26 @@ from harness import ORIGIN, make_token
 
 
 class ChatFakes:
-    def __init__(self, stubs):
+    def __init__(self, stubs, chats_base: str = "", messages_base: str = ""):
         self.stubs = stubs
+        self.messages_base = messages_base
         self.chats: dict[str, dict] = {}
         self.messages: dict[str, dict] = {}
         self.by_key: dict[tuple[str, str, str], dict] = {}
         self.ids = itertools.count(1)
-        stubs.hooks[("POST", "/chats")] = self._create_chat
-        stubs.hooks[("GET", "/chats/*")] = self._get_chat
-        stubs.hooks[("POST", "/messages")] = self._create_message
-        stubs.hooks[("POST", "/messages/read")] = self._read
-        stubs.hooks[("*", "/messages/*")] = self._reaction
+        stubs.hooks[("chats", "POST", chats_base or "/")] = self._create_chat
+        stubs.hooks[("chats", "GET", chats_base + "/*")] = self._get_chat
+        stubs.hooks[("messages", "POST", messages_base or "/")] = self._create_message
+        stubs.hooks[("messages", "POST", messages_base + "/read")] = self._read
+        stubs.hooks[("messages", "*", messages_base + "/*")] = self._reaction
 
     def add_chat(self, chat_id: str, members, kind: str = "group") -> dict:
         chat = {"id": chat_id, "type": kind, "memberIds": list(members)}
         self.chats[chat_id] = chat
         return chat
 
-    def created(self, path: str = "/messages") -> list:
+    def created(self, path: str | None = None) -> list:
+        path = path or self.messages_base or "/"
         return [r for r in self.stubs.received("messages") if r.path == path and r.method == "POST"]
 
     @staticmethod
@@ -92,8 +97,8 @@ class ChatFakes:
         self._answer(handler, 200, {"ok": True})
 
     def _reaction(self, record, handler):
-        parts = record.path.strip("/").split("/")
-        message = self.messages.get(parts[1]) if len(parts) == 3 and parts[2] == "reactions" else None
+        parts = record.path[len(self.messages_base):].strip("/").split("/")
+        message = self.messages.get(parts[0]) if len(parts) == 2 and parts[1] == "reactions" else None
         if message is None:
             return self._answer(handler, 404, {"error": {"message": "no such message"}})
         reactions = message.setdefault("reactions", {})

@@ -148,8 +148,9 @@ class StubHandler(tornado.web.RequestHandler):
     Paths (after any prefix): ``/status/NNN`` answers NNN; ``/slow/MS`` waits;
     ``/bytes/N`` streams N bytes; ``/reset`` closes the connection mid-response;
     ``/redirect`` answers 302; anything else echoes the request as JSON.
-    A test may set ``stub.hooks[(method, path)] = fn(record, handler)``; a path
-    ending in ``*`` matches every path with that prefix (exact paths win).
+    A test may set ``stub.hooks[(method, path)] = fn(record, handler)``, or
+    ``stub.hooks[(service, method, path)]`` for one service only (those win); a
+    path ending in ``*`` matches every path with that prefix (exact paths win).
     """
 
     def initialize(self, stub: "StubUpstreams", service: str):
@@ -169,8 +170,10 @@ class StubHandler(tornado.web.RequestHandler):
             header_list=list(self.request.headers.get_all()),
         )
         self.stub.record(record)
-        hook = self.stub.hooks.get((self.request.method, record.path)) or self.stub.hooks.get(
-            ("*", record.path)) or self._prefix_hook(record.path)
+        hooks, method = self.stub.hooks, self.request.method
+        hook = (hooks.get((self.service, method, record.path)) or hooks.get((self.service, "*", record.path))
+                or hooks.get((method, record.path)) or hooks.get(("*", record.path))
+                or self._prefix_hook(record.path))
         if hook is not None:
             result = hook(record, self)
             if asyncio.iscoroutine(result):
@@ -199,12 +202,17 @@ class StubHandler(tornado.web.RequestHandler):
             })
 
     def _prefix_hook(self, path: str):
-        """``hooks[(method, "/prefix/*")]`` matches every path under the prefix."""
-        for (method, pattern), hook in list(self.stub.hooks.items()):
+        """``hooks[(method, "/prefix/*")]`` matches every path under the prefix (the longest
+        prefix wins, a service's own hooks first)."""
+        found = []
+        for key, hook in list(self.stub.hooks.items()):
+            service, method, pattern = key if len(key) == 3 else (None, *key)
+            if service not in (None, self.service):
+                continue
             if pattern.endswith("*") and path.startswith(pattern[:-1]) \
                     and method in (self.request.method, "*"):
-                return hook
-        return None
+                found.append((service is not None, len(pattern), hook))
+        return max(found, key=lambda item: item[:2])[2] if found else None
 
     async def _stream_bytes(self, total: int):
         self.set_header("Content-Type", "application/octet-stream")

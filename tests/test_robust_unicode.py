@@ -49,7 +49,7 @@ async def test_lone_surrogates_on_sockets_are_refused_and_cost_nobody_anything(n
     assert reply["ok"], reply
     assert (await b.next("message:new"))[0]["message"]["text"] == "fine"
     assert len(b.events("message:new")) == 1
-    assert [r.json()["text"] for r in fakes.created("/messages")] == ["fine"]  # nothing bad upstream
+    assert [r.json()["text"] for r in fakes.created()] == ["fine"]  # nothing bad upstream
     # Node 1 never thought Redis was lost: ready all along, presence untouched.
     assert node1.get_json("/readyz")[0] == 200
     for gw in (node1, node2):
@@ -107,7 +107,7 @@ async def test_upstream_answer_with_a_lone_surrogate_is_an_upstream_error_not_an
         handler.set_header("Content-Type", "application/json")
         handler.finish('{"message":{"id":"m1","text":"\\ud800"}}')
 
-    stubs.hooks[("POST", "/messages")] = broken_service
+    stubs.hooks[("messages", "POST", "/")] = broken_service
     reply = await a.call("message:send", {"chatId": chat, "clientMessageId": uid("c"), "text": "hi"})
     assert reply["ok"] is False and reply["error"]["code"] == "UPSTREAM_ERROR", reply
     assert node1.get_json("/readyz")[0] == 200 and not log_lines(node1, "redis lost")

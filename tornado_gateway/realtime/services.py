@@ -14,6 +14,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from tornado_gateway import metrics
 from tornado_gateway.codec import JSONRefused, dumps_bytes, loads
+from tornado_gateway.edge.paths import PathError, resolve
 from tornado_gateway.realtime.payloads import EventError
 from tornado_gateway.edge.identity import Identity
 from tornado_gateway.parts import GatewayParts
@@ -29,10 +30,7 @@ class ChatServices:
 
     def __init__(self, gateway: GatewayParts) -> None:
         self.gateway = gateway
-        self.routes = {}
-        for route in reversed(gateway.settings.routes):  # shortest prefix last wins: /api/chats
-            if route.service in ("chats", "messages"):
-                self.routes[route.service] = route
+        self.routes = gateway.settings.routes
         self.membership_ttl = gateway.settings.membership_cache_ttl
         self._members: dict[tuple[str, str], float] = {}
 
@@ -43,17 +41,17 @@ class ChatServices:
     # -- the calls of SPEC §5 -------------------------------------------------
 
     async def create_chat(self, identity: Identity, body: dict) -> dict:
-        data = await self.call("chats", "POST", "/chats", identity, body)
+        data = await self.call("POST", "/api/chats", identity, body)
         return _unwrap(data, "chat")
 
     async def check_member(self, identity: Identity, chat_id: str) -> None:
-        """2xx from ``GET {CHATS}/chats/{chatId}`` means a member (cached briefly)."""
+        """2xx from what ``GET /api/chats/{chatId}`` reaches means a member (cached briefly)."""
         key = (identity.user_id, chat_id)
         now = time.monotonic()
         expires = self._members.get(key)
         if expires is not None and expires > now:
             return
-        await self.call("chats", "GET", f"/chats/{quote(chat_id)}", identity)
+        await self.call("GET", f"/api/chats/{quote(chat_id)}", identity)
         if len(self._members) >= MEMBERSHIP_CACHE_MAX:
             self._members = {k: v for k, v in self._members.items() if v > now}
             if len(self._members) >= MEMBERSHIP_CACHE_MAX:
@@ -61,7 +59,7 @@ class ChatServices:
         self._members[key] = now + self.membership_ttl
 
     async def send_message(self, identity: Identity, body: dict, idempotency_key: str) -> dict:
-        data = await self.call("messages", "POST", "/messages", identity, body,
+        data = await self.call("POST", "/api/messages", identity, body,
                                {"Idempotency-Key": idempotency_key})
         message = _unwrap(data, "message")
         if message.get("id") is None:
@@ -69,24 +67,31 @@ class ChatServices:
         return message
 
     async def mark_read(self, identity: Identity, chat_id: str, message_ids: list[str]) -> None:
-        await self.call("messages", "POST", "/messages/read", identity,
+        await self.call("POST", "/api/messages/read", identity,
                         {"chatId": chat_id, "messageIds": message_ids})
 
     async def set_reaction(self, identity: Identity, chat_id: str, message_id: str, emoji: str | None) -> dict:
-        path = f"/messages/{quote(message_id)}/reactions"
+        path = f"/api/messages/{quote(message_id)}/reactions"
         if emoji is None:
-            data = await self.call("messages", "DELETE", path, identity)
+            data = await self.call("DELETE", path, identity)
         else:
-            data = await self.call("messages", "PUT", path, identity, {"chatId": chat_id, "emoji": emoji})
+            data = await self.call("PUT", path, identity, {"chatId": chat_id, "emoji": emoji})
         return _unwrap(data, "message")
 
     # -- one upstream request ---------------------------------------------------
 
-    async def call(self, service: str, method: str, path: str, identity: Identity, body: dict | None = None,
+    async def call(self, method: str, public_path: str, identity: Identity, body: dict | None = None,
                    extra_headers: dict | None = None) -> Any:
-        route = self.routes.get(service)
-        if route is None:
-            raise EventError("UPSTREAM_UNAVAILABLE", f"no route to the {service} service")
+        """``method public_path`` as the proxy would send it (route table, prefix replaced): a
+        service sees one path layout for HTTP and sockets (SPEC §5)."""
+        try:
+            resolved = resolve(self.routes, public_path)
+        except PathError:
+            resolved = None
+        if resolved is None:
+            raise EventError("UPSTREAM_UNAVAILABLE", f"no route for {public_path}")
+        route = resolved.route
+        service = route.service
         headers = {
             "X-User-Id": identity.user_id,
             "X-Request-ID": uuid.uuid4().hex,
@@ -97,7 +102,7 @@ class ChatServices:
             headers["Content-Type"] = "application/json"
         headers.update(extra_headers or {})
         request = HTTPRequest(
-            route.upstream + route.upstream_path + path, method=method, headers=headers,
+            route.upstream + resolved.upstream_path, method=method, headers=headers,
             body=dumps_bytes(body) if body is not None else None,
             allow_nonstandard_methods=True, follow_redirects=False,
             connect_timeout=route.connect_timeout, request_timeout=route.timeout,
