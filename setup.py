@@ -24,6 +24,7 @@ setup(
             "pytest-tornado>=0.8,<0.9",
             "python-socketio[asyncio_client]>=5.18,<6",
             "aiohttp>=3.9,<4",
+            "hypothesis>=6.100,<7",
             "mypy>=1.10,<3",
         ],
     },

@@ -78,6 +78,8 @@ def too_deep(value: Any, raw: bytes | bytearray | memoryview | str | None = None
         item, depth = stack.pop()
         if depth > max_depth:
             return True
+        if not isinstance(item, (dict, list)):
+            continue
         children = item.values() if isinstance(item, dict) else item
         for child in children:
             if isinstance(child, (dict, list)):

@@ -12,13 +12,13 @@ from typing import Sequence
 from tornado_gateway.config import Route
 
 # RFC 3986 pchar plus "/": unreserved, sub-delims, ":", "@", pct-encoded.
-_PATH_CHARS_RE = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*$")
+_PATH_CHARS_RE = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*\Z")  # \Z: "$" allows a final \n
 _ESCAPE_RE = re.compile(r"%(..)?", re.S)
 _HEX = frozenset("0123456789abcdefABCDEF")
 # Escapes never accepted: slash, backslash, and controls (decoded, they change meaning).
 _FORBIDDEN_ESCAPES = frozenset({0x2F, 0x5C, 0x7F, *range(0x00, 0x20)})
 # Query: printable ASCII except "#" (a fragment would be dropped by the upstream URL parser).
-_QUERY_RE = re.compile(r"^[\x21-\x22\x24-\x7e]*$")
+_QUERY_RE = re.compile(r"^[\x21-\x22\x24-\x7e]*\Z")
 
 
 class PathError(ValueError):

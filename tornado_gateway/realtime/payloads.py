@@ -14,7 +14,7 @@ from typing import Any
 
 from tornado_gateway.codec import Refused
 
-ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # chat, message, user, media and client message ids
+ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # chat, message, user, media and client message ids
 MAX_TEXT = 4096  # characters of a message text
 MAX_NAME = 128  # characters of a chat name
 MAX_MEMBERS = 256  # memberIds of one chat:create
