@@ -24,8 +24,9 @@ import orjson
 
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
 
-from tornado_gateway import codec, ingress  # noqa: E402
-from tornado_gateway.realtime_payloads import EventError, check_message_send  # noqa: E402
+from tornado_gateway import codec  # noqa: E402
+from tornado_gateway.internal import ingress  # noqa: E402
+from tornado_gateway.realtime.payloads import EventError, check_message_send  # noqa: E402
 
 # -- candidates -----------------------------------------------------------------------
 

@@ -118,7 +118,7 @@ async def test_upstream_answer_with_a_lone_surrogate_is_an_upstream_error_not_an
 def test_only_connection_level_errors_count_as_redis_lost():
     import redis.exceptions as rx
 
-    from tornado_gateway.redis_link import connection_lost
+    from tornado_gateway.cluster.redis_link import connection_lost
 
     for exc in (rx.ConnectionError("reset"), rx.TimeoutError("slow"), asyncio.TimeoutError(),
                 ConnectionRefusedError(), OSError("unreachable")):

@@ -99,3 +99,18 @@ def test_frames_are_rfc6455_unmasked_final_frames():
     assert wire._frame(b"hi") == b"\x81\x02hi"
     assert wire._frame(b"x" * 200)[:4] == b"\x81\x7e\x00\xc8"
     assert wire._frame(b"x" * 70000, opcode=0x2)[:2] == b"\x82\x7f"
+
+
+def test_packets_are_decoded_by_the_servers_packet_class_and_its_json():
+    # wire.StrictPacket: the server decodes every Socket.IO packet with self.packet_class, whose
+    # class attribute ``json`` does the JSON; Engine.IO's own packets keep engineio's json.
+    assert "self.packet_class(encoded_packet=data)" in inspect.getsource(
+        socketio.AsyncServer._handle_eio_message)
+    assert "self.json.loads(" in inspect.getsource(socketio.packet.Packet.decode)
+    server = wire.GatewaySocketServer(lambda *args: None, async_mode="asgi")
+    assert server.packet_class is wire.StrictPacket
+    deep = "[" * 5000 + "]" * 5000
+    packet = wire.StrictPacket(encoded_packet='27["message:send",' + deep + "]")
+    assert packet.id == 7 and packet.data[0] == "message:send"
+    assert "nested deeper" in packet.data[1].reason
+    assert eio_packet.Packet.json is not wire.SocketJSON  # "2probe" must still fail to decode

@@ -19,7 +19,7 @@ from redis.exceptions import MaxConnectionsError
 from socketio.redis_manager import parse_redis_sentinel_url
 
 from tornado_gateway import metrics
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger("tornado_gateway.redis")
 
@@ -113,7 +113,7 @@ class RedisLink:
         """Call ``callback(up: bool)`` whenever reachability changes."""
         self._listeners.append(callback)
 
-    def on_wiped(self, callback) -> None:
+    def on_wiped(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` when Redis is found to have lost its data (see check_epoch)."""
         self._wiped_listeners.append(callback)
 

@@ -64,7 +64,7 @@ async def test_login_spellings_share_the_auth_rate_limit_class(nodes, stubs):
 
 
 def test_class_key_unit():
-    from tornado_gateway.paths import class_key
+    from tornado_gateway.edge.paths import class_key
 
     assert class_key("/api/auth/%72efresh") == "/api/auth/refresh"
     assert class_key("/api/auth/REFRESH;a=b") == "/api/auth/refresh"
