@@ -127,3 +127,21 @@ def test_only_connection_level_errors_count_as_redis_lost():
                 rx.ResponseError("NOSCRIPT"), rx.DataError("bad arg"), ValueError("x"),
                 TypeError("x"), rx.MaxConnectionsError("busy")):
         assert not connection_lost(exc), exc
+
+
+def test_every_json_encode_and_decode_of_the_gateway_goes_through_codec():
+    """One decoder and one encoder (issue 7, point 1): no module but codec.py calls the json
+    module (logs.py writes the log lines, which are not a way in or out for clients)."""
+    import ast
+    import pathlib
+
+    package = pathlib.Path(__file__).resolve().parents[1] / "tornado_gateway"
+    offenders = []
+    for path in package.rglob("*.py"):
+        if path.name in ("codec.py", "logs.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr in ("dumps", "loads", "dump", "load")
+                    and isinstance(node.value, ast.Name) and node.value.id == "json"):
+                offenders.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert offenders == []
