@@ -39,6 +39,7 @@ class Revocations:
         self._jtis: dict[str, float] = {}  # jti -> epoch after which the entry can go
         self._before: dict[str, tuple[float, float]] = {}  # user -> (before, forget-after epoch)
         self._raise_before: Any = redis_link.client.register_script(RAISE_BEFORE_SCRIPT) if redis_link else None
+        self._restoring: asyncio.Task | None = None
         self.synced = redis_link is None  # True once the cache holds what Redis holds
 
     # -- the hot path ------------------------------------------------------
@@ -96,7 +97,7 @@ class Revocations:
         await self.sync()
 
     def _redis_wiped(self) -> None:
-        asyncio.get_running_loop().create_task(self.restore())
+        self._restoring = asyncio.get_running_loop().create_task(self.restore())  # kept: weak refs
 
     async def restore(self) -> int:
         """Write every revocation this node holds back to Redis (after Redis lost its data)."""

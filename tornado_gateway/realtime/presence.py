@@ -58,6 +58,7 @@ class Presence:
         self._task: asyncio.Task | None = None
         self._claim = self._release = None
         self._beat = asyncio.Lock()
+        self._rebuild: asyncio.Future | None = None
         self._epoch: str | None = None  # the Redis data epoch of the last heartbeat
         if self.redis is not None:
             self._claim = self.redis.client.register_script(CLAIM_SCRIPT)
@@ -178,7 +179,7 @@ class Presence:
     def _wiped(self) -> None:
         """Redis lost its data: rebuild this node's share now rather than at the next beat."""
         if self._task is not None:
-            asyncio.ensure_future(self._beat_now())
+            self._rebuild = asyncio.ensure_future(self._beat_now())  # kept: the loop holds weak refs
 
     async def _beat_now(self) -> None:
         try:
