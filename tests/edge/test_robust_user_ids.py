@@ -59,3 +59,18 @@ async def test_visible_ascii_ids_still_work(nodes, stubs):
         response = await get(nodes[0], "/api/users/me", make_token(user_id))
         assert response.code == 200
         assert json.loads(response.body)["headers"]["x-user-id"] == user_id
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_socket_ids_with_a_final_newline_are_refused(nodes, stubs):
+    """``^...$`` lets "c1\\n" through (``$`` matches before a final newline); ids are anchored
+    with ``\\Z`` (found by the hypothesis suite)."""
+    client = await SocketClient().connect(nodes[1], make_token("nl-user"))
+    for event, payload in (("chat:join", {"chatId": "c1\n"}),
+                           ("message:send", {"chatId": "c1", "clientMessageId": "m1\n", "text": "x"}),
+                           ("message:read", {"chatId": "c1", "messageIds": ["m1\n"]})):
+        reply = await client.call(event, payload)
+        assert reply["ok"] is False and reply["error"]["code"] == "VALIDATION_FAILED", (event, reply)
+    assert (await client.call("chat:leave", {"chatId": "c1"}))["ok"]  # positive marker
+    assert not stubs.received("chats") and not stubs.received("messages")
+    await client.close()
