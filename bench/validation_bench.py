@@ -7,7 +7,8 @@ data) and the ingress bodies (``POST /internal/events`` / ``gateway:events``):
    nesting, huge numbers, a 200,000-character text, trailing data;
 2. CPU per event on a typical payload (median of several rounds, one core).
 
-Run: ``.venv/bin/python bench/validation_bench.py`` (prints two tables; the
+Run: ``.venv/bin/pip install msgspec`` (only the bench needs it), then
+``.venv/bin/python bench/validation_bench.py`` (prints three tables; the
 figures are recorded in docs/validation.md).
 """
 
