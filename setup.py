@@ -28,5 +28,5 @@ setup(
             "mypy>=1.10,<3",
         ],
     },
-    entry_points={"console_scripts": ["tornado-gateway=tornado_gateway.server:main"]},
+    entry_points={"console_scripts": ["tornado-gateway=tornado_gateway.__main__:main"]},
 )

@@ -10,7 +10,7 @@ import logging
 import signal
 import socket
 import sys
-from typing import Any, Awaitable, Sequence
+from typing import Any, Awaitable, Callable, NoReturn, Sequence
 
 from tornado import httputil
 from tornado.httpserver import HTTPServer
@@ -37,12 +37,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         settings = config.load(argv)
     except config.ConfigError as exc:
-        print(f"tornado_gateway: configuration error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        exit_config_error(exc)
+    serve(settings, run)
+
+
+def exit_config_error(exc: config.ConfigError) -> NoReturn:
+    print(f"tornado_gateway: configuration error: {exc}", file=sys.stderr)
+    sys.exit(2)
+
+
+def serve(settings: config.Settings, runner: Callable[[config.Settings], Awaitable[int]]) -> NoReturn:
+    """Set up logging and the loop, run ``runner(settings)`` and exit with its code."""
     setup_logging(settings.log_level, secrets=config.secret_values(settings))
     _install_fast_loop()
     try:
-        code = asyncio.run(run(settings))
+        code = asyncio.run(runner(settings))
     except StartupError as exc:
         log.error("start-up failed: %s", exc)
         code = 1
@@ -139,7 +148,7 @@ class _MarkBusy(DelegateRelay):
         return self.delegate.headers_received(start_line, headers)
 
 
-async def run(settings: config.Settings) -> int:
+async def run(settings: config.Settings, on_listening: Callable[[Gateway, int], None] | None = None) -> int:
     gateway = Gateway(settings)
     public_sockets = _bind(settings.port, settings.host, "public")
     internal_sockets = (
@@ -162,6 +171,8 @@ async def run(settings: config.Settings) -> int:
     log.info("listening on %s:%d (internal %s:%s), node %s", settings.host,
              public_sockets[0].getsockname()[1], settings.internal_host,
              internal_sockets[0].getsockname()[1] if internal_sockets else "off", gateway.node_id)
+    if on_listening is not None:
+        on_listening(gateway, public_sockets[0].getsockname()[1])
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -25,9 +25,17 @@ def make_parser() -> OptionParser:
 
 def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Read flags, environment and config file into validated Settings."""
+    return build_settings(raw_values(argv, environ))
+
+
+def raw_values(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
+               defaults: Mapping[str, object] | None = None) -> dict[str, Any]:
+    """Flags, environment and config file over ``defaults`` (option name -> value), unvalidated."""
     argv = list(sys.argv if argv is None else argv)
     environ = dict(os.environ if environ is None else environ)
     parser = make_parser()
+    for name, value in (defaults or {}).items():  # lowest precedence: below the config file
+        tornado_compat.option_named(parser, name.replace("_", "-")).set(value)
     flags = parse_flags(argv, parser)
     env_file = flags.pop("env_file", "")
     config_file = flags.pop("config", "")
@@ -39,7 +47,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     _apply_environment(parser, environ)
     for name, raw in flags.items():
         _set_raw(parser, name, raw, f"--{name.replace('_', '-')}")
-    return build_settings(parser.as_dict())
+    return parser.as_dict()
 
 
 def parse_flags(argv: Sequence[str], parser: OptionParser) -> dict[str, str]:
