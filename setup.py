@@ -26,6 +26,7 @@ setup(
             "aiohttp>=3.9,<4",
             "hypothesis>=6.100,<7",
             "mypy>=1.10,<3",
+            "supervisor>=4.2,<5",
         ],
     },
     entry_points={"console_scripts": ["tornado-gateway=tornado_gateway.__main__:main"]},
