@@ -10,7 +10,7 @@ import logging
 import signal
 import socket
 import sys
-from typing import Any, Awaitable, Callable, NoReturn, Sequence
+from typing import Any, Awaitable, Callable, Coroutine, NoReturn, Sequence
 
 from tornado import httputil
 from tornado.httpserver import HTTPServer
@@ -46,7 +46,7 @@ def exit_config_error(exc: config.ConfigError) -> NoReturn:
     sys.exit(2)
 
 
-def serve(settings: config.Settings, runner: Callable[[config.Settings], Awaitable[int]]) -> NoReturn:
+def serve(settings: config.Settings, runner: Callable[[config.Settings], Coroutine[Any, Any, int]]) -> NoReturn:
     """Set up logging and the loop, run ``runner(settings)`` and exit with its code."""
     setup_logging(settings.log_level, secrets=config.secret_values(settings))
     _install_fast_loop()

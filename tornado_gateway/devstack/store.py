@@ -205,10 +205,9 @@ class Tokens:
 
     def refresh_subject(self, token: str) -> str | None:
         """The user id of a valid refresh token, else None."""
-        options = {"require": ["exp", "sub"]}
         try:
             claims = jwt.decode(token, self.settings.jwt_refresh_secret, algorithms=[self.algorithm],
-                                options=options, issuer=self.settings.jwt_issuer or None,
+                                options={"require": ["exp", "sub"]}, issuer=self.settings.jwt_issuer or None,
                                 audience=self.settings.jwt_audience or None,
                                 leeway=self.settings.jwt_leeway)
         except jwt.PyJWTError:
