@@ -35,7 +35,10 @@ def raw_values(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
     environ = dict(os.environ if environ is None else environ)
     parser = make_parser()
     for name, value in (defaults or {}).items():  # lowest precedence: below the config file
-        tornado_compat.option_named(parser, name.replace("_", "-")).set(value)
+        option = tornado_compat.option_named(parser, name.replace("_", "-"))
+        if option is None:
+            raise KeyError(f"no option {name!r}")
+        option.set(value)
     flags = parse_flags(argv, parser)
     env_file = flags.pop("env_file", "")
     config_file = flags.pop("config", "")
