@@ -30,6 +30,7 @@ class DevstackProcess:
             "INTERNAL_PORT": str(self.internal_port),
             "ALLOWED_ORIGINS": ORIGIN,
             "RATE_LIMIT_AUTH": "1000/60",  # the tests log in more often than a person does
+            "DRAIN_GRACE": "0",
             **{f"{s.upper()}_SERVICE_URL": f"http://127.0.0.1:{p}" for s, p in self.service_ports.items()},
         }
         for key, value in (env or {}).items():

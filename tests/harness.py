@@ -315,6 +315,7 @@ class GatewayProcess:
             "JWT_ACCESS_SECRET": ACCESS_SECRET,
             "JWT_REFRESH_SECRET": REFRESH_SECRET,
             "REDIS_URL": "memory://",
+            "DRAIN_GRACE": "0",  # no load balancer to wait for; tests/edge/test_drain.py sets its own
             "PYTHONUNBUFFERED": "1",
         }
         self.env.update({k: str(v) for k, v in (env or {}).items() if v is not None})

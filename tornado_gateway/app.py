@@ -57,6 +57,7 @@ class Gateway:
             idle_timeout=settings.upstream_idle_timeout,
         )
         self.draining = False
+        self.stopping = False  # SIGTERM came: not ready, though still serving for DRAIN_GRACE
         self.in_flight = 0  # HTTP requests being proxied right now
         self._idle = asyncio.Event()
         self._idle.set()
@@ -129,7 +130,7 @@ class Gateway:
     # -- readiness -------------------------------------------------------
 
     def readiness(self) -> tuple[bool, dict]:
-        checks: dict[str, dict] = {"draining": {"ok": not self.draining}}
+        checks: dict[str, dict] = {"draining": {"ok": not (self.stopping or self.draining)}}
         if self.redis is None:
             checks["redis"] = {"ok": True, "mode": "memory"}
         else:

@@ -184,10 +184,16 @@ async def run(settings: config.Settings, on_listening: Callable[[Gateway, int], 
     # A second signal during the drain ends the process at once.
     loop.add_signal_handler(signal.SIGTERM, lambda: sys.exit(1))
 
-    log.info("draining (timeout %gs)", settings.drain_timeout)
+    log.info("draining (grace %gs, timeout %gs)", settings.drain_grace, settings.drain_timeout)
     deadline = loop.time() + settings.drain_timeout
+    # Not ready at once, on every listener; the public one still accepts and serves for
+    # the grace, so a load balancer checking /readyz takes the node out before it refuses.
+    gateway.stopping = True
+    grace = min(settings.drain_grace, settings.drain_timeout)
+    if grace > 0:
+        await asyncio.sleep(grace)
     public.start_drain()  # no new connections; idle keep-alive ones closed
-    await gateway.drain(settings.drain_timeout)
+    await gateway.drain(max(deadline - loop.time(), 0))
     cut = await public.wait_drained(deadline - loop.time())
     if cut:
         log.warning("drain timeout: cut %d connection(s) still busy", cut)

@@ -120,3 +120,43 @@ async def test_second_sigterm_during_the_drain_exits_at_once_with_1(start_gatewa
     with pytest.raises((HTTPClientError, OSError)):
         await slow
     client.close()
+
+
+@pytest.mark.gen_test(timeout=40)
+async def test_drain_grace_not_ready_at_once_on_both_listeners_while_the_public_one_still_serves(
+        start_gateway, stubs):
+    """SPEC §1: a load balancer checking /readyz sees 503 before the node stops accepting."""
+    grace = 3.0
+    gateway = start_gateway({"DRAIN_GRACE": str(grace), "DRAIN_TIMEOUT": "10"})
+    client = AsyncHTTPClient(force_instance=True)  # a new connection for every request
+    assert (await client.fetch(gateway.url("/readyz"))).code == 200
+    gateway.signal()
+    signalled = time.monotonic()
+
+    async def code(url: str) -> int:
+        return (await client.fetch(url, raise_error=False)).code
+
+    await wait_until_async(lambda: code(gateway.url("/readyz")), 503)
+    assert await code(gateway.internal_base + "/readyz") == 503
+    body = json.loads((await client.fetch(gateway.url("/readyz"), raise_error=False)).body)
+    assert body["checks"]["draining"]["ok"] is False
+    # Still accepting and serving on the public listener: new connections, proxied and local.
+    response = await client.fetch(gateway.url("/api/users/during-grace"), headers=AUTH)
+    assert response.code == 200 and stubs.received("users", "/during-grace")
+    assert await code(gateway.url("/healthz")) == 200
+    assert time.monotonic() - signalled < grace  # all of that within the grace
+    # Then the public listener refuses, not before the grace has passed, and the drain ends as before.
+    await wait_until(lambda: connect_refused(gateway.port), timeout=15)
+    assert time.monotonic() - signalled >= grace - 0.2
+    assert gateway.wait(15) == 0
+    client.close()
+
+
+async def wait_until_async(probe, expected, timeout: float = 5.0) -> None:
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while await probe() != expected:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"never {expected}")
+        await asyncio.sleep(0.02)

@@ -64,8 +64,8 @@ recovery is logged once).
 
 `python -m tornado_gateway --devstack` reads the same settings, over these
 defaults of its own (any flag, variable or config-file value still wins):
-`HOST=127.0.0.1`, no Redis (memory mode unless `REDIS_URL` or `REDIS_HOST` is
-set), random `JWT_ACCESS_SECRET`/`JWT_REFRESH_SECRET` and
+`HOST=127.0.0.1`, `DRAIN_GRACE=0` (no load balancer to wait for), no Redis
+(memory mode unless `REDIS_URL` or `REDIS_HOST` is set), random `JWT_ACCESS_SECRET`/`JWT_REFRESH_SECRET` and
 `INTERNAL_AUTH_PASSWORD` per run (`INTERNAL_AUTH_USER=devstack`), printed
 nowhere. It refuses `NODE_ENV=production`, `INTERNAL_PORT=0` (its services
 announce events there), a `*_SERVICE_URL` that is not on this machine, and two

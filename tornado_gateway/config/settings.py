@@ -90,6 +90,7 @@ class Settings:
     typing_timeout: float = 6.0
     presence_ttl: float = 30.0
     drain_timeout: float = 20.0
+    drain_grace: float = 2.0
     socket_rate_message: RateLimit = RateLimit(30, 10)
     socket_rate_typing: RateLimit = RateLimit(20, 10)
     socket_rate_join: RateLimit = RateLimit(60, 60)
@@ -285,7 +286,7 @@ def build_settings(values: Mapping[str, Any]) -> Settings:
     for name in positive:
         if not float(values[name]) > 0 or not math.isfinite(float(values[name])):
             raise ConfigError(f"{name.upper()}={values[name]}: must be positive")
-    for name in ("drain_timeout", "jwt_leeway", "socket_token_grace", "membership_cache_ttl",
+    for name in ("drain_timeout", "drain_grace", "jwt_leeway", "socket_token_grace", "membership_cache_ttl",
                  "upstream_idle_timeout"):
         if not float(values[name]) >= 0 or not math.isfinite(float(values[name])):
             raise ConfigError(f"{name.upper()}={values[name]}: must not be negative")

@@ -41,6 +41,7 @@ BANNER_TOKEN_TTL = 24 * 3600.0
 def devstack_defaults() -> dict[str, object]:
     return {
         "host": "127.0.0.1",
+        "drain_grace": 0.0,  # no load balancer in front: Ctrl-C stops at once
         "redis_host": "",  # memory mode unless REDIS_URL or REDIS_HOST is set
         "jwt_access_secret": secrets.token_urlsafe(48),
         "jwt_refresh_secret": secrets.token_urlsafe(48),
