@@ -17,6 +17,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from tornado_gateway import config, tornado_compat
+from tornado_gateway.config import usage
 from tornado_gateway.app import Gateway
 from tornado_gateway.edge.responses import DelegateRelay
 from tornado_gateway.logs import setup_logging
@@ -27,9 +28,10 @@ IDLE_CONNECTION_TIMEOUT = 75.0  # longer than common client/proxy keep-alive tim
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
-    if any(a in ("--help", "-h") for a in argv[1:]):
+    if any(a in ("--help", "-h", "--version") for a in argv[1:]):
+        text = usage.render() if any(a in ("--help", "-h") for a in argv[1:]) else usage.version() + "\n"
         try:
-            config.make_parser().print_help(sys.stdout)
+            sys.stdout.write(text)
             sys.stdout.flush()
         except BrokenPipeError:  # e.g. `--help | head`
             sys.stderr.close()
@@ -42,13 +44,17 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def exit_config_error(exc: config.ConfigError) -> NoReturn:
-    print(f"tornado_gateway: configuration error: {exc}", file=sys.stderr)
+    """Every problem, one line each, on stderr; exit code 2."""
+    for problem in exc.problems or [str(exc)]:
+        print(f"tornado_gateway: configuration error: {problem}", file=sys.stderr)
     sys.exit(2)
 
 
 def serve(settings: config.Settings, runner: Callable[[config.Settings], Coroutine[Any, Any, int]]) -> NoReturn:
     """Set up logging and the loop, run ``runner(settings)`` and exit with its code."""
     setup_logging(settings.log_level, secrets=config.secret_values(settings))
+    for warning in config.startup_warnings(settings):
+        log.warning(warning)
     _install_fast_loop()
     try:
         code = asyncio.run(runner(settings))

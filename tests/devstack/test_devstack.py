@@ -14,7 +14,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from chat_fakes import SocketClient
 from devstack_process import DevstackProcess
-from harness import RedisServer, run_gateway_cli
+from harness import RedisServer, free_port, run_gateway_cli
 
 ACCESS = "devstack-test-access-secret-0123456789abcdef"
 REFRESH = "devstack-test-refresh-secret-0123456789abcdef"
@@ -99,9 +99,7 @@ def test_redis_is_used_when_configured_explicitly():
 
 
 def test_service_url_path_is_where_the_stand_in_serves():
-    stack = DevstackProcess().start()
-    chats = stack.service_ports["chats"]
-    stack.stop()
+    chats = free_port()
     stack = DevstackProcess({"CHATS_SERVICE_URL": f"http://127.0.0.1:{chats}/v1/chats"})
     stack.service_ports["chats"] = chats
     stack.start()
@@ -109,6 +107,16 @@ def test_service_url_path_is_where_the_stand_in_serves():
         token = stack.login("alice")["accessToken"]
         status, body, _ = stack.request("GET", "/api/chats/c1", token=token)
         assert status == 200 and body["chat"]["id"] == "c1"
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(stack.service_url("chats", "/v1/chats/c1"), headers={"X-User-Id": "u1"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert json.loads(resp.read())["chat"]["id"] == "c1"
+        with pytest.raises(urllib.error.HTTPError) as err:  # nothing outside the URL's own path
+            urllib.request.urlopen(urllib.request.Request(stack.service_url("chats", "/c1"),
+                                                          headers={"X-User-Id": "u1"}), timeout=5)
+        assert err.value.code == 404
     finally:
         stack.stop()
 

@@ -2,9 +2,10 @@
 
 from tornado_gateway.config.options import _OPTIONS, SECRET_OPTIONS, ConfigError
 from tornado_gateway.config.settings import (SERVICES, RateLimit, Route, Settings, build_settings,
-                                             check_production, secret_values, weak_secret)
-from tornado_gateway.config.sources import load, make_parser, parse_flags, raw_values
+                                             check_production, secret_values, startup_warnings,
+                                             weak_secret)
+from tornado_gateway.config.sources import load, make_parser, parse_flags, raw_values, validated
 
 __all__ = ["_OPTIONS", "SECRET_OPTIONS", "ConfigError", "SERVICES", "RateLimit", "Route", "Settings",
-           "build_settings", "check_production", "secret_values", "weak_secret", "load",
-           "make_parser", "parse_flags", "raw_values"]
+           "build_settings", "check_production", "secret_values", "startup_warnings", "weak_secret", "load",
+           "make_parser", "parse_flags", "raw_values", "validated"]

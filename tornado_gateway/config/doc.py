@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tornado_gateway.config.options import _OPTIONS
+from tornado_gateway.config.options import by_area
 
 MIB = 1024 * 1024
 
@@ -33,10 +33,17 @@ An unknown flag or config-file name, a stray command-line word, or a
 malformed value (a port that is not a number, an origin that is not
 `scheme://host[:port]`, an unsupported `REDIS_URL` scheme, a service URL
 that is not http(s), a `TRUSTED_PROXIES` entry that is not an IP or CIDR, a
-boolean that is not true/false/1/0/yes/no/on/off...) stops start-up with one
-line on stderr naming the setting, exit code 2. Secret values are never
-echoed in that line. `python -m tornado_gateway --help` lists every option
-with its variable and default.
+boolean that is not true/false/1/0/yes/no/on/off...) stops start-up with
+exit code 2 and one line on stderr per problem, naming the setting; every
+problem of the run is reported at once, not one per attempt. Secret values
+are never echoed. `python -m tornado_gateway --help` lists every option,
+grouped by the areas below, with its variables and default; `--version`
+prints the version.
+
+In development a node that starts without `JWT_ACCESS_SECRET` says so in its
+log (every access token will be refused), and likewise for
+`JWT_REFRESH_SECRET` (every refresh refused at the edge) and for an example or
+short secret (tolerated there, refused in production).
 
 With `NODE_ENV=production` (or `GATEWAY_ENV=production`) the gateway also
 refuses to start when `JWT_ACCESS_SECRET` or `JWT_REFRESH_SECRET` is missing,
@@ -49,6 +56,8 @@ Where a setting has two variables (`NODE_ENV` / `GATEWAY_ENV`), the first is
 canonical and wins when both are set. Durations are in seconds, sizes in
 bytes. Pass secrets through the environment or an `--env-file`, not as flags:
 command lines are visible to every local user in `ps`.
+
+## Settings by area
 
 """
 
@@ -69,7 +78,7 @@ defaults of its own (any flag, variable or config-file value still wins):
 `INTERNAL_AUTH_PASSWORD` per run (`INTERNAL_AUTH_USER=devstack`), printed
 nowhere. It refuses `NODE_ENV=production`, `INTERNAL_PORT=0` (its services
 announce events there), a `*_SERVICE_URL` that is not on this machine, and two
-listeners on one port (exit code 2, one line). See docs/services.md.
+listeners on one port (exit code 2, one line each). See docs/services.md.
 """
 
 
@@ -90,15 +99,21 @@ def _cell(text: str) -> str:
 
 
 def table() -> str:
-    rows = ["| variable | flag / config name | default | meaning |", "|---|---|---|---|"]
-    for name, envs, _kind, default, help_text in _OPTIONS:
-        variables = " / ".join(f"`{env}`" for env in envs)
-        rows.append(f"| {variables} | `--{name.replace('_', '-')}` / `{name}` | {_default(default)} "
-                    f"| {_cell(help_text)} |")
-    rows.append("| — | `--config` | — | config file to read (flag only) |")
-    rows.append("| — | `--env-file` | — | dotenv file to load into the environment (flag only) |")
-    rows.append("| — | `--devstack` | — | run with stand-ins of the six services (flag only; SPEC §8) |")
-    return "\n".join(rows) + "\n"
+    """One table per area (config/options.py AREAS), then the flags that are not settings."""
+    out = []
+    for area, rows in by_area():
+        out += [f"### {area}", "", "| variable | flag / config name | default | meaning |", "|---|---|---|---|"]
+        for name, envs, _kind, default, help_text in rows:
+            variables = " / ".join(f"`{env}`" for env in envs)
+            out.append(f"| {variables} | `--{name.replace('_', '-')}` / `{name}` | {_default(default)} "
+                       f"| {_cell(help_text)} |")
+        out.append("")
+    out += ["### Command line only", "", "| flag | meaning |", "|---|---|",
+            "| `--config PATH` | config file to read |",
+            "| `--env-file PATH` | dotenv file to load into the environment |",
+            "| `--devstack` | run with stand-ins of the six services (SPEC §8; below) |",
+            "| `--help`, `-h` / `--version` | every option grouped as here / the version |"]
+    return "\n".join(out) + "\n"
 
 
 def render() -> str:

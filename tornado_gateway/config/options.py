@@ -10,7 +10,11 @@ MIB = 1024 * 1024
 
 
 class ConfigError(Exception):
-    """A setting is unknown, malformed or unsafe; the message is one line."""
+    """Settings are unknown, malformed or unsafe: ``problems`` holds one line for each."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
 
 
 # (option name, environment variables, type, default, help). The first
@@ -116,3 +120,35 @@ SECRET_OPTIONS = frozenset(
     {"jwt_access_secret", "jwt_refresh_secret", "redis_password", "internal_auth_password",
      "internal_auth_key", "redis_url"}
 )
+
+# The areas --help and docs/configuration.md group the options by. An option
+# missing here still appears, under "Other".
+AREAS: Sequence[tuple[str, tuple[str, ...]]] = (
+    ("Process and public listener", ("env", "log_level", "host", "port", "drain_timeout", "drain_grace")),
+    ("Authentication", ("jwt_access_secret", "jwt_refresh_secret", "jwt_algorithms", "jwt_issuer",
+                        "jwt_audience", "jwt_leeway", "public_paths", "revocation_ttl")),
+    ("Browsers and proxies", ("allowed_origins", "trusted_proxies")),
+    ("Redis", ("redis_url", "redis_host", "redis_port", "redis_password")),
+    ("Services and routes", (*(f"{name}_service_url" for name in SERVICES), "routes",
+                             "upstream_connect_timeout", "upstream_timeout", "upstream_max_connections",
+                             "upstream_idle_timeout", "max_body_size", "media_max_body_size",
+                             "circuit_failures", "circuit_cooldown")),
+    ("HTTP rate limits", ("rate_limit_user", "rate_limit_ip", "rate_limit_auth", "rate_limit_enabled",
+                          "rate_limit_auth_paths")),
+    ("Socket.IO", ("auth_timeout", "typing_timeout", "presence_ttl", "socket_rate_message",
+                   "socket_rate_typing", "socket_rate_join", "socket_rate_connect", "max_connections_per_ip",
+                   "max_connections_per_user", "socket_token_grace", "socket_max_payload",
+                   "membership_cache_ttl")),
+    ("Internal listener and event ingress", ("internal_host", "internal_port", "internal_auth_user",
+                                             "internal_auth_password", "internal_auth_key",
+                                             "ingress_max_body_size")),
+)
+
+
+def by_area() -> list[tuple[str, list[tuple[str, tuple[str, ...], type, object, str]]]]:
+    """The option table grouped by AREAS, in their order; unlisted options last, under "Other"."""
+    rows = {row[0]: row for row in _OPTIONS}
+    groups = [(area, [rows[name] for name in names if name in rows]) for area, names in AREAS]
+    listed = {name for _, names in AREAS for name in names}
+    other = [row for row in _OPTIONS if row[0] not in listed]
+    return groups + ([("Other", other)] if other else [])

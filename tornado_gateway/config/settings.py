@@ -7,7 +7,8 @@ from urllib.parse import SplitResult
 import ipaddress
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from functools import partial
+from typing import Any, Callable, Mapping
 from urllib.parse import unquote, urlsplit
 
 from tornado_gateway.config.options import MIB, SERVICES, ConfigError
@@ -220,14 +221,21 @@ def _routes(values: Mapping[str, Any]) -> tuple[Route, ...]:
     total = float(values["upstream_timeout"])
     table: dict[str, Route] = {}
     services = {}
+    bad: list[str] = []
     for service in SERVICES:
         key = f"{service}_service_url"
         services[service] = str(values[key])
-        upstream, path = _split_upstream(key.upper(), services[service])
+        try:
+            upstream, path = _split_upstream(key.upper(), services[service])
+        except ConfigError as exc:
+            bad.extend(exc.problems)
+            continue
         limit = int(values["media_max_body_size"] if service == "media" else values["max_body_size"])
         table[f"/api/{service}"] = Route(
             f"/api/{service}", service, upstream, path, limit, total, connect
         )
+    if bad:
+        raise ConfigError(*bad)
     for spec in _csv(values["routes"]):
         head, *params = spec.split(";")
         prefix, eq, target = head.partition("=")
@@ -263,52 +271,81 @@ PLAIN_FIELDS = tuple(f.name for f in fields(Settings) if f.name not in DERIVED_F
 
 
 def build_settings(values: Mapping[str, Any]) -> Settings:
-    """Validate raw option values into Settings (raises ConfigError)."""
-    env = str(values["env"]).strip().lower()
-    if env not in ("development", "production", "test"):
-        raise ConfigError(f"NODE_ENV={values['env']!r}: expected development, production or test")
-    level = str(values["log_level"]).strip().lower()
-    if level == "warn":
-        level = "warning"
-    if level not in ("debug", "info", "warning", "error"):
-        raise ConfigError(f"LOG_LEVEL={values['log_level']!r}: expected debug, info, warning or error")
-    algorithms = tuple(a.upper() for a in _csv(values["jwt_algorithms"]))
-    bad = [a for a in algorithms if a not in ("HS256", "HS384", "HS512")]
-    if bad or not algorithms:
-        raise ConfigError(f"JWT_ALGORITHMS: only HS256, HS384, HS512 are supported, got {bad or '[]'}")
+    """Validate raw option values into Settings; raises ConfigError naming every problem at once."""
+    problems: list[str] = []
+    fallback = {f.name: f.default for f in fields(Settings)}
+
+    def attempt(name: str, compute: Callable[[], Any]) -> Any:
+        try:
+            return compute()
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            return fallback[name]
+
+    env = attempt("env", lambda: _env(values))
+    level = attempt("log_level", lambda: _log_level(values))
+    algorithms = attempt("jwt_algorithms", lambda: _algorithms(values))
     for name in ("port", "internal_port", "redis_port"):
         if not 0 <= int(values[name]) <= 65535:
-            raise ConfigError(f"{name.upper()}={values[name]}: not a port")
+            problems.append(f"{name.upper()}={values[name]}: not a port")
     positive = ("upstream_connect_timeout", "upstream_timeout", "auth_timeout", "typing_timeout",
                 "presence_ttl", "max_body_size", "media_max_body_size", "revocation_ttl",
                 "circuit_failures", "circuit_cooldown", "upstream_max_connections",
                 "ingress_max_body_size", "socket_max_payload")
     for name in positive:
         if not float(values[name]) > 0 or not math.isfinite(float(values[name])):
-            raise ConfigError(f"{name.upper()}={values[name]}: must be positive")
+            problems.append(f"{name.upper()}={values[name]}: must be positive")
     for name in ("drain_timeout", "drain_grace", "jwt_leeway", "socket_token_grace", "membership_cache_ttl",
                  "upstream_idle_timeout"):
         if not float(values[name]) >= 0 or not math.isfinite(float(values[name])):
-            raise ConfigError(f"{name.upper()}={values[name]}: must not be negative")
+            problems.append(f"{name.upper()}={values[name]}: must not be negative")
     # Settings derived by more than their option's type; every other field is its option's value.
     derived: dict[str, Any] = {
         "env": env,
         "log_level": level,
-        "allowed_origins": _origins(values["allowed_origins"]),
+        "allowed_origins": attempt("allowed_origins", lambda: _origins(values["allowed_origins"])),
         "jwt_algorithms": algorithms,
         "public_paths": tuple("/" + p.strip("/") for p in _csv(values["public_paths"])),
-        "redis_url": _redis_url(values),
-        "routes": _routes(values),
-        "trusted_proxies": _networks(values["trusted_proxies"]),
+        "redis_url": attempt("redis_url", lambda: _redis_url(values)),
+        "routes": attempt("routes", lambda: _routes(values)),
+        "trusted_proxies": attempt("trusted_proxies", lambda: _networks(values["trusted_proxies"])),
         "rate_limit_auth_paths": tuple("/" + p.strip("/") for p in _csv(values["rate_limit_auth_paths"])),
-        "max_connections_per_ip": _non_negative("max_connections_per_ip", values),
-        "max_connections_per_user": _non_negative("max_connections_per_user", values),
-        **{name: _rate_limit(name, values[name]) for name in RATE_LIMIT_FIELDS},
+        "max_connections_per_ip": attempt("max_connections_per_ip",
+                                          lambda: _non_negative("max_connections_per_ip", values)),
+        "max_connections_per_user": attempt("max_connections_per_user",
+                                            lambda: _non_negative("max_connections_per_user", values)),
+        **{name: attempt(name, partial(_rate_limit, name, values[name])) for name in RATE_LIMIT_FIELDS},
     }
     settings = Settings(**{name: values[name] for name in PLAIN_FIELDS}, **derived)
     if settings.production:
-        check_production(settings)
+        problems.extend(production_problems(settings))
+    if problems:
+        raise ConfigError(*problems)
     return settings
+
+
+def _env(values: Mapping[str, Any]) -> str:
+    env = str(values["env"]).strip().lower()
+    if env not in ("development", "production", "test"):
+        raise ConfigError(f"NODE_ENV={values['env']!r}: expected development, production or test")
+    return env
+
+
+def _log_level(values: Mapping[str, Any]) -> str:
+    level = str(values["log_level"]).strip().lower()
+    if level == "warn":
+        level = "warning"
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"LOG_LEVEL={values['log_level']!r}: expected debug, info, warning or error")
+    return level
+
+
+def _algorithms(values: Mapping[str, Any]) -> tuple[str, ...]:
+    algorithms = tuple(a.upper() for a in _csv(values["jwt_algorithms"]))
+    bad = [a for a in algorithms if a not in ("HS256", "HS384", "HS512")]
+    if bad or not algorithms:
+        raise ConfigError(f"JWT_ALGORITHMS: only HS256, HS384, HS512 are supported, got {bad or '[]'}")
+    return algorithms
 
 
 def secret_values(settings: Settings) -> list[str]:
@@ -335,16 +372,42 @@ def weak_secret(secret: str) -> str | None:
 
 def check_production(settings: Settings) -> None:
     """Refuse settings that are tolerable in development only."""
+    problems = production_problems(settings)
+    if problems:
+        raise ConfigError(*problems)
+
+
+def production_problems(settings: Settings) -> list[str]:
+    """What NODE_ENV=production refuses in ``settings``, one line each."""
+    problems = []
     for name in ("jwt_access_secret", "jwt_refresh_secret"):
         why = weak_secret(getattr(settings, name))
         if why:
-            raise ConfigError(f"NODE_ENV=production: {name.upper()} is {why}")
+            problems.append(f"NODE_ENV=production: {name.upper()} is {why}")
     if "*" in settings.allowed_origins:
-        raise ConfigError("NODE_ENV=production: ALLOWED_ORIGINS must not contain '*'")
-    if settings.jwt_access_secret == settings.jwt_refresh_secret:
-        raise ConfigError("NODE_ENV=production: JWT_ACCESS_SECRET and JWT_REFRESH_SECRET must differ")
+        problems.append("NODE_ENV=production: ALLOWED_ORIGINS must not contain '*'")
+    if settings.jwt_access_secret and settings.jwt_access_secret == settings.jwt_refresh_secret:
+        problems.append("NODE_ENV=production: JWT_ACCESS_SECRET and JWT_REFRESH_SECRET must differ")
     if settings.internal_port and not (settings.internal_auth_user and settings.internal_auth_password):
-        raise ConfigError(
+        problems.append(
             "NODE_ENV=production: INTERNAL_AUTH_USER and INTERNAL_AUTH_PASSWORD are required "
             "(or INTERNAL_PORT=0 to turn the internal listener off)"
         )
+    return problems
+
+
+def startup_warnings(settings: Settings) -> list[str]:
+    """What a development node should say at start about its JWT secrets (production refuses these)."""
+    if settings.production:
+        return []
+    effects = {"jwt_access_secret": "every access token will be refused (401 on HTTP, sockets refused)",
+               "jwt_refresh_secret": "every POST /api/auth/refresh will be refused at the edge (401)"}
+    out = []
+    for name, effect in effects.items():
+        why = weak_secret(getattr(settings, name))
+        if why == "missing":
+            out.append(f"{name.upper()} is not set: {effect}; set it to the secret the auth service signs with")
+        elif why:
+            out.append(f"{name.upper()} is {why}: tolerated in development, refused with NODE_ENV=production")
+    return out
+

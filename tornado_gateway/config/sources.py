@@ -24,13 +24,35 @@ def make_parser() -> OptionParser:
 
 
 def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read flags, environment and config file into validated Settings."""
-    return build_settings(raw_values(argv, environ))
+    """Read flags, environment and config file into validated Settings.
+
+    Raises one ConfigError naming every problem found, not only the first.
+    """
+    problems: list[str] = []
+    values = raw_values(argv, environ, problems=problems)
+    return validated(values, problems)
+
+
+def validated(values: Mapping[str, Any], problems: list[str]) -> Settings:
+    """``build_settings(values)``, its problems reported together with ``problems`` (from the sources)."""
+    try:
+        settings = build_settings(values)
+    except ConfigError as exc:
+        raise ConfigError(*problems, *exc.problems) from None
+    if problems:
+        raise ConfigError(*problems)
+    return settings
 
 
 def raw_values(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
-               defaults: Mapping[str, object] | None = None) -> dict[str, Any]:
-    """Flags, environment and config file over ``defaults`` (option name -> value), unvalidated."""
+               defaults: Mapping[str, object] | None = None,
+               problems: list[str] | None = None) -> dict[str, Any]:
+    """Flags, environment and config file over ``defaults`` (option name -> value), unvalidated.
+
+    A value that cannot be read is a problem: appended to ``problems`` (the
+    option keeps its earlier value) or, without that list, raised at the end.
+    """
+    found: list[str] = [] if problems is None else problems
     argv = list(sys.argv if argv is None else argv)
     environ = dict(os.environ if environ is None else environ)
     parser = make_parser()
@@ -39,45 +61,63 @@ def raw_values(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
         if option is None:
             raise KeyError(f"no option {name!r}")
         option.set(value)
-    flags = parse_flags(argv, parser)
+    flags = parse_flags(argv, parser, found)
     env_file = flags.pop("env_file", "")
     config_file = flags.pop("config", "")
     if env_file:
         # The real environment wins over the file, as with docker's --env-file.
-        environ = {**_read_env_file(env_file), **environ}
+        environ = {**(_collect(found, _read_env_file, env_file) or {}), **environ}
     if config_file:
-        _apply_config_file(parser, config_file)
-    _apply_environment(parser, environ)
+        _collect(found, _apply_config_file, parser, config_file, found)
+    _apply_environment(parser, environ, found)
     for name, raw in flags.items():
-        _set_raw(parser, name, raw, f"--{name.replace('_', '-')}")
+        _collect(found, _set_raw, parser, name, raw, f"--{name.replace('_', '-')}")
+    if problems is None and found:
+        raise ConfigError(*found)
     return parser.as_dict()
 
 
-def parse_flags(argv: Sequence[str], parser: OptionParser) -> dict[str, str]:
+def _collect(problems: list[str], fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, or None with its ConfigError's problems added to ``problems``."""
+    try:
+        return fn(*args)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return None
+
+
+def parse_flags(argv: Sequence[str], parser: OptionParser, problems: list[str] | None = None) -> dict[str, str]:
     """``--name value``, ``--name=value`` (``_`` or ``-`` in names) into {option: raw value}.
 
     Anything else on the command line (unknown options, positional words,
-    single-dash options) is refused rather than silently ignored.
+    single-dash options) is refused rather than silently ignored: appended to
+    ``problems``, or raised (all of them) without that list.
     """
+    found: list[str] = [] if problems is None else problems
     flags: dict[str, str] = {}
     args = iter(argv[1:])
     for arg in args:
         if not arg.startswith("--") or arg == "--":
-            raise ConfigError(f"command line: unexpected argument {_shown_arg(arg)} (options look like --name=value)")
+            found.append(f"command line: unexpected argument {_shown_arg(arg)} (options look like --name=value)")
+            break  # what follows a stray word cannot be read reliably (a value of `-p`?)
         name, eq, value = arg[2:].partition("=")
         dashed = name.replace("_", "-")
         option = tornado_compat.option_named(parser, dashed)
         if option is None or dashed == "help":
-            raise ConfigError(f"command line: unknown option --{dashed}")
+            found.append(f"command line: unknown option --{dashed}")
+            continue
         if not eq:
             if option.type is bool:
                 value = "true"
             else:
                 following = next(args, None)
                 if following is None:
-                    raise ConfigError(f"command line: --{dashed} needs a value")
+                    found.append(f"command line: --{dashed} needs a value")
+                    continue
                 value = following
         flags[dashed.replace("-", "_")] = value
+    if problems is None and found:
+        raise ConfigError(*found)
     return flags
 
 
@@ -120,7 +160,7 @@ def _read_env_file(path: str) -> dict[str, str]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _apply_config_file(parser: OptionParser, path: str) -> None:
+def _apply_config_file(parser: OptionParser, path: str, problems: list[str]) -> None:
     """Run the file (tornado.options syntax: ``name = value`` Python lines) and take its names.
 
     Errors name the setting or the line, never a value: a config file holds secrets.
@@ -142,12 +182,14 @@ def _apply_config_file(parser: OptionParser, path: str) -> None:
         name = key.lower().replace("-", "_")
         option = tornado_compat.option_named(parser, name.replace("_", "-"))
         if option is None or name in ("config", "env_file", "help"):
-            raise ConfigError(f"--config {path}: unknown setting {key!r}")
+            problems.append(f"--config {path}: unknown setting {key!r}")
+            continue
         if option.type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, option.type):
-            raise ConfigError(f"--config {path}: setting {key!r} must be {option.type.__name__}, "
-                              f"not {type(value).__name__}")
+            problems.append(f"--config {path}: setting {key!r} must be {option.type.__name__}, "
+                            f"not {type(value).__name__}")
+            continue
         option.set(value)
 
 
@@ -158,11 +200,11 @@ def _error_line(exc: BaseException, path: str) -> object:
     return frames[-1].lineno if frames else "?"
 
 
-def _apply_environment(parser: OptionParser, environ: Mapping[str, str]) -> None:
+def _apply_environment(parser: OptionParser, environ: Mapping[str, str], problems: list[str]) -> None:
     for name, envs, _kind, _default, _help in _OPTIONS:
         for env in reversed(envs):  # the canonical name is applied last and wins over aliases
             if env in environ:
-                _set_raw(parser, name, environ[env], env)
+                _collect(problems, _set_raw, parser, name, environ[env], env)
 
 
 def _shown(name: str, raw: str) -> str:

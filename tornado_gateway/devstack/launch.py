@@ -51,25 +51,27 @@ def devstack_defaults() -> dict[str, object]:
 
 
 def load_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> config.Settings:
-    """The gateway's settings in devstack mode (raises ConfigError)."""
+    """The gateway's settings in devstack mode (raises ConfigError naming every problem)."""
     argv = [a for a in argv if a != "--devstack"]
-    values = config.raw_values(argv, environ, devstack_defaults())
+    problems: list[str] = []
+    values = config.raw_values(argv, environ, devstack_defaults(), problems=problems)
     if str(values["env"]).strip().lower() == "production":
         raise config.ConfigError("--devstack is for development and refuses NODE_ENV=production")
-    settings = config.build_settings(values)
+    settings = config.validated(values, problems)
     if not settings.internal_port:
-        raise config.ConfigError("--devstack needs the internal listener (INTERNAL_PORT=0): "
-                                 "its services announce events there")
+        problems.append("--devstack needs the internal listener (INTERNAL_PORT=0): "
+                        "its services announce events there")
     taken = {settings.port: "PORT", settings.internal_port: "INTERNAL_PORT"}
     for service, route in service_routes(settings).items():
         name = f"{service.upper()}_SERVICE_URL"
         host, port = _host_port(route.upstream)
         if host not in LOOPBACK:
-            raise config.ConfigError(f"--devstack: {name} must point at this machine (localhost), "
-                                     f"its stand-in runs here")
-        if port in taken:
-            raise config.ConfigError(f"--devstack: {name} uses port {port}, as {taken[port]} does")
+            problems.append(f"--devstack: {name} must point at this machine (localhost), its stand-in runs here")
+        elif port in taken:
+            problems.append(f"--devstack: {name} uses port {port}, as {taken[port]} does")
         taken[port] = name
+    if problems:
+        raise config.ConfigError(*problems)
     return settings
 
 
@@ -183,7 +185,7 @@ async def run(settings: config.Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     argv = list(sys.argv if argv is None else argv)
-    if any(a in ("--help", "-h") for a in argv[1:]):
+    if any(a in ("--help", "-h", "--version") for a in argv[1:]):
         server.main([a for a in argv if a != "--devstack"])
     try:
         settings = load_settings(argv, os.environ)
