@@ -6,11 +6,16 @@ see README "Several processes per VM"), so figures never mix processes.
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 from typing import Any
 
 from functools import lru_cache
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import tornado
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+from tornado_gateway import __version__
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -46,6 +51,12 @@ EVENTS_REJECTED = Counter("gateway_events_rejected_total", "Ingress events refus
                           ["source"], registry=REGISTRY)
 REVOCATIONS = Counter("gateway_revocations_total", "session:revoke events applied", ["kind"],
                       registry=REGISTRY)
+# process_* (CPU, resident memory, open file descriptors, start time) of this process.
+ProcessCollector(registry=REGISTRY)
+BUILD_INFO = Gauge("gateway_build_info", "Always 1; the labels say what runs",
+                   ["version", "python", "tornado", "socketio"], registry=REGISTRY)
+BUILD_INFO.labels(__version__, platform.python_version(), tornado.version,
+                  importlib.metadata.version("python-socketio")).set(1)
 
 
 @lru_cache(maxsize=4096)

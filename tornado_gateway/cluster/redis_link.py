@@ -78,6 +78,16 @@ def connect(url: str, bounded_pool: bool = False, **overrides: Any) -> aioredis.
     return aioredis.Redis.from_url(url, **options)
 
 
+def describe(url: str) -> str:
+    """Where ``url`` points, for a log line: scheme and host(s), never a password."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix:{parts.path}"
+    hosts = parts.netloc.rpartition("@")[2]  # sentinel and cluster URLs list several host:port
+    service = f" {parts.path.strip('/')}" if parts.scheme == "redis+sentinel" and parts.path.strip("/") else ""
+    return f"{parts.scheme}://{hosts}{service}"
+
+
 def pool_exhausted(exc: BaseException) -> bool:
     """A command failed for want of a free pooled connection, not because Redis is unreachable."""
     if isinstance(exc, MaxConnectionsError):
@@ -100,6 +110,7 @@ class RedisLink:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self.where = describe(url)
         self.client = connect(url, bounded_pool=True)
         self.up = False
         self.last_error: str | None = None
@@ -139,8 +150,8 @@ class RedisLink:
     async def start(self) -> None:
         await self._ping()
         if not self.up:
-            log.warning("redis unreachable at start-up; serving with local fallbacks: %s",
-                        self.last_error)
+            log.warning("redis unreachable at start-up (%s); serving with local fallbacks: %s",
+                        self.where, self.last_error)
         self._watcher = asyncio.create_task(self._watch())
 
     async def _ping(self) -> None:
@@ -162,11 +173,11 @@ class RedisLink:
         if up == was:
             return
         if up:
-            log.info("redis reachable")
+            log.info("redis reachable at %s", self.where)
             if self._watcher is not None:
                 metrics.REDIS_RECONNECTS.inc()
         elif self._watcher is not None:
-            log.error("redis lost: %s", error)
+            log.error("redis lost (%s): %s", self.where, error)
         for callback in self._listeners:
             try:
                 callback(up)

@@ -245,6 +245,10 @@ class NotFoundHandler(GatewayHandler):
             raise GatewayError("NOT_FOUND", "no route for this path")
 
 
+# Polled by machines or one request per socket.io poll: their successes are logged at debug.
+QUIET_ROUTES = frozenset({"health", "ready", "metrics", "socket.io"})
+
+
 def log_request(handler: Any) -> None:
     """One access line and the HTTP metrics per request: the applications' ``log_function``,
     and what the proxy's exchanges call (they answer to the same attributes)."""
@@ -256,7 +260,7 @@ def log_request(handler: Any) -> None:
     if not access_log.isEnabledFor(logging.INFO):
         return
     level = logging.INFO if status < 500 else logging.WARNING
-    if status < 400 and route in ("health", "ready"):
+    if status < 400 and route in QUIET_ROUTES:
         level = logging.DEBUG
     access_log.log(
         level,

@@ -98,7 +98,7 @@ class OrderedDispatch:
             reply = _failure("INTERNAL", "internal error")
         await self._reply(state, event, ack_id, reply)
         if state.closing and state.sid in self.states:
-            await self.disconnect(state.sid)
+            await self.disconnect(state.sid, f"closed after {event}: {reply.get('error', {}).get('code')}")
 
     async def _check_authenticated(self, state: SocketState) -> None:
         if state.identity is None:

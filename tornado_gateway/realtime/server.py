@@ -92,6 +92,7 @@ class Realtime(OrderedDispatch):
         if states:
             log.info("draining: closing %d socket(s)", len(states))
         for state in states:
+            state.close_reason = "draining"
             self.emit_to_sid(state.sid, "error", {
                 "code": "DRAINING", "message": "this node is shutting down; reconnect"})
         await asyncio.gather(*(self._close_transport(s.sid) for s in states), return_exceptions=True)
@@ -108,8 +109,18 @@ class Realtime(OrderedDispatch):
     # -- connect / disconnect ----------------------------------------------------
 
     async def _on_connect(self, sid: str, environ: dict, auth: Any = None) -> bool:
-        request = environ["tornado.handler"].request
-        ip = self.gateway.forwarding.client_ip(request)
+        """Admit (and log) a socket, or refuse it with ``connect_error`` ``data.code`` (logged with the reason)."""
+        ip = self.gateway.forwarding.client_ip(environ["tornado.handler"].request)
+        try:
+            return await self._admit(sid, environ, auth, ip)
+        except socketio.exceptions.ConnectionRefusedError as exc:
+            data = exc.error_args.get("data") if isinstance(exc.error_args, dict) else None
+            code = data.get("code") if isinstance(data, dict) else None
+            log.info("socket refused: %s (%s)", code, exc.error_args.get("message"),
+                     extra={"event": "connect", "code": code, "client_ip": ip, "sid": sid})
+            raise
+
+    async def _admit(self, sid: str, environ: dict, auth: Any, ip: str) -> bool:
         if self.gateway.draining:
             _refuse("DRAINING", "this node is shutting down")
         decision = await self.gateway.limits.allow("socket_connect", ip, self.settings.socket_rate_connect)
@@ -135,6 +146,10 @@ class Realtime(OrderedDispatch):
         wire.write_directly(self.sio, self.manager, sid, environ["tornado.handler"])
         self.sockets_of_ip[ip] = self.sockets_of_ip.get(ip, 0) + 1
         metrics.OPEN_SOCKETS.inc()
+        transport = "websocket" if getattr(environ["tornado.handler"], "ws_connection", None) else "polling"
+        log.info("socket connected (%s)%s", transport, "" if identity else ", awaiting auth:hello",
+                 extra={"event": "connect", "sid": sid, "client_ip": ip,
+                        "user_id": identity.user_id if identity else None})
         if identity is not None:
             await self._authenticate(state, identity)
         else:
@@ -149,6 +164,8 @@ class Realtime(OrderedDispatch):
             self.manager.forget_websocket(eio_sid)
         if state is None:
             return
+        log.info("socket disconnected: %s", state.close_reason or reason or "unknown",
+                 extra={"event": "disconnect", "sid": sid, "client_ip": state.ip, "user_id": state.user_id})
         state.closing = True
         metrics.OPEN_SOCKETS.dec()
         if state.timer is not None:
@@ -200,7 +217,7 @@ class Realtime(OrderedDispatch):
             "message": f"token expired; send auth:hello with a new token within "
                        f"{self.settings.socket_token_grace:g}s", "event": None})
         state.timer = asyncio.get_running_loop().call_later(
-            self.settings.socket_token_grace, self._spawn, self.disconnect(sid))
+            self.settings.socket_token_grace, self._spawn, self.disconnect(sid, "token expired"))
 
     async def _auth_timed_out(self, sid: str) -> None:
         state = self.states.get(sid)
@@ -208,7 +225,7 @@ class Realtime(OrderedDispatch):
             return
         self.emit_to_sid(sid, "error", {"code": "AUTH_TIMEOUT", "event": None,
                                         "message": "no auth:hello within AUTH_TIMEOUT"})
-        await self.disconnect(sid)
+        await self.disconnect(sid, "no auth:hello within AUTH_TIMEOUT")
 
     async def auth_hello(self, state: SocketState, payload: Any) -> dict:
         """``auth:hello {token}``: authenticate, or refresh the token of the same user."""
@@ -226,6 +243,8 @@ class Realtime(OrderedDispatch):
             if state.timer is not None:
                 state.timer.cancel()
             await self._authenticate(state, identity)
+            log.info("socket authenticated (auth:hello)",
+                     extra={"event": "auth:hello", "sid": state.sid, "user_id": identity.user_id})
         elif identity.user_id != state.identity.user_id:
             raise EventError("FORBIDDEN", "auth:hello may only refresh the token of the same user")
         else:
@@ -272,15 +291,16 @@ class Realtime(OrderedDispatch):
                 continue
             self.emit_to_sid(sid, "error", {"code": "TOKEN_REVOKED", "message": "token revoked",
                                             "event": None})
-            await self.disconnect(sid)
+            await self.disconnect(sid, "token revoked")
             closed += 1
         return closed
 
-    async def disconnect(self, sid: str) -> None:
-        """Socket.IO disconnect (the client does not reconnect by itself)."""
+    async def disconnect(self, sid: str, why: str = "closed by the gateway") -> None:
+        """Socket.IO disconnect (the client does not reconnect by itself); ``why`` goes to the log."""
         state = self.states.get(sid)
         if state is not None:
             state.closing = True
+            state.close_reason = state.close_reason or why
         await self.sio.disconnect(sid, ignore_queue=True)
 
     async def _close_transport(self, sid: str) -> None:

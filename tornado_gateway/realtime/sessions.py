@@ -13,7 +13,7 @@ class SocketState:
     """What the gateway knows about one connected socket."""
 
     __slots__ = ("sid", "ip", "identity", "chats", "pending", "worker", "timer", "expired",
-                 "closing")
+                 "closing", "close_reason")
 
     def __init__(self, sid: str, ip: str) -> None:
         self.sid = sid
@@ -25,6 +25,7 @@ class SocketState:
         self.timer: asyncio.TimerHandle | None = None  # auth timeout, token expiry or grace
         self.expired = False
         self.closing = False
+        self.close_reason: str | None = None  # why the gateway closed it, for the log
 
     @property
     def user_id(self) -> str | None:

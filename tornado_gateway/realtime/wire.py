@@ -356,6 +356,9 @@ def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
         def prepare(self) -> None:
             origin = self.request.headers.get("Origin")
             if not realtime.origin_allowed(origin):
+                log.info("socket refused: origin not allowed (%r)", (origin or "")[:100],
+                         extra={"event": "connect", "code": "FORBIDDEN",
+                                "client_ip": gateway.forwarding.client_ip(self.request)})
                 self._refuse(403, "FORBIDDEN", "origin not allowed")
             elif gateway.draining and "sid" not in self.request.query_arguments:
                 self._refuse(503, "DRAINING", "this node is shutting down")
