@@ -32,7 +32,7 @@ class OrderedDispatch:
     async def auth_hello(self, state: SocketState, payload: Any) -> dict:
         raise NotImplementedError
 
-    async def disconnect(self, sid: str) -> None:
+    async def disconnect(self, sid: str, why: str = "closed by the gateway") -> None:
         raise NotImplementedError
 
     async def _revoked(self, identity: Identity) -> bool:
