@@ -68,7 +68,7 @@ async function badOrigin() {
   for (const transports of [["websocket"], ["polling"]]) {
     const socket = connect(options.token, { transports, extraHeaders: { Origin: "http://evil.test" } });
     const [err] = await once(socket, "connect_error");
-    out[transports[0]] = err.message;
+    out[transports[0]] = { message: err.message, data: err.data };
     socket.close();
   }
   return out;

@@ -82,3 +82,4 @@ def test_js_client_bad_and_expired_token_refused(node_client, js_gateway):
 def test_js_client_disallowed_origin_refused_on_both_transports(node_client, js_gateway):
     out = run_driver(node_client, "badOrigin", url=js_gateway.base, origin=ORIGIN, token=make_token("o1"))
     assert set(out) == {"websocket", "polling"}
+    assert out["websocket"]["data"]["code"] == "ORIGIN_NOT_ALLOWED"  # connect_error names the refusal

@@ -54,10 +54,15 @@ async def test_refusals_are_logged_with_their_code_and_origin_refusals_say_so(st
     assert client.connect_error["data"]["code"] == "INVALID_TOKEN"
     line = await record(gateway, message("socket refused: INVALID_TOKEN"))
     assert line["code"] == "INVALID_TOKEN" and line["client_ip"] == "127.0.0.1"
+    refused = {}
     for transports in (["websocket"], ["polling"]):
+        client = SocketClient()
         with pytest.raises(socketio.exceptions.ConnectionError):
-            await SocketClient().connect(gateway, make_token("o1"), headers={"Origin": "http://evil.test"},
-                                         transports=transports)
+            await client.connect(gateway, make_token("o1"), headers={"Origin": "http://evil.test"},
+                                 transports=transports)
+        refused[transports[0]] = client.connect_error
+    # websocket: the refusal arrives as Socket.IO's connect_error, naming it; polling: an HTTP 403
+    assert refused["websocket"]["data"] == {"code": "ORIGIN_NOT_ALLOWED", "message": "origin not allowed"}
     await record(gateway, lambda r: len([x for x in gateway.log_records()
                                          if x.get("message", "").startswith("socket refused: origin not allowed")
                                          and "evil.test" in x["message"]]) >= 2)

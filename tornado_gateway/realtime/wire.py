@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import uuid
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, cast
 
 import socketio
@@ -330,8 +331,18 @@ def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
         def max_message_size(self) -> int:
             return max_payload + 1024
 
+        origin_refused = False  # a websocket from a refused origin: answered with connect_error, then closed
+        refusal: "OriginRefusal | None" = None
+
         def check_origin(self, origin: str) -> bool:
-            return realtime.origin_allowed(origin)
+            return self.origin_refused or realtime.origin_allowed(origin)
+
+        async def open(self, *args: Any, **kwargs: Any) -> None:
+            if self.origin_refused:  # never reaches engineio: a fixed Engine.IO open, nothing else
+                self.refusal = OriginRefusal(self, max_payload)
+                return
+            await super().open(*args, **kwargs)
+
 
         def set_default_headers(self) -> None:
             # What every public response carries (engineio adds its CORS headers itself).
@@ -347,6 +358,9 @@ def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
             """Events and acks of a direct websocket go straight to the gateway, in
             arrival order (anything else, or while engineio still holds earlier
             messages, through engineio's queue as usual)."""
+            if self.refusal is not None:
+                self.refusal.received(message)
+                return
             eio_sid = self.direct_eio_sid
             if (eio_sid is not None and type(message) is str and message[:1] == "4"
                     and self.receive_queue.empty() and realtime.manager.receive_fast(eio_sid, message[1:])):
@@ -357,9 +371,12 @@ def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
             origin = self.request.headers.get("Origin")
             if not realtime.origin_allowed(origin):
                 log.info("socket refused: origin not allowed (%r)", (origin or "")[:100],
-                         extra={"event": "connect", "code": "FORBIDDEN",
+                         extra={"event": "connect", "code": ORIGIN_REFUSED,
                                 "client_ip": gateway.forwarding.client_ip(self.request)})
-                self._refuse(403, "FORBIDDEN", "origin not allowed")
+                if _websocket_handshake(self.request):
+                    self.origin_refused = True  # the client gets connect_error {data: {code}}
+                else:  # polling: a browser could not read a refusal body from another origin anyway
+                    self._refuse(403, "FORBIDDEN", "origin not allowed")
             elif gateway.draining and "sid" not in self.request.query_arguments:
                 self._refuse(503, "DRAINING", "this node is shutting down")
             elif self.request.method == "POST":
@@ -394,6 +411,36 @@ def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
             finish_error(self, GatewayError(code, message, status), None)
 
     return SocketIOHandler
+
+
+ORIGIN_REFUSED = "ORIGIN_NOT_ALLOWED"
+REFUSAL_LINGER = 5.0  # seconds a refused websocket may take to send its CONNECT
+
+
+def _websocket_handshake(request: Any) -> bool:
+    """A new websocket connection (not the upgrade of a polling session)."""
+    return (request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket"
+            and "sid" not in request.query_arguments)
+
+
+class OriginRefusal:
+    """The whole conversation with a websocket from a refused origin, in the Socket.IO v5 wire format:
+    an Engine.IO open, then ``CONNECT_ERROR {message, data: {code}}`` for the client's CONNECT, then close.
+    No engineio session exists and no event is ever read."""
+
+    def __init__(self, handler: Any, max_payload: int) -> None:
+        self.handler = handler
+        handler.write_message("0" + json.dumps({"sid": uuid.uuid4().hex, "upgrades": [], "pingInterval": 25000,
+                                                "pingTimeout": 20000, "maxPayload": max_payload}))
+        self.timer = asyncio.get_running_loop().call_later(REFUSAL_LINGER, handler.close, 1008)
+
+    def received(self, message: Any) -> None:
+        if isinstance(message, str) and message.startswith("40"):
+            refusal = {"message": "origin not allowed",
+                       "data": {"code": ORIGIN_REFUSED, "message": "origin not allowed"}}
+            self.handler.write_message("44" + json.dumps(refusal))
+        self.timer.cancel()
+        self.handler.close(1008)
 
 
 def _content_length(request: Any) -> int:
