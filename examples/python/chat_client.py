@@ -1,6 +1,6 @@
 """A chat client in Python (python-socketio) against the devstack or any gateway.
 
-    pip install "python-socketio[asyncio_client]"
+    pip install python-socketio aiohttp
     python examples/python/chat_client.py --user bob                       # listen
     python examples/python/chat_client.py --user alice --send "hi there"   # type, send, listen
 
