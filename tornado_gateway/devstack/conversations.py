@@ -7,13 +7,13 @@ those out itself (``ServiceHandler.from_client`` tells them apart).
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 from urllib.parse import quote
 
 from tornado.httpclient import HTTPRequest
 
+from tornado_gateway import codec
 from tornado_gateway.devstack.store import Chat, Message, now_iso
 from tornado_gateway.devstack.web import ServiceHandler, refuse, string_field
 
@@ -209,7 +209,7 @@ class MessageHandler(ChatAccess):
 
 def _json(body: bytes | None) -> dict[str, Any]:
     try:
-        data = json.loads(body or b"{}")
+        data = codec.loads(body or b"{}")
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}

@@ -31,9 +31,6 @@ from tornado_gateway.devstack.web import Announcer, Context, log_request
 
 ROUTES = {"auth": auth_routes, "users": users_routes, "chats": chats_routes,
           "messages": messages_routes, "media": media_routes, "notifications": notifications_routes}
-# The paths today's socket events call (``/chats/{id}``, ``/messages``, ...) before
-# issue 7 point 12 makes them the public layout; served as aliases until then.
-LEGACY_SOCKET_PATHS = {"chats": "/chats", "messages": "/messages"}
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
 BANNER_TOKEN_TTL = 24 * 3600.0
 
@@ -118,8 +115,6 @@ class Devstack:
         self.ctx.auth_prefix = routes["auth"].prefix if "auth" in routes else "/api/auth"
         for service, route in routes.items():
             handlers = ROUTES[service](route.upstream_path)
-            if service in LEGACY_SOCKET_PATHS:
-                handlers = ROUTES[service](route.upstream_path + LEGACY_SOCKET_PATHS[service]) + handlers
             app = tornado.web.Application([(path, handler, {"ctx": self.ctx}) for path, handler in handlers],
                                           log_function=log_request, compress_response=False)
             host, port = _host_port(route.upstream)

@@ -7,7 +7,6 @@ gateway always strips the client's copy and sets its own from a verified token.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -15,6 +14,7 @@ from typing import Any, NoReturn
 import tornado.web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
+from tornado_gateway import codec
 from tornado_gateway.config import Settings
 from tornado_gateway.devstack.store import Store, Tokens, User
 
@@ -44,7 +44,7 @@ class Announcer:
         self.client = AsyncHTTPClient(force_instance=True)
 
     async def emit(self, event: str, to: dict[str, Any], data: dict[str, Any]) -> bool:
-        body = json.dumps({"event": event, "to": to, "data": data}, separators=(",", ":"))
+        body = codec.dumps({"event": event, "to": to, "data": data})
         request = HTTPRequest(self.url, method="POST", body=body, request_timeout=5,
                               headers={"Content-Type": "application/json",
                                        "Authorization": self._authorization})
@@ -103,7 +103,7 @@ class ServiceHandler(tornado.web.RequestHandler):
 
     def json_body(self) -> dict[str, Any]:
         try:
-            body = json.loads(self.request.body or b"{}")
+            body = codec.loads(self.request.body or b"{}")
         except ValueError:
             refuse(400, "VALIDATION_FAILED", "body is not JSON")
         if not isinstance(body, dict):
@@ -112,7 +112,7 @@ class ServiceHandler(tornado.web.RequestHandler):
 
     def answer(self, body: dict[str, Any], status: int = 200) -> None:
         self.set_status(status)
-        self.finish(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
+        self.finish(codec.dumps(body))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -121,7 +121,7 @@ class ServiceHandler(tornado.web.RequestHandler):
         else:
             code, message = ("INTERNAL" if status_code >= 500 else "VALIDATION_FAILED"), self._reason
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(json.dumps({"error": {"code": code, "message": message}}))
+        self.finish(codec.dumps({"error": {"code": code, "message": message}}))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if not isinstance(value, Refusal):

@@ -430,15 +430,15 @@ class OriginRefusal:
 
     def __init__(self, handler: Any, max_payload: int) -> None:
         self.handler = handler
-        handler.write_message("0" + json.dumps({"sid": uuid.uuid4().hex, "upgrades": [], "pingInterval": 25000,
-                                                "pingTimeout": 20000, "maxPayload": max_payload}))
+        handler.write_message("0" + _dumps({"sid": uuid.uuid4().hex, "upgrades": [], "pingInterval": 25000,
+                                          "pingTimeout": 20000, "maxPayload": max_payload}))
         self.timer = asyncio.get_running_loop().call_later(REFUSAL_LINGER, handler.close, 1008)
 
     def received(self, message: Any) -> None:
         if isinstance(message, str) and message.startswith("40"):
             refusal = {"message": "origin not allowed",
                        "data": {"code": ORIGIN_REFUSED, "message": "origin not allowed"}}
-            self.handler.write_message("44" + json.dumps(refusal))
+            self.handler.write_message("44" + _dumps(refusal))
         self.timer.cancel()
         self.handler.close(1008)
 
