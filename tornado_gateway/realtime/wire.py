@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import uuid
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, cast
 
 import socketio
@@ -26,6 +25,7 @@ from tornado.iostream import StreamClosedError
 from tornado_gateway import metrics, tornado_compat
 from tornado_gateway.codec import SocketJSON
 from tornado_gateway.codec import dumps as _dumps
+from tornado_gateway.realtime.origin_refusal import ORIGIN_REFUSED, OriginRefusal, websocket_handshake
 from tornado_gateway.edge.responses import LingeringClose, finish_error
 from tornado_gateway.errors import GatewayError
 
@@ -373,7 +373,7 @@ def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
                 log.info("socket refused: origin not allowed (%r)", (origin or "")[:100],
                          extra={"event": "connect", "code": ORIGIN_REFUSED,
                                 "client_ip": gateway.forwarding.client_ip(self.request)})
-                if _websocket_handshake(self.request):
+                if websocket_handshake(self.request):
                     self.origin_refused = True  # the client gets connect_error {data: {code}}
                 else:  # polling: a browser could not read a refusal body from another origin anyway
                     self._refuse(403, "FORBIDDEN", "origin not allowed")
@@ -411,36 +411,6 @@ def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
             finish_error(self, GatewayError(code, message, status), None)
 
     return SocketIOHandler
-
-
-ORIGIN_REFUSED = "ORIGIN_NOT_ALLOWED"
-REFUSAL_LINGER = 5.0  # seconds a refused websocket may take to send its CONNECT
-
-
-def _websocket_handshake(request: Any) -> bool:
-    """A new websocket connection (not the upgrade of a polling session)."""
-    return (request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket"
-            and "sid" not in request.query_arguments)
-
-
-class OriginRefusal:
-    """The whole conversation with a websocket from a refused origin, in the Socket.IO v5 wire format:
-    an Engine.IO open, then ``CONNECT_ERROR {message, data: {code}}`` for the client's CONNECT, then close.
-    No engineio session exists and no event is ever read."""
-
-    def __init__(self, handler: Any, max_payload: int) -> None:
-        self.handler = handler
-        handler.write_message("0" + _dumps({"sid": uuid.uuid4().hex, "upgrades": [], "pingInterval": 25000,
-                                          "pingTimeout": 20000, "maxPayload": max_payload}))
-        self.timer = asyncio.get_running_loop().call_later(REFUSAL_LINGER, handler.close, 1008)
-
-    def received(self, message: Any) -> None:
-        if isinstance(message, str) and message.startswith("40"):
-            refusal = {"message": "origin not allowed",
-                       "data": {"code": ORIGIN_REFUSED, "message": "origin not allowed"}}
-            self.handler.write_message("44" + _dumps(refusal))
-        self.timer.cancel()
-        self.handler.close(1008)
 
 
 def _content_length(request: Any) -> int:
