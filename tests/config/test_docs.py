@@ -33,8 +33,12 @@ def test_readme_is_short_and_starts_with_the_devstack():
     readme = read("README.md")
     assert len(readme.splitlines()) <= 200
     commands = [line.strip() for line in readme.splitlines() if line.startswith("    ") and line.strip()]
-    assert commands[0] == "python -m tornado_gateway --devstack"
-    assert "python -m pytest -q tests" in readme
+    # The two set-up commands: a fresh venv that runs the devstack, then the test command
+    # (the one .ci/run runs).
+    assert commands[0].startswith("python3 -m venv .venv && ")
+    assert commands[0].endswith(" -m tornado_gateway --devstack")
+    assert commands[1] == ".venv/bin/python -m pytest -q tests"
+    assert commands[1] in read(".ci", "run")
 
 
 def test_readme_links_resolve():
