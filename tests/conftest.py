@@ -59,3 +59,23 @@ def gateway(stub_upstreams):
     process = GatewayProcess(stub_upstreams.env()).start()
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """One 3-master Redis Cluster for the session; tests that restart a shard use ``own_redis_cluster``."""
+    from redis_cluster import RedisCluster
+
+    cluster = RedisCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def own_redis_cluster():
+    """A 3-master Redis Cluster for this test alone (a shard may be killed and restarted)."""
+    from redis_cluster import RedisCluster
+
+    cluster = RedisCluster().start()
+    yield cluster
+    cluster.stop()
