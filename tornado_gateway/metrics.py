@@ -57,6 +57,13 @@ BUILD_INFO = Gauge("gateway_build_info", "Always 1; the labels say what runs",
                    ["version", "python", "tornado", "socketio"], registry=REGISTRY)
 BUILD_INFO.labels(__version__, platform.python_version(), tornado.version,
                   importlib.metadata.version("python-socketio")).set(1)
+CLUSTER_MESSAGES_IN = Counter(
+    "gateway_cluster_messages_in_total",
+    "Pub/sub messages this node received from Redis (one per message, whatever it carried)",
+    ["channel"], registry=REGISTRY)
+ROOM_SUBSCRIPTIONS = Gauge(
+    "gateway_room_subscriptions", "Live pub/sub subscriptions of this node, by channel kind",
+    ["kind"], registry=REGISTRY)
 
 
 @lru_cache(maxsize=4096)

@@ -1,0 +1,362 @@
+"""The pub/sub channels one node listens to, and when each subscription is live.
+
+Owns the node's subscriber connections: one to a single Redis (or the
+Sentinel master), one per master of a Redis Cluster (sharded ``SSUBSCRIBE``;
+a channel goes to the master owning its hash slot). Callers say which
+channels they ``want`` and ``drop``; the changes of one loop iteration go out
+as one ``SUBSCRIBE``/``UNSUBSCRIBE`` per connection (per hash slot on a
+cluster), and :meth:`ChannelSubscriptions.live` waits until Redis confirmed a
+subscription. Each connection has its own reconnect loop; after a loss every
+wanted channel is subscribed again. Design: docs/scale-out.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from tornado_gateway import metrics
+from tornado_gateway.redis_cluster import node_options
+
+log = logging.getLogger("tornado_gateway.channels")
+
+ROOM_PREFIXES = ("chat:", "user:")
+ROOM_CHANNEL_PREFIX = "gw:room:"
+READ_TIMEOUT = 1.0
+BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
+
+
+def room_channel(room: object) -> str | None:
+    """The channel of a room whose events only its members' nodes need, else None.
+
+    The room name is the channel's hash tag, so on a cluster each room's
+    channel lives on one shard and rooms spread over all shards.
+    """
+    if isinstance(room, str) and room.startswith(ROOM_PREFIXES):
+        return ROOM_CHANNEL_PREFIX + "{" + room + "}"
+    return None
+
+
+def channel_kind(channel: str) -> str:
+    """``chat``, ``user`` or ``control``: the label of a channel in the metrics."""
+    if channel.startswith(ROOM_CHANNEL_PREFIX + "{chat:"):
+        return "chat"
+    if channel.startswith(ROOM_CHANNEL_PREFIX + "{user:"):
+        return "user"
+    return "control"
+
+
+class _Channel:
+    """One channel's state on its connection."""
+
+    __slots__ = ("name", "wanted", "requested", "inflight", "link", "waiters")
+
+    def __init__(self, name: str, link: "_Link"):
+        self.name = name
+        self.wanted = False  # the node wants it
+        self.requested = False  # the last command sent for it on this connection was a subscribe
+        self.inflight = 0  # commands sent whose confirmation has not arrived
+        self.link = link
+        self.waiters: list[asyncio.Future] = []
+
+    @property
+    def live(self) -> bool:
+        return self.wanted and self.requested and self.inflight == 0 and self.link.connected
+
+
+class _Link:
+    """One subscriber connection and its reconnect loop."""
+
+    def __init__(self, owner: "ChannelSubscriptions", name: str, connect: Callable[[], Redis]):
+        self.owner = owner
+        self.name = name
+        self.connect = connect
+        self.channels: dict[str, _Channel] = {}
+        self.dirty: set[str] = set()
+        self.pubsub: Any = None
+        self.connected = False
+        self.task: asyncio.Task | None = None
+        self.lock = asyncio.Lock()  # one flush at a time: commands go out in decision order
+
+    def start(self) -> None:
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        backoff = BACKOFF_MIN
+        lost = False
+        while True:
+            client = None
+            try:
+                client = self.connect()
+                self.pubsub = client.pubsub()
+                await self.pubsub.connect()
+                self.connected = True
+                for channel in self.channels.values():  # a new connection holds nothing yet
+                    channel.requested, channel.inflight = False, 0
+                self.dirty.update(self.channels)
+                await self.flush()
+                if lost:
+                    log.info("pub/sub connection %s back; re-subscribed %d channel(s)", self.name,
+                             len(self.channels))
+                    lost = False
+                backoff = BACKOFF_MIN
+                while True:
+                    message = await self.pubsub.get_message(timeout=READ_TIMEOUT)
+                    if message is not None:
+                        self._handle(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not lost:
+                    log.error("pub/sub connection %s lost, reconnecting: %s: %s", self.name,
+                              type(exc).__name__, exc)
+                    lost = True
+            finally:
+                self.connected = False
+                if self.pubsub is not None:
+                    try:
+                        await self.pubsub.aclose()
+                    except Exception:
+                        pass
+                    self.pubsub = None
+                if client is not None:
+                    try:
+                        await client.aclose()
+                    except Exception:
+                        pass
+            await self.owner._lost(self)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _handle(self, message: dict) -> None:
+        kind = message.get("type")
+        raw = message.get("channel")
+        name = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if kind in ("message", "smessage"):
+            metrics.CLUSTER_MESSAGES_IN.labels(channel_kind(name)).inc()
+            self.owner.on_message(name, message["data"])
+        elif kind in ("subscribe", "ssubscribe", "unsubscribe", "sunsubscribe"):
+            channel = self.channels.get(name)
+            if channel is None:
+                return
+            channel.inflight = max(0, channel.inflight - 1)
+            if channel.live:
+                for waiter in channel.waiters:
+                    if not waiter.done():
+                        waiter.set_result(True)
+                channel.waiters.clear()
+            elif not channel.wanted and channel.inflight == 0:
+                del self.channels[name]
+
+    async def flush(self) -> None:
+        """Send what changed since the last flush: one command per kind (per slot on a cluster)."""
+        async with self.lock:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if not self.connected or self.pubsub is None or not self.dirty:
+            return
+        subscribe, unsubscribe = [], []
+        for name in self.dirty:
+            channel = self.channels.get(name)
+            if channel is None:
+                continue
+            if channel.wanted and not channel.requested:
+                subscribe.append(channel)
+            elif not channel.wanted and channel.requested:
+                unsubscribe.append(channel)
+            elif not channel.wanted and channel.inflight == 0:
+                del self.channels[name]
+        self.dirty.clear()
+        for channels, on in ((subscribe, True), (unsubscribe, False)):
+            for group in self.owner._groups(channels):
+                for channel in group:
+                    channel.requested = on
+                    channel.inflight += 1
+                names = [c.name for c in group]
+                if self.owner.sharded:
+                    await (self.pubsub.ssubscribe(*names) if on else self.pubsub.sunsubscribe(*names))
+                else:
+                    await (self.pubsub.subscribe(*names) if on else self.pubsub.unsubscribe(*names))
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+
+class ChannelSubscriptions:
+    """The node's subscriptions; ``on_message(channel, data)`` gets every message received."""
+
+    def __init__(self, on_message: Callable[[str, bytes], None], connect: Callable[[], Redis] | None = None,
+                 cluster: RedisCluster | None = None, always: Iterable[str] = ()):
+        """``connect``: a new plain client for one server (single Redis or Sentinel);
+        ``cluster``: the cluster client whose masters get one connection each."""
+        self.on_message = on_message
+        self.cluster = cluster
+        self.sharded = cluster is not None
+        self._connect = connect
+        self.links: dict[str, _Link] = {}
+        self.always = list(always)
+        self._flush_scheduled = False
+        self._started = False
+        for kind in ("chat", "user", "control"):
+            metrics.ROOM_SUBSCRIPTIONS.labels(kind).set_function(lambda kind=kind: self.counts()[kind])
+
+    async def start(self) -> None:
+        """Open the connections and subscribe the ``always`` channels (does not wait for Redis)."""
+        self._started = True
+        if self.cluster is not None:
+            try:
+                await self.cluster.initialize()
+            except Exception as exc:
+                log.error("redis cluster unreachable at start-up, retrying: %s", exc)
+        for name in self.always:
+            self.want(name)
+
+    async def close(self) -> None:
+        for link in list(self.links.values()):
+            await link.close()
+
+    # -- what the node wants ------------------------------------------------------
+
+    def want(self, name: str) -> None:
+        """Listen to ``name`` (idempotent); subscribed at the end of this loop iteration."""
+        link = self._link_for(name)
+        channel = link.channels.get(name)
+        if channel is None:
+            channel = link.channels[name] = _Channel(name, link)
+        if not channel.wanted:
+            channel.wanted = True
+            self._mark(link, name)
+
+    def drop(self, name: str) -> None:
+        """Stop listening to ``name`` (idempotent); waiters of ``live`` get False."""
+        for link in self.links.values():
+            channel = link.channels.get(name)
+            if channel is not None and channel.wanted:
+                channel.wanted = False
+                for waiter in channel.waiters:
+                    if not waiter.done():
+                        waiter.set_result(False)
+                channel.waiters.clear()
+                self._mark(link, name)
+
+    def is_live(self, name: str) -> bool:
+        channel = self._find(name)
+        return channel is not None and channel.live
+
+    async def live(self, name: str, timeout: float) -> bool:
+        """Wait until ``name`` is subscribed (True), or ``timeout`` s (False); False if not wanted."""
+        channel = self._find(name)
+        if channel is None or not channel.wanted:
+            return False
+        if channel.live:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        channel.waiters.append(waiter)
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except asyncio.TimeoutError:
+            return False
+
+    def counts(self) -> dict[str, int]:
+        """Live subscriptions by kind (chat, user, control)."""
+        out = {"chat": 0, "user": 0, "control": 0}
+        for link in self.links.values():
+            for channel in link.channels.values():
+                if channel.live:
+                    out[channel_kind(channel.name)] += 1
+        return out
+
+    # -- internals ----------------------------------------------------------------
+
+    def _find(self, name: str) -> _Channel | None:
+        for link in self.links.values():
+            channel = link.channels.get(name)
+            if channel is not None:
+                return channel
+        return None
+
+    def _link_for(self, name: str) -> _Link:
+        key = "redis"
+        connect = self._connect
+        assert connect is not None or self.cluster is not None
+        if self.cluster is not None:
+            try:
+                node = self.cluster.get_node_from_key(name)
+            except Exception:  # topology unknown yet: the first master we were told about
+                node = self.cluster.nodes_manager.startup_nodes[
+                    next(iter(self.cluster.nodes_manager.startup_nodes))]
+            key = node.name
+            options = node_options(self.cluster)
+            host, port = node.host, node.port
+
+            def connect() -> Redis:
+                return Redis(host=host, port=port, retry=Retry(NoBackoff(), 0), **options)
+        link = self.links.get(key)
+        if link is None:
+            link = self.links[key] = _Link(self, key, connect)
+            if self._started:
+                link.start()
+        return link
+
+    def _mark(self, link: _Link, name: str) -> None:
+        link.dirty.add(name)
+        if link.task is None and self._started:
+            link.start()
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_all)
+
+    def _flush_all(self) -> None:
+        self._flush_scheduled = False
+        for link in self.links.values():
+            if link.dirty and link.connected:
+                task = asyncio.ensure_future(link.flush())
+                task.add_done_callback(_log_failure)
+
+    def _groups(self, channels: list[_Channel]) -> list[list[_Channel]]:
+        """One group per command: all channels at once, or one group per hash slot on a cluster."""
+        if not channels:
+            return []
+        if self.cluster is None:
+            return [channels]
+        by_slot: dict[int, list[_Channel]] = {}
+        for channel in channels:
+            by_slot.setdefault(self.cluster.keyslot(channel.name), []).append(channel)
+        return list(by_slot.values())
+
+    async def _lost(self, link: _Link) -> None:
+        """A connection failed: on a cluster, learn the topology again and re-home moved channels."""
+        if self.cluster is None:
+            return
+        try:
+            await self.cluster.nodes_manager.initialize()
+        except Exception:
+            return
+        for name, channel in list(link.channels.items()):
+            owner = self._link_for(name)
+            if owner is link:
+                continue
+            del link.channels[name]
+            if channel.wanted:
+                moved = owner.channels.setdefault(name, _Channel(name, owner))
+                moved.wanted = True
+                moved.waiters.extend(channel.waiters)
+                self._mark(owner, name)
+
+
+def _log_failure(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("pub/sub subscribe failed (retried on reconnect): %r", task.exception())

@@ -1,0 +1,216 @@
+"""Room-scoped fan-out between nodes: a node hears only the rooms it holds sockets in.
+
+The Socket.IO client manager of Redis mode (SOCKET_FANOUT=rooms, the
+default). A room ``chat:<id>`` or ``user:<id>`` has its own channel
+(:func:`room_channels.room_channel`); the node subscribes when its first
+local socket enters the room and unsubscribes when the last one leaves
+(:mod:`room_channels` batches and confirms). An emit is delivered to the
+local sockets at once and published on the channel of each target room only
+(sharded ``SPUBLISH`` on a Redis Cluster); python-socketio's own messages
+(remote disconnects, emits to other rooms) use the cluster-wide control
+channel. A message for several rooms carries an id so that a node that hears
+it on two channels delivers it once. Design: docs/scale-out.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import json
+import logging
+from typing import Any
+
+from socketio.async_pubsub_manager import AsyncPubSubManager
+
+from tornado_gateway.fanout import OUTBOX_MAX, PUBLISH_BATCH, FastDelivery, _dumps
+from tornado_gateway.room_channels import ChannelSubscriptions, room_channel
+
+log = logging.getLogger("tornado_gateway.realtime")
+CONTROL_CHANNEL = "gateway:socketio"
+SEEN_MAX = 4096  # ids of multi-room messages remembered, to deliver each once
+
+
+class RoomFanoutManager(FastDelivery, AsyncPubSubManager):
+    """Several nodes, each subscribed to the rooms of its own sockets."""
+
+    def __init__(self, redis_link: Any, connect_subscriber: Any = None, control: str = CONTROL_CHANNEL):
+        super().__init__(channel=control)
+        self.redis_link = redis_link
+        cluster = getattr(redis_link, "cluster", None)
+        self.sharded = cluster is not None
+        self.subscriptions = ChannelSubscriptions(self._on_pubsub, connect=connect_subscriber,
+                                                  cluster=cluster, always=[control])
+        self.outbox: collections.deque = collections.deque()
+        self._outbox_ready = asyncio.Event()
+        self._publisher: asyncio.Task | None = None
+        self.dropped = 0
+        self.own_prefix = ('{"host_id":' + _dumps(self.host_id) + ",").encode()
+        self._ids = itertools.count(1)
+        self._seen: collections.OrderedDict = collections.OrderedDict()
+
+    def initialize(self) -> None:
+        self.thread = None  # python-socketio's listener task: ours is the subscriptions' loops
+        self._publisher = asyncio.ensure_future(self._publish_loop())
+        asyncio.ensure_future(self.subscriptions.start())
+
+    async def close(self) -> None:
+        if self._publisher is not None:
+            self._publisher.cancel()
+        await self.subscriptions.close()
+
+    # -- rooms: subscribe on the first local socket, unsubscribe after the last ------
+
+    def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
+        new = room not in self.rooms.get(namespace, {})
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        channel = room_channel(room) if new and namespace == "/" else None
+        if channel is not None:
+            self.subscriptions.want(channel)
+
+    def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
+        super().basic_leave_room(sid, namespace, room)
+        channel = room_channel(room) if namespace == "/" else None
+        if channel is not None and room not in self.rooms.get(namespace, {}):
+            self.subscriptions.drop(channel)
+
+    async def room_live(self, room: str, timeout: float) -> bool:
+        """Wait until this node hears ``room``'s channel (True at once for a room without one)."""
+        channel = room_channel(room)
+        if channel is None:
+            return True
+        return await self.subscriptions.live(channel, timeout)
+
+    # -- emitting ---------------------------------------------------------------------
+
+    async def emit(self, event: str, data: Any, namespace: str = "/", room: Any = None,
+                   skip_sid: Any = None, callback: Any = None, to: Any = None,
+                   ignore_queue: bool = False, **kwargs: Any) -> None:
+        room = to or room
+        if callback is not None or namespace != "/":
+            return await super().emit(event, data, namespace=namespace, room=room,
+                                      skip_sid=skip_sid, callback=callback, ignore_queue=ignore_queue)
+        if ignore_queue:
+            self.deliver_local(event, data, room, skip_sid)
+        else:
+            self.emit_now(event, data, room, skip_sid)
+
+    def emit_now(self, event: str, data: Any, room: Any, skip_sid: Any = None) -> None:
+        """Local sockets now; other nodes through the channels of the target rooms."""
+        self.deliver_local(event, data, room, skip_sid)
+        if isinstance(room, str) and self.is_sid_room("/", room):
+            return  # a local socket's own room: nothing for other nodes
+        rooms = [room] if isinstance(room, str) or room is None else list(room)
+        channels = [room_channel(r) for r in rooms]
+        message: dict[str, Any] = {"host_id": self.host_id, "method": "emit", "event": event,
+                                   "data": data, "room": room, "skip_sid": skip_sid, "namespace": "/"}
+        if room is None or None in channels:  # not room-scoped: every node hears it
+            self._queue(self.channel, _dumps(message))
+            return
+        targets = list(dict.fromkeys(channels))
+        if len(targets) > 1:
+            message["id"] = next(self._ids)  # heard on several channels, delivered once
+        encoded = _dumps(message)
+        for channel in targets:
+            self._queue(channel, encoded)
+
+    async def _publish(self, data: Any) -> None:
+        """python-socketio's own messages (remote disconnects, callbacks) go on the control channel."""
+        self._queue(self.channel, _dumps(data))
+
+    def _queue(self, channel: str, encoded: str) -> None:
+        if len(self.outbox) >= OUTBOX_MAX:
+            self.outbox.popleft()
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.warning("socket.io outbox full (redis slow or down): dropped %d cross-node events",
+                            self.dropped)
+        self.outbox.append((channel, encoded))
+        self._outbox_ready.set()
+
+    async def _publish_loop(self) -> None:
+        """One pipeline per outbox batch: one PUBLISH per channel carrying that channel's events."""
+        failing = False
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            while self.outbox:
+                batch = [self.outbox.popleft() for _ in range(min(PUBLISH_BATCH, len(self.outbox)))]
+                by_channel: dict[str, list[str]] = {}
+                for channel, encoded in batch:
+                    by_channel.setdefault(channel, []).append(encoded)
+                try:
+                    pipe = self.redis_link.client.pipeline(transaction=False)
+                    for channel, items in by_channel.items():
+                        payload = self._batch_message(items)
+                        if self.sharded:
+                            pipe.spublish(channel, payload)
+                        else:
+                            pipe.publish(channel, payload)
+                    await pipe.execute()
+                    if failing:
+                        log.info("socket.io cross-node publishing resumed")
+                        failing = False
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.dropped += len(batch)
+                    if not failing:
+                        log.error("socket.io cross-node publish failed, events for other nodes "
+                                  "are dropped until redis is back: %s", exc)
+                        failing = True
+                    self.redis_link.note_failure(exc)
+                    await asyncio.sleep(0.2)
+
+    def _batch_message(self, items: list[str]) -> str:
+        if len(items) == 1:
+            return items[0]
+        return self.own_prefix.decode() + '"method":"batch","messages":[' + ",".join(items) + "]}"
+
+    # -- receiving --------------------------------------------------------------------
+
+    def _on_pubsub(self, channel: str, raw: Any) -> None:
+        if isinstance(raw, bytes) and raw.startswith(self.own_prefix):
+            return  # this node's own message
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            log.warning("socket.io channel %s: undecodable message dropped", channel)
+            return
+        if not isinstance(message, dict) or message.get("host_id") == self.host_id:
+            return
+        if message.get("method") == "batch" and isinstance(message.get("messages"), list):
+            for item in message["messages"]:
+                if isinstance(item, dict):
+                    self._handle(item)
+            return
+        self._handle(message)
+
+    def _handle(self, message: dict) -> None:
+        method = message.get("method")
+        try:
+            if method == "emit":
+                if "id" in message and not self._first_time(message):
+                    return
+                self.deliver_local(message["event"], message.get("data"), message.get("room"),
+                                   message.get("skip_sid"))
+            elif method in ("disconnect", "enter_room", "leave_room", "close_room"):
+                handler = getattr(self, "_handle_" + method)
+                task = asyncio.ensure_future(handler(message))
+                task.add_done_callback(_log_failure)
+        except Exception:
+            log.exception("socket.io channel: handling a %s message failed", method)
+
+    def _first_time(self, message: dict) -> bool:
+        key = (message.get("host_id"), message["id"])
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        if len(self._seen) > SEEN_MAX:
+            self._seen.popitem(last=False)
+        return True
+
+
+def _log_failure(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("socket.io control message failed: %r", task.exception())
