@@ -91,8 +91,9 @@ def metric_total(gateway: GatewayProcess, name: str) -> float | None:
         "Authorization": "Basic " + base64.b64encode(f"{INTERNAL_USER}:{INTERNAL_PASSWORD}".encode()).decode()})
     with urllib.request.urlopen(request, timeout=10) as response:
         text = response.read().decode()
-    values = [float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? ([\d.e+]+)$", text, re.M)]
-    return sum(values) if values else None
+    if f"# TYPE {name} counter" not in text and f"# TYPE {name.removesuffix('_total')} counter" not in text:
+        return None
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? ([\d.e+]+)$", text, re.M))
 
 
 def layout(nodes: int, per_node: int) -> tuple[list[tuple[str, int]], list[tuple[str, list[str]]]]:

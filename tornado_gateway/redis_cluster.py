@@ -10,6 +10,7 @@ with the keys passed in ARGV and the ``allow-cross-slot-keys`` script flag
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
 from typing import Any
@@ -87,16 +88,27 @@ def keys_by_node(cluster: RedisCluster, keys: Sequence[str]) -> dict[str, list[i
     return groups
 
 
-class ShardScript:
-    """A Lua script run once per master over the keys that master owns (keys in ARGV).
+# Rebinds KEYS and ARGV as the script body expects them, from ARGV = n, n keys, the rest.
+SHARD_PRELUDE = """local n = tonumber(ARGV[1])
+local KEYS, rest = {}, {}
+for i = 1, n do KEYS[i] = ARGV[i + 1] end
+for i = n + 2, #ARGV do rest[#rest + 1] = ARGV[i] end
+local ARGV = rest
+"""
 
-    The script reads its keys from ``ARGV[1..nkeys]`` and its other arguments
-    after them: ``ARGV[1]`` is the key count. Results are lists with one
-    ``width``-long slice per key, put back in the caller's key order.
+
+class ShardScript:
+    """A script written for declared KEYS, run once per master over the keys it owns.
+
+    On each master the keys travel in ARGV (with the ``allow-cross-slot-keys``
+    flag, so they may span slots of that master) and a prelude gives the body
+    the KEYS and ARGV it expects: ``shared_args`` first, then the
+    ``per_key_args`` of that master's keys in key order. Results are lists
+    with one ``width``-long slice per key, put back in the caller's order.
     """
 
     def __init__(self, body: str, width: int = 1):
-        self.source = CROSS_SLOT_FLAG + body
+        self.source = CROSS_SLOT_FLAG + SHARD_PRELUDE + body
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
         self.width = width
 
@@ -107,12 +119,14 @@ class ShardScript:
         out: list = [None] * (len(keys) * self.width)
         for attempt in (1, 2):
             try:
-                for name, indexes in keys_by_node(cluster, keys).items():
-                    node = cluster.get_node(node_name=name)
+                groups = list(keys_by_node(cluster, keys).items())
+                calls = []
+                for name, indexes in groups:
                     args: list[Any] = [len(indexes), *(keys[i] for i in indexes), *shared_args]
                     for i in indexes:
                         args.extend(per_key_args[i] if per_key_args else ())
-                    flat = await self._run(cluster, node, args)
+                    calls.append(self._run(cluster, cluster.get_node(node_name=name), args))
+                for (_, indexes), flat in zip(groups, await asyncio.gather(*calls)):  # all in flight
                     for position, i in enumerate(indexes):
                         out[i * self.width:(i + 1) * self.width] = flat[position * self.width:
                                                                         (position + 1) * self.width]

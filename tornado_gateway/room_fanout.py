@@ -114,6 +114,28 @@ class RoomFanoutManager(FastDelivery, AsyncPubSubManager):
         for channel in targets:
             self._queue(channel, encoded)
 
+    async def emit_confirmed(self, event: str, data: Any, room: Any) -> None:
+        """An emit published before anything is delivered: raises (nothing sent) when Redis fails.
+
+        For the HTTP ingress, which must answer 503 rather than deliver to some nodes only.
+        """
+        rooms = [room] if isinstance(room, str) else list(room)
+        channels = [room_channel(r) for r in rooms]
+        message: dict[str, Any] = {"host_id": self.host_id, "method": "emit", "event": event,
+                                   "data": data, "room": room, "skip_sid": None, "namespace": "/"}
+        targets = [self.channel] if None in channels else list(dict.fromkeys(channels))
+        if len(targets) > 1:
+            message["id"] = next(self._ids)
+        encoded = _dumps(message)
+        pipe = self.redis_link.client.pipeline(transaction=False)
+        for channel in targets:
+            if self.sharded:
+                pipe.spublish(channel, encoded)
+            else:
+                pipe.publish(channel, encoded)
+        await pipe.execute()
+        self.deliver_local(event, data, room)
+
     async def _publish(self, data: Any) -> None:
         """python-socketio's own messages (remote disconnects, callbacks) go on the control channel."""
         self._queue(self.channel, _dumps(data))
