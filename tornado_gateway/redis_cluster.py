@@ -84,8 +84,16 @@ def keys_by_node(cluster: RedisCluster, keys: Sequence[str]) -> dict[str, list[i
     """Indexes of ``keys`` grouped by the name of the master that owns each key's slot."""
     groups: dict[str, list[int]] = {}
     for index, key in enumerate(keys):
-        groups.setdefault(cluster.get_node_from_key(key).name, []).append(index)
+        groups.setdefault(owner(cluster, key).name, []).append(index)
     return groups
+
+
+def owner(cluster: RedisCluster, key: str) -> ClusterNode:
+    """The master that owns ``key``'s slot (LookupError while the slot has none)."""
+    node = cluster.get_node_from_key(key)
+    if node is None:
+        raise LookupError(f"no master owns the slot of {key!r}")
+    return node
 
 
 # Rebinds KEYS and ARGV as the script body expects them, from ARGV = n, n keys, the rest.
@@ -125,7 +133,10 @@ class ShardScript:
                     args: list[Any] = [len(indexes), *(keys[i] for i in indexes), *shared_args]
                     for i in indexes:
                         args.extend(per_key_args[i] if per_key_args else ())
-                    calls.append(self._run(cluster, cluster.get_node(node_name=name), args))
+                    node = cluster.get_node(node_name=name)
+                    if node is None:
+                        raise LookupError(f"cluster node {name} is gone")
+                    calls.append(self._run(cluster, node, args))
                 for (_, indexes), flat in zip(groups, await asyncio.gather(*calls)):  # all in flight
                     for position, i in enumerate(indexes):
                         out[i * self.width:(i + 1) * self.width] = flat[position * self.width:

@@ -23,7 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from tornado_gateway import metrics
-from tornado_gateway.redis_cluster import node_options
+from tornado_gateway.redis_cluster import node_options, owner
 
 log = logging.getLogger("tornado_gateway.channels")
 
@@ -31,6 +31,7 @@ ROOM_PREFIXES = ("chat:", "user:")
 ROOM_CHANNEL_PREFIX = "gw:room:"
 READ_TIMEOUT = 1.0
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
+COMMAND_MAX = 1000  # channels per SUBSCRIBE (a re-subscription after a reconnect may hold many)
 
 
 def room_channel(room: object) -> str | None:
@@ -211,7 +212,7 @@ class ChannelSubscriptions:
         self._flush_scheduled = False
         self._started = False
         for kind in ("chat", "user", "control"):
-            metrics.ROOM_SUBSCRIPTIONS.labels(kind).set_function(lambda kind=kind: self.counts()[kind])
+            metrics.ROOM_SUBSCRIPTIONS.labels(kind).set_function(self._counter(kind))
 
     async def start(self) -> None:
         """Open the connections and subscribe the ``always`` channels (does not wait for Redis)."""
@@ -268,7 +269,12 @@ class ChannelSubscriptions:
         try:
             return await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except asyncio.TimeoutError:
+            if waiter in channel.waiters:
+                channel.waiters.remove(waiter)
             return False
+
+    def _counter(self, kind: str) -> Callable[[], float]:
+        return lambda: float(self.counts()[kind])
 
     def counts(self) -> dict[str, int]:
         """Live subscriptions by kind (chat, user, control)."""
@@ -289,27 +295,32 @@ class ChannelSubscriptions:
         return None
 
     def _link_for(self, name: str) -> _Link:
-        key = "redis"
-        connect = self._connect
-        assert connect is not None or self.cluster is not None
+        key, connect = "redis", self._connect
         if self.cluster is not None:
-            try:
-                node = self.cluster.get_node_from_key(name)
-            except Exception:  # topology unknown yet: the first master we were told about
-                node = self.cluster.nodes_manager.startup_nodes[
-                    next(iter(self.cluster.nodes_manager.startup_nodes))]
-            key = node.name
-            options = node_options(self.cluster)
-            host, port = node.host, node.port
-
-            def connect() -> Redis:
-                return Redis(host=host, port=port, retry=Retry(NoBackoff(), 0), **options)
+            key, connect = self._node_connect(self.cluster, name)
+        if connect is None:
+            raise RuntimeError("ChannelSubscriptions needs connect or cluster")
         link = self.links.get(key)
         if link is None:
             link = self.links[key] = _Link(self, key, connect)
             if self._started:
                 link.start()
         return link
+
+    @staticmethod
+    def _node_connect(cluster: RedisCluster, name: str) -> tuple[str, Callable[[], Redis]]:
+        """(node name, client factory) of the master owning ``name``'s slot."""
+        try:
+            node = owner(cluster, name)
+        except Exception:  # topology unknown yet: the first master we were told about
+            startup = cluster.nodes_manager.startup_nodes
+            node = startup[next(iter(startup))]
+        options = node_options(cluster)
+        host, port = node.host, int(node.port)
+
+        def connect() -> Redis:
+            return Redis(host=host, port=port, retry=Retry(NoBackoff(), 0), **options)
+        return node.name, connect
 
     def _mark(self, link: _Link, name: str) -> None:
         link.dirty.add(name)
@@ -327,11 +338,11 @@ class ChannelSubscriptions:
                 task.add_done_callback(_log_failure)
 
     def _groups(self, channels: list[_Channel]) -> list[list[_Channel]]:
-        """One group per command: all channels at once, or one group per hash slot on a cluster."""
+        """One group per command: up to COMMAND_MAX channels at once, or per hash slot on a cluster."""
         if not channels:
             return []
         if self.cluster is None:
-            return [channels]
+            return [channels[i:i + COMMAND_MAX] for i in range(0, len(channels), COMMAND_MAX)]
         by_slot: dict[int, list[_Channel]] = {}
         for channel in channels:
             by_slot.setdefault(self.cluster.keyslot(channel.name), []).append(channel)

@@ -107,7 +107,7 @@ class RoomFanoutManager(FastDelivery, AsyncPubSubManager):
         if room is None or None in channels:  # not room-scoped: every node hears it
             self._queue(self.channel, _dumps(message))
             return
-        targets = list(dict.fromkeys(channels))
+        targets = [c for c in dict.fromkeys(channels) if c is not None]
         if len(targets) > 1:
             message["id"] = next(self._ids)  # heard on several channels, delivered once
         encoded = _dumps(message)
@@ -123,7 +123,7 @@ class RoomFanoutManager(FastDelivery, AsyncPubSubManager):
         channels = [room_channel(r) for r in rooms]
         message: dict[str, Any] = {"host_id": self.host_id, "method": "emit", "event": event,
                                    "data": data, "room": room, "skip_sid": None, "namespace": "/"}
-        targets = [self.channel] if None in channels else list(dict.fromkeys(channels))
+        targets = [self.channel] if None in channels else [c for c in dict.fromkeys(channels) if c]
         if len(targets) > 1:
             message["id"] = next(self._ids)
         encoded = _dumps(message)

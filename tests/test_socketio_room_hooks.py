@@ -1,0 +1,52 @@
+"""Pins the python-socketio behaviour the room manager relies on.
+
+RoomFanoutManager (un)subscribes a room's channel from ``basic_enter_room`` /
+``basic_leave_room``: these must stay the only ways a room of the manager
+appears or disappears, through enter/leave, disconnect and close_room alike.
+"""
+
+from __future__ import annotations
+
+import pytest
+import socketio
+from socketio.async_manager import AsyncManager
+
+
+class Recording(AsyncManager):
+    def __init__(self) -> None:
+        super().__init__()
+        self.appeared: list[str] = []
+        self.gone: list[str] = []
+
+    def basic_enter_room(self, sid, namespace, room, eio_sid=None):  # type: ignore[no-untyped-def]
+        new = room not in self.rooms.get(namespace, {})
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if new:
+            self.appeared.append(room)
+
+    def basic_leave_room(self, sid, namespace, room):  # type: ignore[no-untyped-def]
+        super().basic_leave_room(sid, namespace, room)
+        if room not in self.rooms.get(namespace, {}):
+            self.gone.append(room)
+
+
+@pytest.mark.gen_test
+async def test_rooms_appear_and_disappear_only_through_the_basic_hooks():
+    manager = Recording()
+    socketio.AsyncServer(client_manager=manager)  # a manager belongs to a server
+    one = await manager.connect("eio-1", "/")
+    two = await manager.connect("eio-2", "/")
+    await manager.enter_room(one, "/", "chat:a")
+    await manager.enter_room(two, "/", "chat:a")
+    await manager.enter_room(one, "/", "chat:b")
+    await manager.enter_room(two, "/", "chat:c")
+    assert [r for r in manager.appeared if r and r.startswith("chat:")] == ["chat:a", "chat:b", "chat:c"]
+    await manager.leave_room(one, "/", "chat:a")
+    assert "chat:a" not in manager.gone  # socket two is still in it
+    await manager.disconnect(one, "/")  # leaves chat:b through basic_leave_room
+    assert "chat:b" in manager.gone
+    await manager.close_room("chat:c", "/")
+    assert "chat:c" in manager.gone
+    await manager.disconnect(two, "/")
+    assert "chat:a" in manager.gone
+    assert manager.rooms.get("/", {}).get("chat:a") is None
