@@ -87,7 +87,7 @@ async def test_redis_down_falls_back_to_local_limits_and_back(own_redis):
         shared = await limits.allow("ip", "b", limit)
         assert shared.allowed  # Redis never saw key "b": a fresh shared bucket
         assert limits.readiness()["mode"] == "redis"
-        assert own_redis.client().exists("gw:rl:ip:b") == 1
+        assert own_redis.client().exists("gw:rl:{ip:b}") == 1
     finally:
         await _close(links)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
+import redis.asyncio as aioredis
 from tornado.httpclient import AsyncHTTPClient
 
 from harness import RedisServer, make_token
@@ -39,7 +41,7 @@ async def test_metrics_is_prometheus_text_with_every_family(node):
 
 
 @pytest.mark.gen_test
-async def test_request_and_event_counters_move_with_traffic(node):
+async def test_request_and_event_counters_move_with_traffic(node, redis_server):
     before_ready = await metric_value(node, "gateway_http_requests_total", route="ready",
                                       method="GET", status="200")
     before_events = await metric_value(node, "gateway_events_in_total", event="presence:update",
@@ -51,6 +53,8 @@ async def test_request_and_event_counters_move_with_traffic(node):
         assert (await AsyncHTTPClient().fetch(node.url("/readyz"))).code == 200
     event = {"event": "presence:update", "to": {"user": "u-metrics"},
              "data": {"userId": "u2", "status": "online"}}
+    listener = aioredis.Redis.from_url(redis_server.url).pubsub()
+    await listener.subscribe("gw:room:{user:u-metrics}")  # the user's room channel
     assert (await post_event(node, event)).code == 202
     assert (await post_event(node, {"event": "bogus"})).code == 400
     assert await metric_value(node, "gateway_http_requests_total", route="ready", method="GET",
@@ -59,7 +63,17 @@ async def test_request_and_event_counters_move_with_traffic(node):
                               source="http") == before_events + 1
     assert await metric_value(node, "gateway_events_rejected_total",
                               source="http") == before_rejected + 1
-    for _ in range(50):  # the published copy comes back through this node's subscription
+    # the accepted event was published on the target room's channel (room-scoped, SPEC §6)
+    published = None
+    for _ in range(50):
+        published = await listener.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if published is not None:
+            break
+    await listener.aclose()
+    assert published is not None and json.loads(published["data"])["data"] == event["data"]
+    # an event a service PUBLISHes on gateway:events is counted as received from Redis
+    await aioredis.Redis.from_url(redis_server.url).publish("gateway:events", json.dumps(event))
+    for _ in range(50):
         if await metric_value(node, "gateway_events_in_total", event="presence:update",
                               source="redis") == before_channel + 1:
             break

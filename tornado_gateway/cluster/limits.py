@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from redis.exceptions import NoScriptError
 
 from tornado_gateway import metrics
+from tornado_gateway.cluster.redis_cluster import ShardScript
 from tornado_gateway.config import RateLimit, Settings
 from tornado_gateway.errors import GatewayError
 from typing import Any, Callable
@@ -52,6 +53,7 @@ end
 return out
 """
 GCRA_SHA = hashlib.sha1(GCRA_SCRIPT.encode()).hexdigest()
+GCRA_PER_SHARD = ShardScript(GCRA_SCRIPT, width=4)  # on a Redis Cluster: one EVALSHA per master
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ class Limits:
 
     async def allow(self, scope: str, key: str, limit: RateLimit) -> Decision:
         """Count one hit on ``scope``/``key`` against ``limit`` and say whether it may pass."""
-        bucket = KEY_PREFIX + scope + ":" + key
+        bucket = KEY_PREFIX + "{" + scope + ":" + key + "}"  # the bucket is its own hash tag
         decision = None
         if self._shared and self.redis.up:
             decision = await self._allow_shared(bucket, limit)
@@ -185,12 +187,16 @@ class Limits:
         keys = [bucket for bucket, _, _ in batch]
         args = [arg for _, pair, _ in batch for arg in pair]
         client = self.redis.client
+        replies: list[list | None]
         try:
-            try:
-                flat = await client.evalsha(GCRA_SHA, len(keys), *keys, *args)
-            except NoScriptError:  # a restarted Redis has forgotten the script: load it, redo
-                await client.script_load(GCRA_SCRIPT)
-                flat = await client.evalsha(GCRA_SHA, len(keys), *keys, *args)
+            if self.redis.cluster is not None:
+                flat = await GCRA_PER_SHARD(self.redis.cluster, keys, [pair for _, pair, _ in batch])
+            else:
+                try:
+                    flat = await client.evalsha(GCRA_SHA, len(keys), *keys, *args)
+                except NoScriptError:  # a restarted Redis has forgotten the script: load it, redo
+                    await client.script_load(GCRA_SCRIPT)
+                    flat = await client.evalsha(GCRA_SHA, len(keys), *keys, *args)
             replies = [flat[i:i + 4] for i in range(0, len(flat), 4)]
         except Exception as exc:
             self.redis.note_failure(exc)

@@ -12,13 +12,15 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.asyncio.cluster import RedisCluster
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import MaxConnectionsError
 from socketio.redis_manager import parse_redis_sentinel_url
 
 from tornado_gateway import metrics
+from tornado_gateway.cluster.redis_cluster import connect_cluster, is_cluster_url
 from typing import Any, Callable
 
 log = logging.getLogger("tornado_gateway.redis")
@@ -60,7 +62,14 @@ def redis_options(url: str) -> dict:
     return options
 
 
-def connect(url: str, bounded_pool: bool = False, **overrides: Any) -> aioredis.Redis:
+def connect_subscriber(url: str) -> aioredis.Redis:
+    """A client for one pub/sub connection: no silent reconnect (its owner's loop re-subscribes)."""
+    if urlsplit(url).scheme == "redis+sentinel":
+        return connect(url)
+    return connect(url, retry=Retry(NoBackoff(), 0))
+
+
+def connect(url: str, bounded_pool: bool = False, **overrides: Any) -> Any:
     """A redis.asyncio client for a redis://, rediss://, unix:// or redis+sentinel:// URL.
 
     ``bounded_pool``: at most POOL_MAX_CONNECTIONS connections, and a command
@@ -68,6 +77,8 @@ def connect(url: str, bounded_pool: bool = False, **overrides: Any) -> aioredis.
     instead of failing with "Too many connections"). Not for sentinel URLs.
     """
     options = {**redis_options(url), **overrides}
+    if is_cluster_url(url):  # redis.asyncio.cluster.RedisCluster
+        return connect_cluster(url, max_connections=POOL_MAX_CONNECTIONS, **options)
     if urlsplit(url).scheme == "redis+sentinel":
         sentinels, service, connection_kwargs = parse_redis_sentinel_url(url)
         sentinel = aioredis.sentinel.Sentinel(sentinels, **{**options, **connection_kwargs})
@@ -112,6 +123,8 @@ class RedisLink:
         self.url = url
         self.where = describe(url)
         self.client = connect(url, bounded_pool=True)
+        # The cluster client on a Redis Cluster (sharded pub/sub, per-shard scripts), else None.
+        self.cluster: RedisCluster | None = self.client if isinstance(self.client, RedisCluster) else None
         self.up = False
         self.last_error: str | None = None
         self._watcher: asyncio.Task | None = None

@@ -12,17 +12,24 @@ class Subscription:
     """Keeps one channel subscribed: subscribe, read with a timeout (never spins, never
     hangs), hand each message on; on any failure close, wait (0.1 s doubling to 2 s) and
     subscribe again, for ever. What a subscriber does on (re)subscription, per message and
-    on loss are its callbacks; ``subscribed`` says whether it listens right now."""
+    on loss are its callbacks; ``subscribed`` says whether it listens right now.
+
+    With ``channel=None`` the subscriber manages its channels itself: the loop connects,
+    exposes the connection as ``pubsub`` for ``on_subscribed`` (which subscribes what it
+    wants), and hands every item, subscription confirmations included, to ``on_item``."""
 
     MIN_DELAY, MAX_DELAY = 0.1, 2.0
     READ_TIMEOUT = 1.0
 
-    def __init__(self, channel: str, client: Callable[[], aioredis.Redis],
-                 on_message: Callable[[Any], Awaitable[None]], *,
+    def __init__(self, channel: str | None, client: Callable[[], aioredis.Redis],
+                 on_message: Callable[[Any], Awaitable[None]] | None = None, *,
                  on_subscribed: Callable[[], Awaitable[None]] | None = None,
                  on_lost: Callable[[BaseException], None] | None = None,
+                 on_item: Callable[[dict], None] | None = None,
                  own_client: bool = False) -> None:
         self.channel = channel
+        self.on_item = on_item
+        self.pubsub: Any = None  # the live pub/sub connection, while subscribed
         self.client = client  # the client to subscribe with, asked again on every attempt
         self.own_client = own_client  # close it after each attempt (a dedicated connection)
         self.on_message = on_message
@@ -37,22 +44,32 @@ class Subscription:
             pubsub: Any = None
             try:
                 client = self.client()
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
-                await pubsub.subscribe(self.channel)
+                pubsub = client.pubsub(ignore_subscribe_messages=self.channel is not None)
+                if self.channel is not None:
+                    await pubsub.subscribe(self.channel)
+                else:
+                    await pubsub.connect()
+                self.pubsub = pubsub
                 self.subscribed = True
                 delay = self.MIN_DELAY
                 if self.on_subscribed is not None:
                     await self.on_subscribed()
                 while True:
-                    item = await pubsub.get_message(ignore_subscribe_messages=True,
+                    item = await pubsub.get_message(ignore_subscribe_messages=self.channel is not None,
                                                     timeout=self.READ_TIMEOUT)
-                    if item is not None and item.get("type") == "message":
+                    if item is None:
+                        continue
+                    if self.on_item is not None:
+                        self.on_item(item)
+                    elif item.get("type") == "message" and self.on_message is not None:
                         await self.on_message(item["data"])
             except asyncio.CancelledError:
                 self.subscribed = False
+                self.pubsub = None
                 raise
             except Exception as exc:
                 self.subscribed = False
+                self.pubsub = None
                 if self.on_lost is not None:
                     self.on_lost(exc)
             finally:

@@ -11,6 +11,8 @@ from functools import partial
 from typing import Any, Callable, Mapping
 from urllib.parse import unquote, urlsplit
 
+from tornado_gateway.cluster.redis_cluster import SCHEMES as CLUSTER_SCHEMES
+from tornado_gateway.cluster.redis_cluster import parse_cluster_url
 from tornado_gateway.config.options import MIB, SERVICES, ConfigError
 
 # Secrets that ship in example files and must never reach production.
@@ -92,6 +94,7 @@ class Settings:
     presence_ttl: float = 30.0
     drain_timeout: float = 20.0
     drain_grace: float = 2.0
+    socket_fanout: str = "rooms"
     socket_rate_message: RateLimit = RateLimit(30, 10)
     socket_rate_typing: RateLimit = RateLimit(20, 10)
     socket_rate_join: RateLimit = RateLimit(60, 60)
@@ -161,15 +164,30 @@ def _origins(raw: str) -> tuple[str, ...]:
     return tuple(o.rstrip("/") for o in origins)
 
 
+def _socket_fanout(value: object, redis_url: str | None) -> str:
+    mode = str(value).strip().lower()
+    if mode not in ("rooms", "broadcast"):
+        raise ConfigError(f"SOCKET_FANOUT={value}: must be rooms or broadcast")
+    if mode == "broadcast" and redis_url and urlsplit(redis_url).scheme in CLUSTER_SCHEMES:
+        raise ConfigError("SOCKET_FANOUT=broadcast: not supported on a Redis Cluster (use rooms)")
+    return mode
+
+
 def _redis_url(values: Mapping[str, Any]) -> str | None:
     url = str(values["redis_url"]).strip()
     if url:
         if url == "memory://":
             return None
         parts = urlsplit(url)
+        if parts.scheme in CLUSTER_SCHEMES:
+            try:
+                parse_cluster_url(url)
+            except ValueError as exc:
+                raise ConfigError(f"REDIS_URL: {exc}") from None
+            return url
         if parts.scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
-            raise ConfigError(f"REDIS_URL: unsupported scheme {parts.scheme!r} "
-                              "(redis://, rediss://, unix://, redis+sentinel:// or memory://)")
+            raise ConfigError(f"REDIS_URL: unsupported scheme {parts.scheme!r} (redis://, rediss://, "
+                              "unix://, redis+sentinel://, redis+cluster:// or memory://)")
         if parts.scheme in ("redis", "rediss") and not _port_ok(parts):
             raise ConfigError("REDIS_URL: bad port")
         return url
@@ -264,6 +282,7 @@ def _routes(values: Mapping[str, Any]) -> tuple[Route, ...]:
 RATE_LIMIT_FIELDS = tuple(f.name for f in fields(Settings) if f.type == "RateLimit")
 DERIVED_FIELDS = frozenset({
     "env", "log_level", "allowed_origins", "jwt_algorithms", "public_paths", "redis_url", "routes",
+    "socket_fanout",
     "trusted_proxies", "rate_limit_auth_paths", "max_connections_per_ip", "max_connections_per_user",
     *RATE_LIMIT_FIELDS})
 #: Settings that are their option's value as parsed (same name, same type).
@@ -307,6 +326,8 @@ def build_settings(values: Mapping[str, Any]) -> Settings:
         "jwt_algorithms": algorithms,
         "public_paths": tuple("/" + p.strip("/") for p in _csv(values["public_paths"])),
         "redis_url": attempt("redis_url", lambda: _redis_url(values)),
+        "socket_fanout": attempt("socket_fanout",
+                                 lambda: _socket_fanout(values["socket_fanout"], _redis_url(values))),
         "routes": attempt("routes", lambda: _routes(values)),
         "trusted_proxies": attempt("trusted_proxies", lambda: _networks(values["trusted_proxies"])),
         "rate_limit_auth_paths": tuple("/" + p.strip("/") for p in _csv(values["rate_limit_auth_paths"])),

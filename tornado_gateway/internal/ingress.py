@@ -12,6 +12,7 @@ import logging
 import time
 
 from tornado_gateway import metrics
+from tornado_gateway.cluster.redis_cluster import MasterRotation
 from tornado_gateway.cluster.subscription import Subscription
 from tornado_gateway.codec import JSONRefused, dumps, loads
 from tornado_gateway.errors import GatewayError
@@ -152,7 +153,12 @@ class Ingress:
         if self.redis is None:
             await self.deliver(message)
             return
+        realtime = self.gateway.realtime
         try:
+            if message.get("type") != REVOKE and realtime.room_scoped:
+                # Room-scoped: published on the target rooms' channels only (not gateway:events).
+                await realtime.publish_event(message["event"], message["to"], message["data"])
+                return
             if message.get("type") == REVOKE:
                 await self.gateway.revocations.store(
                     message["userId"], message.get("jti"), message.get("before"), message.get("exp"))
@@ -184,6 +190,7 @@ class Ingress:
 
     async def handle_raw(self, raw: bytes) -> None:
         """One message from the Redis channel: validate, count, deliver; log and drop bad ones."""
+        metrics.CLUSTER_MESSAGES_IN.labels("events").inc()
         try:
             message = parse_event(raw, self.max_size)
         except InvalidEvent as exc:
@@ -199,6 +206,12 @@ class Ingress:
     async def _subscribe_forever(self) -> None:
         redis = self.redis
         assert redis is not None  # started only with Redis
+        if redis.cluster is not None:  # classic pub/sub: any master hears every PUBLISH
+            masters = MasterRotation(redis.cluster)
+            await Subscription(CHANNEL, masters.next_client, self.handle_raw,
+                               on_subscribed=self._on_subscribed,
+                               on_lost=lambda exc: self._set_subscribed(False, exc), own_client=True).run()
+            return
         await Subscription(CHANNEL, lambda: redis.client, self.handle_raw,
                            on_subscribed=self._on_subscribed,
                            on_lost=lambda exc: self._set_subscribed(False, exc)).run()

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 
+from tornado_gateway.cluster.redis_cluster import ShardScript
 from tornado_gateway.codec import dumps, loads
 from tornado_gateway.realtime.payloads import EventError
 
@@ -31,6 +32,15 @@ for i, key in ipairs(KEYS) do
 end
 return won
 """
+
+
+SET_NX_PER_SHARD = ShardScript(SET_NX_MANY)  # on a Redis Cluster: one call per master
+
+
+def _tagged(key: str) -> str:
+    """``<first part>:<rest>`` with its first part as hash tag (a receipt key: the message id)."""
+    head, sep, rest = key.partition(":")
+    return "{" + head + "}" + sep + rest
 
 
 class _LocalTtlDict:
@@ -72,7 +82,7 @@ class SendRecords:
     @staticmethod
     def key(user_id: str, chat_id: str, client_message_id: str) -> str:
         """Scoped to the chat (SPEC §5): the same clientMessageId in another chat is another message."""
-        return f"gw:send:{user_id}:{chat_id}:{client_message_id}"
+        return f"gw:send:{{{user_id}}}:{chat_id}:{client_message_id}"
 
     async def reserve(self, user_id: str, chat_id: str, client_message_id: str) -> dict | None:
         """None: this call owns the send. A dict: the message of an earlier identical send."""
@@ -159,9 +169,13 @@ class OnceMarks:
         if not fresh or self.redis is None or not self.redis.up:
             return fresh
         try:
-            if self._script is None:
-                self._script = self.redis.client.register_script(SET_NX_MANY)
-            results = await self._script(keys=[self.prefix + key for key in fresh], args=[self.ttl])
+            names = [self.prefix + _tagged(key) for key in fresh]
+            if self.redis.cluster is not None:
+                results = await SET_NX_PER_SHARD(self.redis.cluster, names, shared_args=[self.ttl])
+            else:
+                if self._script is None:
+                    self._script = self.redis.client.register_script(SET_NX_MANY)
+                results = await self._script(keys=names, args=[self.ttl])
         except Exception as exc:
             log.warning("receipt dedupe falls back to local memory: %s", exc)
             self.redis.note_failure(exc)

@@ -124,6 +124,7 @@ class RealtimeEvents:
         await self.services.check_member(state.identity, chat_id)
         await self.realtime.sio.enter_room(state.sid, "chat:" + chat_id)
         state.chats.add(chat_id)
+        await self.realtime.room_live("chat:" + chat_id)  # acked once this node hears the room
         if await self.realtime.presence.chat_joined(state.user_id, chat_id):
             # The user's first socket in this chat: the room learns the user is online (once).
             await self.realtime.broadcast("presence:update", {"userId": state.user_id,

@@ -15,6 +15,7 @@ import logging
 
 from socketio.async_manager import AsyncManager
 
+from tornado_gateway import metrics
 from tornado_gateway.cluster.redis_link import connect
 from tornado_gateway.cluster.subscription import Subscription
 from tornado_gateway.codec import JSONRefused, loads
@@ -144,6 +145,7 @@ class RedisFanoutManager(wire.RedisManagerBase):
             self._listener_lost = True
 
     async def _on_pubsub(self, raw: Any) -> None:
+        metrics.CLUSTER_MESSAGES_IN.labels("broadcast").inc()
         if isinstance(raw, bytes) and raw.startswith(self.own_prefix):
             return  # this node's own message
         try:

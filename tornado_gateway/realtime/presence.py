@@ -17,6 +17,16 @@ from tornado_gateway.parts import GatewayParts
 
 log = logging.getLogger("tornado_gateway.presence")
 PREFIX = "gw:presence:"
+NODES_KEY = PREFIX + "{nodes}"
+
+
+def user_key(user_id: str, part: str) -> str:
+    """A user's presence keys (claims, seen, chats) share the hash tag ``{u:<userId>}``."""
+    return PREFIX + "{u:" + user_id + "}:" + part
+
+
+def node_key(node: str) -> str:
+    return PREFIX + "{node:" + node + "}"
 SEEN_TTL = 30 * 86400
 CHATS_TTL = 7 * 86400
 
@@ -91,7 +101,7 @@ class Presence:
         if self._redis_usable():
             try:
                 became_online = await self._claim_user(user_id) == 1
-                await self.redis.client.sadd(PREFIX + "node:" + self.node, user_id)
+                await self.redis.client.sadd(node_key(self.node), user_id)
             except Exception as exc:
                 self._failed(exc)
         if became_online:
@@ -112,7 +122,7 @@ class Presence:
         local.add(chat_id)
         if self._redis_usable():
             try:
-                key = PREFIX + "chats:" + user_id
+                key = user_key(user_id, "chats")
                 pipe = self.redis.client.pipeline(transaction=False)
                 pipe.sadd(key, chat_id)
                 pipe.expire(key, CHATS_TTL)
@@ -126,7 +136,7 @@ class Presence:
         chats = set(self.chats.get(user_id, ()))
         if self._redis_usable():
             try:
-                chats.update(c.decode() for c in await self.redis.client.smembers(PREFIX + "chats:" + user_id))
+                chats.update(c.decode() for c in await self.redis.client.smembers(user_key(user_id, "chats")))
             except Exception as exc:
                 self._failed(exc)
         return sorted(chats)
@@ -137,10 +147,10 @@ class Presence:
         if self._redis_usable():
             try:
                 went_offline = await self._release(
-                    keys=[PREFIX + "user:" + user_id, PREFIX + "seen:" + user_id],
+                    keys=[user_key(user_id, "claims"), user_key(user_id, "seen")],
                     args=[node, time.time(), last_seen, SEEN_TTL]) == 1
                 if node == self.node:
-                    await self.redis.client.srem(PREFIX + "node:" + node, user_id)
+                    await self.redis.client.srem(node_key(node), user_id)
             except Exception as exc:
                 self._failed(exc)
         if not went_offline:
@@ -152,14 +162,14 @@ class Presence:
         self.chats.pop(user_id, None)
         if self._redis_usable():
             try:
-                await self.redis.client.delete(PREFIX + "chats:" + user_id)
+                await self.redis.client.delete(user_key(user_id, "chats"))
             except Exception as exc:
                 self._failed(exc)
         await self.announce(user_id, "offline", last_seen, chats)
 
     async def _claim_user(self, user_id: str) -> int:
         now = time.time()
-        return await self._claim(keys=[PREFIX + "user:" + user_id],
+        return await self._claim(keys=[user_key(user_id, "claims")],
                                  args=[self.node, now + self.ttl / 2, now, int(self.ttl * 2000)])
 
     # -- heartbeat and sweep -----------------------------------------------
@@ -203,22 +213,25 @@ class Presence:
         client = self.redis.client
         users = list(self.sockets)
         pipe = client.pipeline(transaction=False)
-        pipe.zadd(PREFIX + "nodes", {self.node: now + self.ttl / 2})
-        pipe.pexpire(PREFIX + "nodes", int(self.ttl * 4000))
-        node_key = PREFIX + "node:" + self.node
+        pipe.zadd(NODES_KEY, {self.node: now + self.ttl / 2})
+        pipe.pexpire(NODES_KEY, int(self.ttl * 4000))
+        own_key = node_key(self.node)
         if users:
-            pipe.sadd(node_key, *users)
-        pipe.pexpire(node_key, int(self.ttl * 4000))
+            pipe.sadd(own_key, *users)
+        pipe.pexpire(own_key, int(self.ttl * 4000))
         if rebuilding:
             for user_id in users:
                 chats = self.chats.get(user_id)
                 if chats:
-                    pipe.sadd(PREFIX + "chats:" + user_id, *chats)
-                    pipe.expire(PREFIX + "chats:" + user_id, CHATS_TTL)
-        for user_id in users:
-            await self._claim(keys=[PREFIX + "user:" + user_id],
-                              args=[self.node, now + self.ttl / 2, now, int(self.ttl * 2000)],
-                              client=pipe)
+                    pipe.sadd(user_key(user_id, "chats"), *chats)
+                    pipe.expire(user_key(user_id, "chats"), CHATS_TTL)
+        if users and self.redis.cluster is not None:
+            await client.script_load(CLAIM_SCRIPT)  # on every master: a restarted shard forgot it
+        elif users:
+            pipe.scripts.add(self._claim)  # the pipeline loads it when Redis forgot it
+        for user_id in users:  # queued in the pipeline, on a cluster pipeline too
+            pipe.evalsha(self._claim.sha, 1, user_key(user_id, "claims"),
+                         self.node, now + self.ttl / 2, now, int(self.ttl * 2000))
         results = await pipe.execute()
         if rebuilding:
             log.info("presence: rebuilt %d user claim(s) of this node after redis lost its data",
@@ -230,16 +243,16 @@ class Presence:
 
     async def sweep(self) -> None:
         client = self.redis.client
-        dead = await client.zrangebyscore(PREFIX + "nodes", "-inf", time.time())
+        dead = await client.zrangebyscore(NODES_KEY, "-inf", time.time())
         for raw in dead:
             node = raw.decode()
-            if node == self.node or not await client.zrem(PREFIX + "nodes", node):
+            if node == self.node or not await client.zrem(NODES_KEY, node):
                 continue  # ourselves (late heartbeat) or another node took it
-            users = [u.decode() for u in await client.smembers(PREFIX + "node:" + node)]
+            users = [u.decode() for u in await client.smembers(node_key(node))]
             log.warning("presence: node %s stopped heartbeating; withdrawing its %d user(s)", node, len(users))
             for user_id in users:
                 await self._release_user(user_id, node)
-            await client.delete(PREFIX + "node:" + node)
+            await client.delete(node_key(node))
 
     async def withdraw_all(self) -> None:
         """Drain: this node's users go offline unless they have sockets elsewhere."""
@@ -249,8 +262,8 @@ class Presence:
             await self._release_user(user_id, self.node)
         if self._redis_usable():
             try:
-                await self.redis.client.zrem(PREFIX + "nodes", self.node)
-                await self.redis.client.delete(PREFIX + "node:" + self.node)
+                await self.redis.client.zrem(NODES_KEY, self.node)
+                await self.redis.client.delete(node_key(self.node))
             except Exception as exc:
                 self._failed(exc)
 
@@ -262,8 +275,8 @@ class Presence:
             try:
                 pipe = self.redis.client.pipeline(transaction=False)
                 for user_id in user_ids:
-                    pipe.zcount(PREFIX + "user:" + user_id, now, "+inf")
-                    pipe.get(PREFIX + "seen:" + user_id)
+                    pipe.zcount(user_key(user_id, "claims"), now, "+inf")
+                    pipe.get(user_key(user_id, "seen"))
                 results = await pipe.execute()
                 out = []
                 for i, user_id in enumerate(user_ids):

@@ -19,7 +19,9 @@ from tornado_gateway import metrics
 from tornado_gateway.edge.identity import Identity, AuthError, bearer_token, check_access_token
 from tornado_gateway.realtime.services import ChatServices
 from tornado_gateway.realtime.dedupe import OnceMarks, SendRecords
+from tornado_gateway.cluster.redis_link import connect_subscriber
 from tornado_gateway.realtime.managers import LocalManager, RedisFanoutManager
+from tornado_gateway.realtime.room_manager import RoomFanoutManager
 from tornado_gateway.realtime.presence import Presence
 from tornado_gateway.realtime.events import RealtimeEvents
 from tornado_gateway.realtime.payloads import EventError, check_auth_hello, iso_time
@@ -33,6 +35,7 @@ from typing import Any, NoReturn
 log = logging.getLogger("tornado_gateway.realtime")
 PING_INTERVAL = 25
 PING_TIMEOUT = 20
+ROOM_LIVE_TIMEOUT = 3.0  # longest wait for a room's subscription before acking or announcing
 
 
 class Realtime(OrderedDispatch):
@@ -43,9 +46,12 @@ class Realtime(OrderedDispatch):
         settings = gateway.settings
         self.settings = settings
         self.origins = [o for o in settings.allowed_origins if o != "*"]
-        if gateway.redis is not None:
-            self.manager: LocalManager | RedisFanoutManager = RedisFanoutManager(
-                settings.redis_url or "", gateway.redis)
+        self.manager: LocalManager | RedisFanoutManager | RoomFanoutManager
+        if gateway.redis is not None and settings.socket_fanout == "broadcast":
+            self.manager = RedisFanoutManager(settings.redis_url or "", gateway.redis)
+        elif gateway.redis is not None:
+            url = settings.redis_url or ""
+            self.manager = RoomFanoutManager(gateway.redis, lambda: connect_subscriber(url))
         else:
             self.manager = LocalManager()
         self.manager.on_delivery_ack = self._delivery_acked
@@ -100,8 +106,17 @@ class Realtime(OrderedDispatch):
 
     async def close(self) -> None:
         await self.presence.close()
-        if isinstance(self.manager, RedisFanoutManager):
+        if not isinstance(self.manager, LocalManager):
             await self.manager.close()
+
+    async def room_live(self, room: str) -> None:
+        """Wait (bounded) until other nodes' events to ``room`` reach this node (SOCKET_FANOUT=rooms);
+        at once while Redis is down (the node serves its local sockets meanwhile)."""
+        redis = self.gateway.redis
+        if not isinstance(self.manager, RoomFanoutManager) or redis is None or not redis.up:
+            return
+        if not await self.manager.room_live(room, ROOM_LIVE_TIMEOUT):
+            log.warning("subscription to %s not confirmed within %ss; going on", room, ROOM_LIVE_TIMEOUT)
 
     def origin_allowed(self, origin: str | None) -> bool:
         return origin is None or origin in self.origins
@@ -195,6 +210,7 @@ class Realtime(OrderedDispatch):
         state.identity = identity
         self.sockets_of_user.setdefault(identity.user_id, set()).add(state.sid)
         await self.sio.enter_room(state.sid, "user:" + identity.user_id)
+        await self.room_live("user:" + identity.user_id)  # events to the user reach this node
         self._schedule_expiry(state)
         await self.presence.socket_online(identity.user_id)
 
@@ -269,6 +285,17 @@ class Realtime(OrderedDispatch):
     async def broadcast(self, event: str, data: Any, room: str | list[str], skip_sid: Any = None) -> None:
         """To a room (or rooms) on every node."""
         await self.manager.emit(event, data, "/", room=room, skip_sid=skip_sid)
+
+    @property
+    def room_scoped(self) -> bool:
+        """True when other nodes hear only the rooms of their sockets (SOCKET_FANOUT=rooms with Redis)."""
+        return isinstance(self.manager, RoomFanoutManager)
+
+    async def publish_event(self, event: str, to: dict, data: dict) -> None:
+        """An ingress event published on its rooms' channels, then delivered here; raises when Redis fails."""
+        rooms = _rooms_of(to)
+        if rooms and isinstance(self.manager, RoomFanoutManager):
+            await self.manager.emit_confirmed(event, data, rooms if len(rooms) > 1 else rooms[0])
 
     async def emit_local(self, event: str, to: dict, data: dict) -> int:
         rooms = _rooms_of(to)

@@ -265,6 +265,32 @@ class StrictPacket(sio_packet.Packet):
     json = SocketJSON
 
 
+class RoomHooks:
+    """python-socketio's room primitives given names (mixed in before the manager): every
+    room of the manager appears in ``basic_enter_room`` and disappears in
+    ``basic_leave_room`` (enter/leave, disconnect and close_room all go through them)."""
+
+    if TYPE_CHECKING:
+        def __getattr__(self, name: str) -> Any: ...
+
+    def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
+        new = room not in self.rooms.get(namespace, {})
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)  # type: ignore[misc]
+        if new and namespace == "/":
+            self.room_appeared(room)
+
+    def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
+        super().basic_leave_room(sid, namespace, room)  # type: ignore[misc]
+        if namespace == "/" and room not in self.rooms.get(namespace, {}):
+            self.room_gone(room)
+
+    def room_appeared(self, room: Any) -> None:
+        """The first local socket entered ``room``."""
+
+    def room_gone(self, room: Any) -> None:
+        """The last local socket left ``room``."""
+
+
 class GatewaySocketServer(socketio.AsyncServer):
     """AsyncServer whose client events go to ``on_event`` (the ordered dispatch), not to tasks."""
 

@@ -17,27 +17,32 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from socketio.async_pubsub_manager import AsyncPubSubManager
+from redis.asyncio import Redis
 
-from tornado_gateway.fanout import OUTBOX_MAX, PUBLISH_BATCH, FastDelivery, _dumps
-from tornado_gateway.room_channels import ChannelSubscriptions, room_channel
+from tornado_gateway.cluster.channels import ChannelSubscriptions, room_channel
+from tornado_gateway.cluster.redis_link import RedisLink
+from tornado_gateway.codec import JSONRefused, loads
+from tornado_gateway.realtime import wire
+from tornado_gateway.realtime.managers import OUTBOX_MAX, PUBLISH_BATCH
+from tornado_gateway.realtime.wire import _dumps
 
 log = logging.getLogger("tornado_gateway.realtime")
 CONTROL_CHANNEL = "gateway:socketio"
 SEEN_MAX = 4096  # ids of multi-room messages remembered, to deliver each once
 
 
-class RoomFanoutManager(FastDelivery, AsyncPubSubManager):
+class RoomFanoutManager(wire.RoomHooks, wire.RedisManagerBase):
     """Several nodes, each subscribed to the rooms of its own sockets."""
 
-    def __init__(self, redis_link: Any, connect_subscriber: Any = None, control: str = CONTROL_CHANNEL):
-        super().__init__(channel=control)
+    def __init__(self, redis_link: RedisLink, connect_subscriber: Callable[[], Redis] | None = None,
+                 control: str = CONTROL_CHANNEL) -> None:
+        super().__init__(redis_link.url, channel=control, redis_options={})
         self.redis_link = redis_link
-        cluster = getattr(redis_link, "cluster", None)
+        cluster = redis_link.cluster
         self.sharded = cluster is not None
         self.subscriptions = ChannelSubscriptions(self._on_pubsub, connect=connect_subscriber,
                                                   cluster=cluster, always=[control])
@@ -50,28 +55,30 @@ class RoomFanoutManager(FastDelivery, AsyncPubSubManager):
         self._seen: collections.OrderedDict = collections.OrderedDict()
 
     def initialize(self) -> None:
-        self.thread = None  # python-socketio's listener task: ours is the subscriptions' loops
+        super().initialize()  # starts the listener task (listen)
         self._publisher = asyncio.ensure_future(self._publish_loop())
-        asyncio.ensure_future(self.subscriptions.start())
+
+    async def listen(self) -> None:
+        """Open the subscriber connections (each on THE reconnect loop); they run until close."""
+        await self.subscriptions.start()
+        await asyncio.get_running_loop().create_future()
 
     async def close(self) -> None:
-        if self._publisher is not None:
-            self._publisher.cancel()
+        for task in (self._publisher, self.listener_task()):
+            if task is not None:
+                task.cancel()
         await self.subscriptions.close()
 
     # -- rooms: subscribe on the first local socket, unsubscribe after the last ------
 
-    def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
-        new = room not in self.rooms.get(namespace, {})
-        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
-        channel = room_channel(room) if new and namespace == "/" else None
+    def room_appeared(self, room: Any) -> None:
+        channel = room_channel(room)
         if channel is not None:
             self.subscriptions.want(channel)
 
-    def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
-        super().basic_leave_room(sid, namespace, room)
-        channel = room_channel(room) if namespace == "/" else None
-        if channel is not None and room not in self.rooms.get(namespace, {}):
+    def room_gone(self, room: Any) -> None:
+        channel = room_channel(room)
+        if channel is not None:
             self.subscriptions.drop(channel)
 
     async def room_live(self, room: str, timeout: float) -> bool:
@@ -136,7 +143,7 @@ class RoomFanoutManager(FastDelivery, AsyncPubSubManager):
         await pipe.execute()
         self.deliver_local(event, data, room)
 
-    async def _publish(self, data: Any) -> None:
+    async def publish_control(self, data: dict) -> None:
         """python-socketio's own messages (remote disconnects, callbacks) go on the control channel."""
         self._queue(self.channel, _dumps(data))
 
@@ -195,8 +202,8 @@ class RoomFanoutManager(FastDelivery, AsyncPubSubManager):
         if isinstance(raw, bytes) and raw.startswith(self.own_prefix):
             return  # this node's own message
         try:
-            message = json.loads(raw)
-        except ValueError:
+            message = loads(raw, max_depth=None)  # other nodes' own encodes
+        except JSONRefused:
             log.warning("socket.io channel %s: undecodable message dropped", channel)
             return
         if not isinstance(message, dict) or message.get("host_id") == self.host_id:
@@ -216,9 +223,8 @@ class RoomFanoutManager(FastDelivery, AsyncPubSubManager):
                     return
                 self.deliver_local(message["event"], message.get("data"), message.get("room"),
                                    message.get("skip_sid"))
-            elif method in ("disconnect", "enter_room", "leave_room", "close_room"):
-                handler = getattr(self, "_handle_" + method)
-                task = asyncio.ensure_future(handler(message))
+            elif method in wire.CONTROL_METHODS:
+                task = asyncio.ensure_future(self.handle_control(method, message))
                 task.add_done_callback(_log_failure)
         except Exception:
             log.exception("socket.io channel: handling a %s message failed", method)

@@ -6,8 +6,8 @@ a channel goes to the master owning its hash slot). Callers say which
 channels they ``want`` and ``drop``; the changes of one loop iteration go out
 as one ``SUBSCRIBE``/``UNSUBSCRIBE`` per connection (per hash slot on a
 cluster), and :meth:`ChannelSubscriptions.live` waits until Redis confirmed a
-subscription. Each connection has its own reconnect loop; after a loss every
-wanted channel is subscribed again. Design: docs/scale-out.md.
+subscription. Each connection runs on THE reconnect loop (cluster.subscription);
+after a loss every wanted channel is subscribed again. Design: docs/scale-out.md.
 """
 
 from __future__ import annotations
@@ -23,14 +23,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from tornado_gateway import metrics
-from tornado_gateway.redis_cluster import node_options, owner
+from tornado_gateway.cluster.redis_cluster import node_options, owner
+from tornado_gateway.cluster.subscription import Subscription
 
 log = logging.getLogger("tornado_gateway.channels")
 
 ROOM_PREFIXES = ("chat:", "user:")
 ROOM_CHANNEL_PREFIX = "gw:room:"
-READ_TIMEOUT = 1.0
-BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
 COMMAND_MAX = 1000  # channels per SUBSCRIBE (a re-subscription after a reconnect may hold many)
 
 
@@ -73,68 +72,47 @@ class _Channel:
 
 
 class _Link:
-    """One subscriber connection and its reconnect loop."""
+    """One subscriber connection, run by THE reconnect loop (cluster.subscription)."""
 
     def __init__(self, owner: "ChannelSubscriptions", name: str, connect: Callable[[], Redis]):
         self.owner = owner
         self.name = name
-        self.connect = connect
         self.channels: dict[str, _Channel] = {}
         self.dirty: set[str] = set()
-        self.pubsub: Any = None
-        self.connected = False
-        self.task: asyncio.Task | None = None
         self.lock = asyncio.Lock()  # one flush at a time: commands go out in decision order
+        self.task: asyncio.Task | None = None
+        self._lost_once = False
+        self.subscription = Subscription(None, connect, on_subscribed=self._connected,
+                                         on_lost=self._lost, on_item=self._handle, own_client=True)
+
+    @property
+    def connected(self) -> bool:
+        return self.subscription.subscribed
+
+    @property
+    def pubsub(self) -> Any:
+        return self.subscription.pubsub
 
     def start(self) -> None:
-        self.task = asyncio.ensure_future(self._run())
+        self.task = asyncio.ensure_future(self.subscription.run())
 
-    async def _run(self) -> None:
-        backoff = BACKOFF_MIN
-        lost = False
-        while True:
-            client = None
-            try:
-                client = self.connect()
-                self.pubsub = client.pubsub()
-                await self.pubsub.connect()
-                self.connected = True
-                for channel in self.channels.values():  # a new connection holds nothing yet
-                    channel.requested, channel.inflight = False, 0
-                self.dirty.update(self.channels)
-                await self.flush()
-                if lost:
-                    log.info("pub/sub connection %s back; re-subscribed %d channel(s)", self.name,
-                             len(self.channels))
-                    lost = False
-                backoff = BACKOFF_MIN
-                while True:
-                    message = await self.pubsub.get_message(timeout=READ_TIMEOUT)
-                    if message is not None:
-                        self._handle(message)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not lost:
-                    log.error("pub/sub connection %s lost, reconnecting: %s: %s", self.name,
-                              type(exc).__name__, exc)
-                    lost = True
-            finally:
-                self.connected = False
-                if self.pubsub is not None:
-                    try:
-                        await self.pubsub.aclose()
-                    except Exception:
-                        pass
-                    self.pubsub = None
-                if client is not None:
-                    try:
-                        await client.aclose()
-                    except Exception:
-                        pass
-            await self.owner._lost(self)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX)
+    async def _connected(self) -> None:
+        for channel in self.channels.values():  # a new connection holds nothing yet
+            channel.requested, channel.inflight = False, 0
+        self.dirty.update(self.channels)
+        await self.flush()
+        if self._lost_once:
+            log.info("pub/sub connection %s back; re-subscribed %d channel(s)", self.name,
+                     len(self.channels))
+            self._lost_once = False
+
+    def _lost(self, exc: BaseException) -> None:
+        if not self._lost_once:
+            log.error("pub/sub connection %s lost, reconnecting: %s: %s", self.name,
+                      type(exc).__name__, exc)
+            self._lost_once = True
+        task = asyncio.ensure_future(self.owner._lost(self))
+        task.add_done_callback(_log_failure)
 
     def _handle(self, message: dict) -> None:
         kind = message.get("type")

@@ -16,7 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, ResponseError
 
 SCHEMES = ("redis+cluster", "rediss+cluster")
@@ -154,3 +157,19 @@ class ShardScript:
         except NoScriptError:  # a restarted shard forgot it
             await cluster.execute_command("SCRIPT", "LOAD", self.source, target_nodes=node)
             return await cluster.execute_command("EVALSHA", self.sha, 0, *args, target_nodes=node)
+
+
+class MasterRotation:
+    """Plain clients to the cluster's masters in turn, one per (re)connection attempt: a
+    classic SUBSCRIBE on any master hears every PUBLISH, so a subscriber moves on when one fails."""
+
+    def __init__(self, cluster: RedisCluster) -> None:
+        self.cluster = cluster
+        self.attempt = 0
+
+    def next_client(self) -> Redis:
+        nodes = list(self.cluster.get_primaries()) or list(self.cluster.nodes_manager.startup_nodes.values())
+        node = nodes[self.attempt % len(nodes)]
+        self.attempt += 1
+        return Redis(host=node.host, port=int(node.port), retry=Retry(NoBackoff(), 0),
+                     **node_options(self.cluster))

@@ -14,8 +14,8 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
-from tornado_gateway.redis_cluster import connect_cluster
-from tornado_gateway.room_channels import ChannelSubscriptions, room_channel
+from tornado_gateway.cluster.redis_cluster import connect_cluster
+from tornado_gateway.cluster.channels import ChannelSubscriptions, room_channel
 
 
 def uid(name: str) -> str:
