@@ -106,12 +106,12 @@ async def test_redis_restarted_empty_presence_and_revocations_rebuilt_dead_node_
 
     own_redis.restart()  # SIGKILL and start again: no persistence, every key gone
     redis = own_redis.client()
-    assert not redis.exists("gw:presence:user:" + alice)
+    assert not redis.exists("gw:presence:{u:" + alice + "}:claims")
     started = time.monotonic()
 
     async def rebuilt():
         return (await presence_of(node2, alice) == "online"
-                and redis.sismember("gw:presence:chats:" + alice, chat)
+                and redis.sismember("gw:presence:{u:" + alice + "}:chats", chat)
                 and redis.exists("gw:revoked:jti:" + revoked_jti))
 
     assert await eventually(rebuilt, timeout=TTL + 3), "presence/revocations not rebuilt"

@@ -1,11 +1,11 @@
-"""Room-scoped delivery across real gateway nodes: three on one Redis, two on a real Redis Cluster.
+"""Room-scoped delivery across real gateway nodes: on one Redis, through Sentinel, on a Redis Cluster.
 
 A node hears only the rooms it holds sockets in (read from its own
 ``gateway_cluster_messages_in_total``), events sent right after a join ack or
 a connect are not lost, revocations and presence still reach every node, a
 socket that leaves and re-enters gets each event once, and on a 3-master
 Redis Cluster messages, user events, presence and rate limits work across
-nodes and survive a shard restart.
+nodes and survive a shard restart. Sentinel mode keeps working.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from tornado.httpclient import AsyncHTTPClient
 from chat_fakes import ChatFakes, connected
 from harness import make_token
 from internal_client import AUTH_ENV, fetch, post_event
+from redis_sentinel import RedisSentinel
 
 ENV = {"PRESENCE_TTL": "3", "TYPING_TIMEOUT": "1", **AUTH_ENV}
 
@@ -179,6 +180,29 @@ async def test_leaving_and_re_entering_a_room_gets_each_event_once(three_nodes, 
     assert texts(b) == ["in-1", "in-2", "marker"]
     for client in (a, b):
         await client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_two_nodes_through_redis_sentinel(start_gateway, fakes):
+    sentinel = RedisSentinel().start()
+    try:
+        env = {**ENV, "REDIS_URL": sentinel.url}
+        node1, node2 = start_gateway(env), start_gateway(env)
+        alice, bob = uid("alice"), uid("bob")
+        chat = uid("chat")
+        fakes.add_chat(chat, [alice, bob])
+        a, b = await connected(node1, alice), await connected(node2, bob)
+        for client in (a, b):
+            assert (await client.call("chat:join", {"chatId": chat}))["ok"]
+        message = await send(a, chat, "through sentinel")
+        assert (await b.next("message:new"))[0] == {"message": message}
+        assert (await post_event(node2, {"event": "chat:updated", "to": {"user": alice},
+                                         "data": {"marker": "s"}})).code == 202
+        assert (await a.next("chat:updated"))[0] == {"marker": "s"}
+        for client in (a, b):
+            await client.close()
+    finally:
+        sentinel.stop()
 
 
 @pytest.mark.gen_test(timeout=90)
