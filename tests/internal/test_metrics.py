@@ -15,15 +15,18 @@ from internal_client import fetch, metric_value, open_sockets, post_event, runni
 
 
 @pytest.fixture(scope="module")
-def node(stub_upstreams):
-    # A Redis of its own: the session's shares the rate-limit bucket of 127.0.0.1 with
-    # every other module, whose recent requests would eat into this node's 3/60.
-    redis = RedisServer().start()
-    try:
-        for started in running_nodes(redis, stub_upstreams, {"RATE_LIMIT_IP": "3/60"}, count=1):
-            yield started[0]
-    finally:
-        redis.stop()
+def metrics_redis():
+    """A redis-server of this module: rate-limit buckets of other modules' nodes (same client
+    IP, other limits) must not count here."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def node(metrics_redis, stub_upstreams):
+    for started in running_nodes(metrics_redis, stub_upstreams, {"RATE_LIMIT_IP": "3/60"}, count=1):
+        yield started[0]
 
 
 @pytest.mark.gen_test
@@ -41,7 +44,7 @@ async def test_metrics_is_prometheus_text_with_every_family(node):
 
 
 @pytest.mark.gen_test
-async def test_request_and_event_counters_move_with_traffic(node, redis_server):
+async def test_request_and_event_counters_move_with_traffic(node, metrics_redis):
     before_ready = await metric_value(node, "gateway_http_requests_total", route="ready",
                                       method="GET", status="200")
     before_events = await metric_value(node, "gateway_events_in_total", event="presence:update",
@@ -53,7 +56,7 @@ async def test_request_and_event_counters_move_with_traffic(node, redis_server):
         assert (await AsyncHTTPClient().fetch(node.url("/readyz"))).code == 200
     event = {"event": "presence:update", "to": {"user": "u-metrics"},
              "data": {"userId": "u2", "status": "online"}}
-    listener = aioredis.Redis.from_url(redis_server.url).pubsub()
+    listener = aioredis.Redis.from_url(metrics_redis.url).pubsub()
     await listener.subscribe("gw:room:{user:u-metrics}")  # the user's room channel
     assert (await post_event(node, event)).code == 202
     assert (await post_event(node, {"event": "bogus"})).code == 400
@@ -72,7 +75,7 @@ async def test_request_and_event_counters_move_with_traffic(node, redis_server):
     await listener.aclose()
     assert published is not None and json.loads(published["data"])["data"] == event["data"]
     # an event a service PUBLISHes on gateway:events is counted as received from Redis
-    await aioredis.Redis.from_url(redis_server.url).publish("gateway:events", json.dumps(event))
+    await aioredis.Redis.from_url(metrics_redis.url).publish("gateway:events", json.dumps(event))
     for _ in range(50):
         if await metric_value(node, "gateway_events_in_total", event="presence:update",
                               source="redis") == before_channel + 1:

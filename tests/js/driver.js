@@ -6,7 +6,7 @@ const [scenario, rawOptions] = process.argv.slice(2);
 const options = JSON.parse(rawOptions || "{}");
 
 function connect(token, extra = {}) {
-  return io(options.url, {
+  return io(extra.url || options.url, {
     auth: token ? { token } : undefined,
     extraHeaders: { Origin: options.origin },
     transports: extra.transports || ["websocket"],
@@ -29,7 +29,8 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 async function mainFlow() {
   const out = { events: { alice: [], bob: [] } };
   const alice = connect(options.alice);
-  const bob = connect(options.bob, { transports: ["polling", "websocket"] }); // polling, then upgrade
+  // polling, then upgrade; on another node when bobUrl is given
+  const bob = connect(options.bob, { transports: ["polling", "websocket"], url: options.bobUrl });
   for (const [name, socket] of [["alice", alice], ["bob", bob]]) {
     socket.onAny((event, data) => out.events[name].push([event, data]));
   }

@@ -49,16 +49,31 @@ def test_js_client_main_flow(node_client, js_gateway, stubs):
     fakes.add_chat("jschat", ["alice-js", "bob-js"])
     out = run_driver(node_client, "main", url=js_gateway.base, origin=ORIGIN, chat="jschat",
                      alice=make_token("alice-js"), bob=make_token("bob-js"))
-    assert out["bobJoin"] == {"ok": True, "data": {"chatId": "jschat"}}
+    check_main_flow(out, fakes)
+
+
+def test_js_client_main_flow_across_two_nodes(node_client, start_gateway, redis_server, stubs):
+    """The same flow with alice and bob on two nodes sharing one Redis (room-scoped delivery)."""
+    env = {"REDIS_URL": redis_server.url, "AUTH_TIMEOUT": "3"}
+    node1, node2 = start_gateway(env), start_gateway(env)
+    fakes = ChatFakes(stubs)
+    fakes.add_chat("jschat2", ["alice-js", "bob-js"])
+    out = run_driver(node_client, "main", url=node1.base, bobUrl=node2.base, origin=ORIGIN,
+                     chat="jschat2", alice=make_token("alice-js"), bob=make_token("bob-js"))
+    check_main_flow(out, fakes, "jschat2")
+
+
+def check_main_flow(out: dict, fakes: ChatFakes, chat: str = "jschat") -> None:
+    assert out["bobJoin"] == {"ok": True, "data": {"chatId": chat}}
     assert out["aliceJoin"]["ok"] is True
     assert out["presence"] == {"userId": "alice-js", "status": "online"}
     assert out["typingAck"] == {"ok": True, "data": {}}
-    assert out["typing"] == {"chatId": "jschat", "userId": "alice-js", "typing": True}
+    assert out["typing"] == {"chatId": chat, "userId": "alice-js", "typing": True}
     message = out["sendAck"]["data"]["message"]
     assert out["sendAck"]["ok"] is True and message["text"] == "hello from node"
     assert out["messageNew"] == {"message": message}
     assert out["receipt"]["messageId"] == message["id"] and out["receipt"]["userId"] == "bob-js"
-    assert out["receipt"]["chatId"] == "jschat"
+    assert out["receipt"]["chatId"] == chat
     assert out["badPayload"]["ok"] is False
     assert out["badPayload"]["error"]["code"] == "VALIDATION_FAILED"
     assert out["bobTransport"] == "websocket"  # polling upgraded
