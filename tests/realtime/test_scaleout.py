@@ -20,7 +20,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from chat_fakes import ChatFakes, connected
 from harness import make_token
-from internal_client import AUTH_ENV, fetch, post_event
+from internal_client import AUTH_ENV, fetch, metric_value, post_event
 from redis_sentinel import RedisSentinel
 
 ENV = {"PRESENCE_TTL": "3", "TYPING_TIMEOUT": "1", **AUTH_ENV}
@@ -167,13 +167,20 @@ async def test_leaving_and_re_entering_a_room_gets_each_event_once(three_nodes, 
         assert (await client.call("chat:join", {"chatId": chat}))["ok"]
     await send(a, chat, "in-1")
     await b.next("message:new", count=1)
+    chats_before = await metric_value(node2, "gateway_room_subscriptions", kind="chat")
+    assert chats_before >= 1
     assert (await b.call("chat:leave", {"chatId": chat}))["ok"]  # node 2's last member: unsubscribes
+    deadline = time.monotonic() + 5
+    while await metric_value(node2, "gateway_room_subscriptions", kind="chat") != chats_before - 1:
+        assert time.monotonic() < deadline, "the chat's subscription was not dropped"
+        await asyncio.sleep(0.05)
     await send(a, chat, "while-out")
     # leave and re-enter back to back, then again with the join acked
     await b.emit("chat:leave", {"chatId": chat})
     assert (await b.call("chat:join", {"chatId": chat}))["ok"]
     await b.emit("chat:leave", {"chatId": chat})
     assert (await b.call("chat:join", {"chatId": chat}))["ok"]
+    assert await metric_value(node2, "gateway_room_subscriptions", kind="chat") == chats_before
     await send(a, chat, "in-2")
     await send(a, chat, "marker")
     await b.next("message:new", count=3)

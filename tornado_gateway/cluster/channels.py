@@ -1,13 +1,8 @@
 """The pub/sub channels one node listens to, and when each subscription is live.
 
-Owns the node's subscriber connections: one to a single Redis (or the
-Sentinel master), one per master of a Redis Cluster (sharded ``SSUBSCRIBE``;
-a channel goes to the master owning its hash slot). Callers say which
-channels they ``want`` and ``drop``; the changes of one loop iteration go out
-as one ``SUBSCRIBE``/``UNSUBSCRIBE`` per connection (per hash slot on a
-cluster), and :meth:`ChannelSubscriptions.live` waits until Redis confirmed a
-subscription. Each connection runs on THE reconnect loop (cluster.subscription);
-after a loss every wanted channel is subscribed again. Design: docs/scale-out.md.
+Owns the subscriber connections (one per Redis, or per master of a Redis Cluster with
+sharded SSUBSCRIBE), the batching of (un)subscribes and their confirmations; each
+connection runs on cluster.subscription. Design: docs/scale-out.md.
 """
 
 from __future__ import annotations

@@ -1,11 +1,5 @@
-"""Redis Cluster support: ``redis+cluster://`` URLs, the cluster client, per-shard scripts.
-
-``redis+cluster://[user:password@]h1:p1,h2:p2,...[?options]`` (``rediss+cluster://``
-for TLS) names some masters of the cluster; the client discovers the rest.
-A script whose keys span several hash slots cannot run as one ``EVALSHA``
-with declared keys; :func:`eval_per_shard` runs it once per master instead,
-with the keys passed in ARGV and the ``allow-cross-slot-keys`` script flag
-(Redis >= 7), so a batch costs one command per shard. Design: docs/scale-out.md.
+"""Redis Cluster support: ``redis+cluster://`` URLs, the cluster client, per-master scripts
+and per-master pub/sub clients. Design: docs/scale-out.md.
 """
 
 from __future__ import annotations

@@ -1,15 +1,8 @@
-"""Room-scoped fan-out between nodes: a node hears only the rooms it holds sockets in.
+"""The room-scoped Redis manager (SOCKET_FANOUT=rooms): a node hears only its sockets' rooms.
 
-The Socket.IO client manager of Redis mode (SOCKET_FANOUT=rooms, the
-default). A room ``chat:<id>`` or ``user:<id>`` has its own channel
-(:func:`room_channels.room_channel`); the node subscribes when its first
-local socket enters the room and unsubscribes when the last one leaves
-(:mod:`room_channels` batches and confirms). An emit is delivered to the
-local sockets at once and published on the channel of each target room only
-(sharded ``SPUBLISH`` on a Redis Cluster); python-socketio's own messages
-(remote disconnects, emits to other rooms) use the cluster-wide control
-channel. A message for several rooms carries an id so that a node that hears
-it on two channels delivers it once. Design: docs/scale-out.md.
+Owns the room <-> channel subscriptions (via cluster.channels), the outbox published
+per room channel (SPUBLISH on a cluster) and the once-only delivery of multi-room
+messages. Design: docs/scale-out.md.
 """
 
 from __future__ import annotations
