@@ -164,11 +164,12 @@ def _origins(raw: str) -> tuple[str, ...]:
     return tuple(o.rstrip("/") for o in origins)
 
 
-def _socket_fanout(value: object, redis_url: str | None) -> str:
+def _socket_fanout(value: object, redis_url: object) -> str:
+    """rooms or broadcast; broadcast is refused on a Redis Cluster (REDIS_URL as given)."""
     mode = str(value).strip().lower()
     if mode not in ("rooms", "broadcast"):
         raise ConfigError(f"SOCKET_FANOUT={value}: must be rooms or broadcast")
-    if mode == "broadcast" and redis_url and urlsplit(redis_url).scheme in CLUSTER_SCHEMES:
+    if mode == "broadcast" and urlsplit(str(redis_url).strip()).scheme in CLUSTER_SCHEMES:
         raise ConfigError("SOCKET_FANOUT=broadcast: not supported on a Redis Cluster (use rooms)")
     return mode
 
@@ -327,7 +328,7 @@ def build_settings(values: Mapping[str, Any]) -> Settings:
         "public_paths": tuple("/" + p.strip("/") for p in _csv(values["public_paths"])),
         "redis_url": attempt("redis_url", lambda: _redis_url(values)),
         "socket_fanout": attempt("socket_fanout",
-                                 lambda: _socket_fanout(values["socket_fanout"], _redis_url(values))),
+                                 lambda: _socket_fanout(values["socket_fanout"], values["redis_url"])),
         "routes": attempt("routes", lambda: _routes(values)),
         "trusted_proxies": attempt("trusted_proxies", lambda: _networks(values["trusted_proxies"])),
         "rate_limit_auth_paths": tuple("/" + p.strip("/") for p in _csv(values["rate_limit_auth_paths"])),
