@@ -182,3 +182,32 @@ async def test_cluster_channels_are_sharded_on_their_owner_and_survive_a_shard_r
     finally:
         await subs.close()
         await cluster.aclose()
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_channel_follows_its_slot_to_another_master(own_redis_cluster):
+    nodes = own_redis_cluster
+    cluster = connect_cluster(nodes.url, socket_timeout=2.0, socket_connect_timeout=1.0)
+    await cluster.initialize()
+    inbox = Inbox()
+    subs = ChannelSubscriptions(inbox, cluster=cluster)
+    await subs.start()
+    try:
+        name = room_channel(f"chat:{uid('moving')}")
+        subs.want(name)
+        assert await subs.live(name, 5)
+        source = nodes.node_of(name)
+        target = next(node for node in nodes.nodes if node is not source)
+        slot = source.cli("CLUSTER", "KEYSLOT", name).strip()
+        source_id, target_id = source.cli("CLUSTER", "MYID").strip(), target.cli("CLUSTER", "MYID").strip()
+        # an empty slot moves at once: Redis drops its shard subscriptions on the old owner
+        assert target.cli("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id).strip() == "OK"
+        assert source.cli("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id).strip() == "OK"
+        for node in (target, source, *(n for n in nodes.nodes if n not in (source, target))):
+            assert node.cli("CLUSTER", "SETSLOT", slot, "NODE", target_id).strip() == "OK"
+        await inbox.published_until_heard(cluster.spublish, name)
+        assert nodes.node_of(name) is target
+        assert target.cli("PUBSUB", "SHARDNUMSUB", name).split() == [name, "1"]
+    finally:
+        await subs.close()
+        await cluster.aclose()

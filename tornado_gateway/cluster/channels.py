@@ -120,6 +120,12 @@ class _Link:
             channel = self.channels.get(name)
             if channel is None:
                 return
+            if kind == "sunsubscribe" and channel.inflight == 0 and channel.requested:
+                # Not ours: Redis dropped it because its slot moved to another master.
+                channel.requested = False
+                task = asyncio.ensure_future(self.owner._lost(self))
+                task.add_done_callback(_log_failure)
+                return
             channel.inflight = max(0, channel.inflight - 1)
             if channel.live:
                 for waiter in channel.waiters:
@@ -322,7 +328,8 @@ class ChannelSubscriptions:
         return list(by_slot.values())
 
     async def _lost(self, link: _Link) -> None:
-        """A connection failed: on a cluster, learn the topology again and re-home moved channels."""
+        """A connection failed or a slot moved: on a cluster, learn the topology again, re-home
+        the channels whose slot has a new owner and subscribe again what this link lost."""
         if self.cluster is None:
             return
         try:
@@ -339,6 +346,9 @@ class ChannelSubscriptions:
                 moved.wanted = True
                 moved.waiters.extend(channel.waiters)
                 self._mark(owner, name)
+        for name, channel in link.channels.items():
+            if channel.wanted and not channel.requested:
+                self._mark(link, name)
 
 
 def _log_failure(task: asyncio.Future) -> None:
