@@ -22,7 +22,7 @@ setup(
         "test": [
             "pytest>=8,<9",
             "pytest-tornado>=0.8,<0.9",
-            "python-socketio[asyncio_client]>=5.18,<6",
+            "python-socketio>=5.18,<6",  # its asyncio client needs aiohttp, listed next
             "aiohttp>=3.9,<4",
             "hypothesis>=6.100,<7",
             "mypy>=1.10,<3",

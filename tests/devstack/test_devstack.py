@@ -315,3 +315,26 @@ async def test_media_upload_and_download_are_streamed_and_byte_exact(stack):
         assert status == 404
     finally:
         client.close()
+
+
+def test_a_path_no_stand_in_serves_is_a_json_404(stack):
+    token = stack.login("alice")["accessToken"]
+    for method, path in (("GET", "/api/chats/c1/nope"), ("GET", "/api/auth/nope"),
+                         ("POST", "/api/users/me/x")):
+        status, body, headers = stack.request(method, path, {} if method == "POST" else None, token=token)
+        assert status == 404, (path, body)
+        assert headers["Content-Type"].startswith("application/json")
+        assert body["error"]["code"] == "NOT_FOUND"
+
+
+def test_http_send_has_the_socket_text_limit(stack):
+    """A text the socket refuses is refused over HTTP too, so nothing reaches sockets
+    that a socket could not have sent."""
+    from tornado_gateway.realtime.payloads import MAX_TEXT
+    token = stack.login("alice")["accessToken"]
+    status, body, _ = stack.request("POST", "/api/messages",
+                                    {"chatId": "c1", "text": "x" * (MAX_TEXT + 1)}, token=token)
+    assert status == 400 and body["error"]["code"] == "VALIDATION_FAILED"
+    status, body, _ = stack.request("POST", "/api/messages",
+                                    {"chatId": "c1", "text": "x" * MAX_TEXT}, token=token)
+    assert status == 201, body

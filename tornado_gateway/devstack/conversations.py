@@ -15,10 +15,10 @@ from tornado.httpclient import HTTPRequest
 
 from tornado_gateway import codec
 from tornado_gateway.devstack.store import Chat, Message, now_iso
+from tornado_gateway.realtime.payloads import MAX_TEXT  # one limit for HTTP and sockets
 from tornado_gateway.devstack.web import ServiceHandler, refuse, string_field
 
 log = logging.getLogger("tornado_gateway.devstack")
-MAX_TEXT = 10_000
 PAGE_DEFAULT, PAGE_MAX = 50, 100
 MAX_MEMBERS = 256
 

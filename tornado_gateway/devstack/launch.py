@@ -27,7 +27,7 @@ from tornado_gateway.devstack.accounts import auth_routes, users_routes
 from tornado_gateway.devstack.conversations import chats_routes, messages_routes
 from tornado_gateway.devstack.media import media_routes, notifications_routes
 from tornado_gateway.devstack.store import GROUP_CHAT_ID, SEED_PASSWORD, Store, Tokens
-from tornado_gateway.devstack.web import Announcer, Context, log_request
+from tornado_gateway.devstack.web import Announcer, Context, NotFound, log_request
 
 ROUTES = {"auth": auth_routes, "users": users_routes, "chats": chats_routes,
           "messages": messages_routes, "media": media_routes, "notifications": notifications_routes}
@@ -116,7 +116,9 @@ class Devstack:
         for service, route in routes.items():
             handlers = ROUTES[service](route.upstream_path)
             app = tornado.web.Application([(path, handler, {"ctx": self.ctx}) for path, handler in handlers],
-                                          log_function=log_request, compress_response=False)
+                                          log_function=log_request, compress_response=False,
+                                          default_handler_class=NotFound,
+                                          default_handler_args={"ctx": self.ctx})
             host, port = _host_port(route.upstream)
             try:
                 sockets = bind_sockets(port, host)

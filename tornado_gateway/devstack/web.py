@@ -105,7 +105,8 @@ class ServiceHandler(tornado.web.RequestHandler):
         try:
             body = codec.loads(self.request.body or b"{}")
         except ValueError:
-            refuse(400, "VALIDATION_FAILED", "body is not JSON")
+            refuse(400, "VALIDATION_FAILED", "body is not strict JSON (UTF-8, no NaN, no lone surrogates, "
+                                              "at most 64 levels deep)")
         if not isinstance(body, dict):
             refuse(400, "VALIDATION_FAILED", "body must be a JSON object")
         return body
@@ -126,6 +127,13 @@ class ServiceHandler(tornado.web.RequestHandler):
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if not isinstance(value, Refusal):
             super().log_exception(typ, value, tb)
+
+
+class NotFound(ServiceHandler):
+    """Any path a stand-in does not serve: the same JSON error as its other refusals."""
+
+    def prepare(self) -> None:
+        refuse(404, "NOT_FOUND", f"no {self.request.method} {self.request.path} on this service")
 
 
 def string_field(body: dict[str, Any], name: str, *, required: bool = True, max_length: int = 200) -> str | None:
