@@ -2,7 +2,8 @@
 # Instructions per proxied request, counted by valgrind's callgrind: steady from run to run
 # (CPU time on a shared VM swings by 10-20 %), so two versions of the code can be compared.
 # Usage: bash bench/instructions.sh [REQUESTS] [CONNECTIONS]     (default 2000 over 64)
-#   BENCH_RATE_LIMIT=1 BENCH_REDIS_URL=redis://127.0.0.1:PORT/0 ... : with the limiter on
+#   Production configuration by default (NODE_ENV=production, access log at info, rate limits
+#   in a redis-server of its own); BENCH_LOG_LEVEL=warning / BENCH_RATE_LIMIT=0 for the others.
 # The gateway runs twice under callgrind, answering C and C+REQUESTS GETs of /api/users/42
 # (nginx upstream stub); the difference of the two totals over REQUESTS is the figure, so
 # start-up and shut-down cancel out. Needs valgrind (apt-get install valgrind) and nginx.
@@ -18,6 +19,7 @@ done
 . "$ROOT/bench/lib.sh"
 bench_workdir
 start_nginx_stub
+[[ ${BENCH_RATE_LIMIT:-1} == 1 ]] && start_redis
 TOKEN=$(bench_token)
 
 count() {  # requests -> "instructions answered"
@@ -37,5 +39,5 @@ count() {  # requests -> "instructions answered"
 
 read -r base base_ok < <(count "$CONNECTIONS")
 read -r full full_ok < <(count $((CONNECTIONS + REQUESTS)))
-echo "rate limiting $([[ ${BENCH_RATE_LIMIT:-0} == 1 ]] && echo ON || echo off), REDIS_URL=${BENCH_REDIS_URL:-memory://}"
+echo "NODE_ENV=${BENCH_NODE_ENV:-production} LOG_LEVEL=${BENCH_LOG_LEVEL:-info} rate limiting $([[ ${BENCH_RATE_LIMIT:-1} == 1 ]] && echo "ON (${BENCH_REDIS_URL})" || echo off)"
 echo "instructions per proxied request: $(( (full - base) / (full_ok - base_ok) )) ($((full_ok - base_ok)) requests over $CONNECTIONS connections)"

@@ -1,6 +1,6 @@
-# Shared by the HTTP benchmarks (sourced; needs ROOT and PY set): a work directory
-# removed on exit, free ports, the nginx upstream stub, the gateway's environment and a
-# valid access token.
+# Shared by the HTTP benchmarks (sourced; needs ROOT and PY set): a work directory removed on
+# exit, free ports, the nginx upstream stub, a redis-server, the environment of the gateway and
+# of the Node reference (bench/node_ref/), how to start either, and a valid access token.
 
 bench_workdir() {  # WORK: a temporary directory; PIDS: processes stopped on exit
   WORK=$(mktemp -d /tmp/gw-bench.XXXXXX)
@@ -71,16 +71,73 @@ EOF
 }
 
 SECRET=bench-access-secret-0123456789abcdef0123456789
-gateway_env() {  # port: export the gateway's settings (BENCH_* knobs as in bench/README.md)
-  export NODE_ENV=development HOST=127.0.0.1 PORT=$1 INTERNAL_PORT=0 \
-    LOG_LEVEL=${BENCH_LOG_LEVEL:-warning} \
-    JWT_ACCESS_SECRET=$SECRET JWT_REFRESH_SECRET=bench-refresh-secret-0123456789abcdef012345 \
-    REDIS_URL=${BENCH_REDIS_URL:-memory://} \
-    RATE_LIMIT_ENABLED=$([[ ${BENCH_RATE_LIMIT:-0} == 1 ]] && echo true || echo false) \
+REFRESH_SECRET=bench-refresh-secret-0123456789abcdef012345
+ORIGIN=http://bench.example
+
+# A redis-server of the benchmark's own on a free port (never the machine's 6379), for the
+# rate limits of the gateway and the Node reference; sets BENCH_REDIS_URL unless given.
+start_redis() {
+  [[ -n ${BENCH_REDIS_URL:-} ]] && return 0
+  command -v redis-server >/dev/null || { echo "missing: redis-server" >&2; exit 2; }
+  REDIS_BENCH_PORT=$(free_port)
+  mkdir -p "$WORK/redis"
+  redis-server --port "$REDIS_BENCH_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$WORK/redis" --loglevel warning >"$WORK/redis.out" 2>&1 &
+  PIDS+=($!)
+  wait_port "$REDIS_BENCH_PORT"
+  BENCH_REDIS_URL=redis://127.0.0.1:$REDIS_BENCH_PORT/0
+}
+
+# The Node reference gateway's packages (bench/node_ref/package-lock.json), installed once.
+install_node_ref() {
+  local dir=$ROOT/bench/node_ref
+  command -v npm >/dev/null || { echo "missing: npm (apt-get install nodejs npm)" >&2; exit 2; }
+  if [[ ! -d $dir/node_modules || $dir/package-lock.json -nt $dir/node_modules ]]; then
+    (cd "$dir" && npm ci --no-audit --no-fund --silent) >&2
+    touch "$dir/node_modules"
+  fi
+}
+
+# gateway_env PORT [LOG_LEVEL] [limits: 1|0]: export the settings shared by the gateway and
+# the Node reference. Defaults: the production configuration (NODE_ENV=production, access
+# log at info, rate limits in Redis, limits so high that nothing is refused).
+gateway_env() {
+  local limits=${3:-${BENCH_RATE_LIMIT:-1}}
+  export NODE_ENV=${BENCH_NODE_ENV:-production} HOST=127.0.0.1 PORT=$1 INTERNAL_PORT=0 \
+    LOG_LEVEL=${2:-${BENCH_LOG_LEVEL:-info}} ALLOWED_ORIGINS=$ORIGIN \
+    JWT_ACCESS_SECRET=$SECRET JWT_REFRESH_SECRET=$REFRESH_SECRET \
+    REDIS_URL=$([[ $limits == 1 ]] && echo "${BENCH_REDIS_URL:?start_redis first}" || echo "${BENCH_REDIS_URL:-memory://}") \
+    RATE_LIMIT_ENABLED=$([[ $limits == 1 ]] && echo true || echo false) \
     RATE_LIMIT_USER=1000000000/60 RATE_LIMIT_IP=1000000000/60 \
     USERS_SERVICE_URL=http://127.0.0.1:$NGINX_PORT/users \
     MEDIA_SERVICE_URL=http://127.0.0.1:$NGINX_PORT/media \
     MEDIA_MAX_BODY_SIZE=$((1 << 40)) UPSTREAM_TIMEOUT=600
+}
+
+# start_target SPEC: SPEC is gateway[:LEVEL[:nolimits]], node[:LEVEL[:nolimits]] or upstream.
+# Sets T_PID, T_URL (the authenticated GET it answers) and T_LOG.
+start_target() {
+  local kind level limits port
+  IFS=: read -r kind level limits <<<"$1"
+  limits=$([[ $limits == nolimits ]] && echo 0 || echo "${BENCH_RATE_LIMIT:-1}")
+  T_LOG=$WORK/${1//:/_}.log
+  if [[ $kind == upstream ]]; then
+    T_PID=$(cat "$WORK/nginx.pid"); T_URL=http://127.0.0.1:$NGINX_PORT/users/42; return 0
+  fi
+  port=$(free_port)
+  (
+    gateway_env "$port" "$level" "$limits"
+    cd "$ROOT"
+    case $kind in
+      gateway) exec "$PY" -m tornado_gateway ;;
+      node) exec node bench/node_ref/server.js ;;
+      *) echo "unknown target $kind" >&2; exit 2 ;;
+    esac
+  ) >"$T_LOG" 2>&1 &
+  T_PID=$!
+  PIDS+=("$T_PID")
+  wait_port "$port"
+  T_URL=http://127.0.0.1:$port/api/users/42
 }
 
 bench_token() {  # an access token valid for an hour, signed with the gateway's secret
