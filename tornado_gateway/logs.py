@@ -1,17 +1,24 @@
-"""Logging: one JSON object per line on stdout, with request context, never secrets.
+"""Logs: one JSON object per line on stdout, with request context, never secrets.
 
-Why it works this way: docs/design-notes.md.
+The access line is written without ``logging``; every line goes through one
+buffered writer (flushed per loop iteration, at exit, on a crash). Why it works
+this way: docs/design-notes.md ("Logs").
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import contextvars
 import json
 import logging
 import re
+import signal
 import sys
+import threading
 import time
-from typing import Iterable
+from types import FrameType, TracebackType
+from typing import Any, BinaryIO, Iterable
 from urllib.parse import quote
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -29,6 +36,10 @@ _REDACTIONS = (
     # or Authorization header) at info: keep the reason, drop the value.
     (re.compile(r"(Invalid header (?:value|name)) .*"), r"\1 [redacted]"),
 )
+# Text none of the patterns above can match is returned as it is after one search.
+_TRIGGERS = r"(?i)bearer|basic|digest|eyJ|passw|secret|token|cookie|authorization|redis|invalid header"
+_OWN_LOGGERS = "tornado_gateway"
+_quote = json.encoder.encode_basestring  # type: ignore[attr-defined]  # C speed-up; keeps non-ASCII
 
 
 def redact(text: str) -> str:
@@ -38,55 +49,251 @@ def redact(text: str) -> str:
     return text
 
 
-class JsonFormatter(logging.Formatter):
-    """Formats a record as a single JSON line, with secrets taken out."""
+class Redactor:
+    """Takes the configured secret values and credential-shaped text out of strings."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        super().__init__()
         # Literal secret values (and their URL-quoted forms), longest first so a
         # secret containing another is removed whole. Short ones would eat words.
         values = {v for secret in secrets if len(secret) >= 6 for v in (secret, quote(secret, safe=""))}
         self.secrets = sorted(values, key=len, reverse=True)
+        self._trigger = re.compile("|".join([_TRIGGERS, *map(re.escape, self.secrets)]))
 
-    def redact(self, text: str) -> str:
+    def __call__(self, text: str) -> str:
+        if self._trigger.search(text) is None:
+            return text
         for secret in self.secrets:
             if secret in text:
                 text = text.replace(secret, "[redacted]")
         return redact(text)
 
+
+class LineWriter:
+    """Buffers whole lines and writes them once per event-loop iteration (at once outside a loop)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self._pending: list[str] = []
+        self._scheduled = False
+
+    def write(self, line: str) -> None:
+        self._pending.append(line)
+        if self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # start-up, shut-down, another thread
+            self.flush()
+            return
+        self._scheduled = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self._pending:
+            return
+        lines, self._pending = self._pending, []
+        lines.append("")
+        try:  # lone surrogates become \udXXX escapes: still valid JSON, never an encode error
+            self.stream.write("\n".join(lines).encode("utf-8", "backslashreplace"))
+            self.stream.flush()
+        except (OSError, ValueError):  # stdout closed or gone: nothing left to tell
+            pass
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as a single JSON line, with secrets taken out."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.redactor = Redactor(secrets)
+        self.secrets = self.redactor.secrets
+
+    def redact(self, text: str) -> str:
+        return self.redactor(text)
+
+    def message(self, record: logging.LogRecord) -> str:
+        """The gateway's own templates as written, their arguments redacted; anything else redacted whole."""
+        if record.args and isinstance(record.args, tuple) and isinstance(record.msg, str) \
+                and record.name.startswith(_OWN_LOGGERS):
+            args = tuple(a if a is None or isinstance(a, (int, float)) else self.redactor(str(a))
+                         for a in record.args)
+            try:
+                return record.msg % args
+            except (TypeError, ValueError):
+                pass
+        elif not record.args and record.name.startswith(_OWN_LOGGERS) and isinstance(record.msg, str):
+            return record.msg
+        return self.redactor(record.getMessage())
+
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+        entry: dict[str, Any] = {
+            "time": _timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": self.redact(record.getMessage()),
+            "message": self.message(record),
         }
         request_id = getattr(record, "request_id", None) or request_id_var.get()
         user_id = getattr(record, "user_id", None) or user_id_var.get()
         if request_id:
-            entry["request_id"] = request_id
+            entry["request_id"] = self.redactor(request_id)
         if user_id:
-            entry["user_id"] = user_id
+            entry["user_id"] = self.redactor(user_id)
         for name in CONTEXT_FIELDS[2:]:
             value = getattr(record, name, None)
             if value is not None:
-                entry[name] = self.redact(value) if isinstance(value, str) else value
+                entry[name] = self.redactor(value) if isinstance(value, str) else value
         if record.exc_info:
-            entry["error"] = self.redact(self.formatException(record.exc_info))
+            entry["error"] = self.redactor(self.formatException(record.exc_info))
         if record.stack_info:
-            entry["stack"] = self.redact(self.formatStack(record.stack_info))
+            entry["stack"] = self.redactor(self.formatStack(record.stack_info))
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def setup_logging(level: str, secrets: Iterable[str] = ()) -> None:
-    """Send every logger (ours, tornado's, socketio's) to stdout as JSON; never print ``secrets``."""
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter(secrets))
+class _WriterHandler(logging.Handler):
+    """The ``logging`` side of the writer."""
+
+    def __init__(self, writer: LineWriter, formatter: JsonFormatter) -> None:
+        super().__init__()
+        self.writer = writer
+        self.setFormatter(formatter)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.writer.write(self.format(record))
+        except Exception:  # a record that cannot be formatted must not take the caller down
+            self.handleError(record)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+
+_stamp = [-1, ""]
+
+
+def _timestamp(now: float) -> str:
+    """ISO 8601 UTC with milliseconds; the seconds part formatted once per second."""
+    second = int(now)
+    if _stamp[0] != second:
+        _stamp[0], _stamp[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_stamp[1]}.{int((now - second) * 1000):03d}Z"
+
+
+class AccessLog:
+    """The access line of each HTTP request, written without ``logging`` (it is on every request)."""
+
+    LOGGER = "tornado_gateway.access"
+    _LEVELS = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning",
+               logging.ERROR: "error"}
+
+    def __init__(self) -> None:
+        self.threshold = logging.INFO
+        self.writer: LineWriter | None = None  # None: not set up, lines go through ``logging``
+        self.redactor = Redactor()
+
+    def enabled_for(self, level: int) -> bool:
+        if self.writer is None:
+            return logging.getLogger(self.LOGGER).isEnabledFor(level)
+        return level >= self.threshold
+
+    def write(self, level: int, method: str, path: str, status: int, duration: float,
+              request_id: str | None, user_id: str | None, route: str, upstream: str | None,
+              client_ip: str | None) -> None:
+        """One line for one request (the caller checked ``enabled_for(level)``)."""
+        if self.writer is None:
+            logging.getLogger(self.LOGGER).log(level, "%s %s %d", method, path, status, extra={
+                "request_id": request_id, "user_id": user_id, "route": route, "upstream": upstream,
+                "method": method, "path": path, "status": status,
+                "duration_ms": round(duration * 1000, 2), "client_ip": client_ip})
+            return
+        redactor = self.redactor
+        # One search over everything a client or token chose; each field only when it hit.
+        if redactor._trigger.search(f"{method} {path} {request_id} {user_id}") is not None:
+            method, path = redactor(method), redactor(path)
+            request_id = redactor(request_id) if request_id else request_id
+            user_id = redactor(user_id) if user_id else user_id
+        path_q = _quote(path)
+        line = (f'{{"time":"{_timestamp(time.time())}","level":"{self._LEVELS.get(level, "info")}",'
+                f'"logger":"{self.LOGGER}","message":{_quote(f"{method} {path} {status}")}')
+        if request_id:
+            line += f',"request_id":{_quote(request_id)}'
+        if user_id:
+            line += f',"user_id":{_quote(user_id)}'
+        line += f',"route":{_quote(route)}'
+        if upstream:
+            line += f',"upstream":{_quote(upstream)}'
+        line += (f',"method":{_quote(method)},"path":{path_q},"status":{status:d},'
+                 f'"duration_ms":{duration * 1000:.2f}')
+        if client_ip:
+            line += f',"client_ip":{_quote(client_ip)}'
+        self.writer.write(line + "}")
+
+
+access = AccessLog()
+_writer: LineWriter | None = None
+
+
+def flush() -> None:
+    """Write out whatever is buffered (exit paths call it; harmless at any time)."""
+    if _writer is not None:
+        _writer.flush()
+
+
+def setup_logging(level: str, secrets: Iterable[str] = (), stream: BinaryIO | None = None) -> None:
+    """Send every logger (ours, tornado's, socketio's), warnings and crashes to stdout as JSON."""
+    global _writer
+    secrets = list(secrets)
+    if _writer is not None:
+        _writer.flush()
+    _writer = LineWriter(stream if stream is not None else sys.stdout.buffer)
+    formatter = JsonFormatter(secrets)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_WriterHandler(_writer, formatter)]
     root.setLevel(level.upper())
+    access.writer, access.redactor, access.threshold = _writer, formatter.redactor, root.level
     # Our own access log replaces tornado's; the libraries are chatty at info.
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
     for noisy in ("socketio", "engineio", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    logging.captureWarnings(True)  # warnings.warn(...) becomes a "py.warnings" JSON line
+    _install_exit_paths()
+
+
+def _install_exit_paths() -> None:
+    """Unhandled exceptions become JSON lines; buffered lines are written at exit and on SIGTERM."""
+    crash = logging.getLogger("tornado_gateway.crash")
+
+    def excepthook(typ: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        if issubclass(typ, KeyboardInterrupt):
+            crash.warning("interrupted")
+        else:
+            crash.critical("unhandled exception", exc_info=(typ, value, tb))
+        flush()
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        crash.error("unhandled exception in thread %s", getattr(args.thread, "name", "?"),
+                    exc_info=(args.exc_type, args.exc_value, args.exc_traceback))  # type: ignore[arg-type]
+        flush()
+
+    def unraisable_hook(unraisable: Any) -> None:
+        value = unraisable.exc_value
+        crash.warning("%s: %s", unraisable.err_msg or "exception ignored",
+                      getattr(unraisable.object, "__qualname__", repr(unraisable.object)),
+                      exc_info=(type(value), value, unraisable.exc_traceback) if value else None)
+
+    sys.excepthook = excepthook
+    threading.excepthook = thread_hook
+    sys.unraisablehook = unraisable_hook
+    atexit.register(flush)
+    if threading.current_thread() is threading.main_thread():
+        # Until the server installs its own (drain) handler, and after it removed it.
+        signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM outside the drain: exit 143 the Python way, so ``atexit`` writes what is buffered."""
+    raise SystemExit(128 + signum)
+
+
+__all__ = ["AccessLog", "JsonFormatter", "LineWriter", "Redactor", "access", "flush", "redact",
+           "setup_logging"]

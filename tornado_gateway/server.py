@@ -61,6 +61,9 @@ def serve(settings: config.Settings, runner: Callable[[config.Settings], Corouti
     except StartupError as exc:
         log.error("start-up failed: %s", exc)
         code = 1
+    except KeyboardInterrupt:  # SIGINT during the drain: one line, no traceback
+        log.warning("interrupted while draining")
+        code = 1
     except Exception:  # a bug: still one JSON line (redacted like every other), not a bare traceback
         log.exception("fatal error")
         code = 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
@@ -16,6 +17,9 @@ from tornado import httputil
 from tornado_gateway.config import Settings
 from tornado_gateway.edge.paths import class_key, is_under
 from tornado_gateway.errors import GatewayError
+
+if hasattr(jwt, "InsecureKeyLengthWarning"):  # pyjwt >= 2.10 warns on every short key; server.py says it once
+    warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)
 
 
 @dataclass(frozen=True)

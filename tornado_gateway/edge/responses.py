@@ -21,7 +21,7 @@ from tornado import httputil
 from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
-from tornado_gateway import metrics, tornado_compat
+from tornado_gateway import logs, metrics, tornado_compat
 from tornado_gateway.errors import JSON_CONTENT_TYPE, GatewayError, error_body
 from tornado_gateway.parts import GatewayParts
 from typing import Any, Awaitable, Callable, Iterator, TypeVar, cast
@@ -257,26 +257,11 @@ def log_request(handler: Any) -> None:
     route = getattr(handler, "route_name", "other")
     metrics.child(metrics.HTTP_REQUESTS, route, handler.request.method, str(status)).inc()
     metrics.child(metrics.HTTP_LATENCY, route).observe(duration)
-    if not access_log.isEnabledFor(logging.INFO):
-        return
     level = logging.INFO if status < 500 else logging.WARNING
     if status < 400 and route in QUIET_ROUTES:
         level = logging.DEBUG
-    access_log.log(
-        level,
-        "%s %s %d",
-        handler.request.method,
-        handler.request.path,
-        status,
-        extra={
-            "request_id": getattr(handler, "request_id", None),
-            "user_id": getattr(handler, "user_id", None),
-            "route": route,
-            "upstream": getattr(handler, "upstream_name", None),
-            "method": handler.request.method,
-            "path": handler.request.path,
-            "status": status,
-            "duration_ms": round(duration * 1000, 2),
-            "client_ip": getattr(handler, "client_ip", None) if status >= 400 else None,
-        },
-    )
+    if logs.access.enabled_for(level):
+        logs.access.write(level, handler.request.method, handler.request.path, status, duration,
+                          getattr(handler, "request_id", None), getattr(handler, "user_id", None), route,
+                          getattr(handler, "upstream_name", None),
+                          getattr(handler, "client_ip", None) if status >= 400 else None)

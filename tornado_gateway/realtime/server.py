@@ -169,7 +169,8 @@ class Realtime(OrderedDispatch):
             await self._authenticate(state, identity)
         else:
             state.timer = asyncio.get_running_loop().call_later(
-                self.settings.auth_timeout, self._spawn, self._auth_timed_out(sid))
+                # the coroutine is made when the timer fires: a cancelled timer leaves none un-awaited
+                self.settings.auth_timeout, lambda: self._spawn(self._auth_timed_out(sid)))
         return True
 
     async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
@@ -233,7 +234,7 @@ class Realtime(OrderedDispatch):
             "message": f"token expired; send auth:hello with a new token within "
                        f"{self.settings.socket_token_grace:g}s", "event": None})
         state.timer = asyncio.get_running_loop().call_later(
-            self.settings.socket_token_grace, self._spawn, self.disconnect(sid, "token expired"))
+            self.settings.socket_token_grace, lambda: self._spawn(self.disconnect(sid, "token expired")))
 
     async def _auth_timed_out(self, sid: str) -> None:
         state = self.states.get(sid)
