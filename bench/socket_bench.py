@@ -1,36 +1,66 @@
-"""Socket.IO fan-out and idle-connection benchmark of one gateway process with Redis.
+"""Socket.IO benchmarks of one gateway process against the Node reference (bench/node_ref/).
 
-Starts a redis-server on a free port, a fast stub of the chats/messages
-services (bench/socket_stub.py), and one gateway (``python -m
-tornado_gateway``), then runs bench/socket_fanout.js (socket.io-client,
-websocket transport) and prints its figures with the gateway's CPU use, and
-the gateway's RSS growth per idle authenticated connection.
+Each target gets its own redis-server; both talk to one fast stub of the chats and
+messages services (bench/socket_stub.py); the client is bench/socket_fanout.js
+(socket.io-client, websocket transport). Production configuration by default
+(NODE_ENV=production, LOG_LEVEL=info). In one run, alternating targets:
 
-    .venv/bin/python bench/socket_bench.py [--receivers 50] [--inflight 32] [--duration 10]
-                                           [--ack] [--idle 2000] [--skip-fanout]
+1. fan-out: R receivers in one chat, K ``message:send`` in flight for D seconds;
+   deliveries/s, latency p50/p99, every delivery exactly once;
+2. connect storm: N clients connecting at once (authenticated, websocket), each
+   joining a chat: time until all joined, failures, handshakes/s;
+3. idle: N idle authenticated websockets on a fresh process, RSS growth per socket;
+   then the gateway again under tracemalloc (bench/traced_gateway.py): the top
+   allocation sites per socket;
+4. soak: C chats of M members (receivers ack, so delivered receipts flow), S
+   messages: RSS growth and Redis keys per 1,000 messages, exactly once.
+
+    .venv/bin/python bench/socket_bench.py [--targets gateway,node] [--rounds 2] [--receivers 50]
+        [--inflight 32] [--duration 8] [--ack] [--storm 2000] [--idle 2000] [--soak 5000] [--trace 2000]
 """
+
+from __future__ import annotations
 
 import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import tracemalloc
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from harness import ACCESS_SECRET, ORIGIN, GatewayProcess, RedisServer, free_port, wait_for_port  # noqa: E402
+from harness import (ACCESS_SECRET, ORIGIN, REFRESH_SECRET, RedisServer, free_port,  # noqa: E402
+                     wait_for_port)
 
 CLIENT = os.path.join(ROOT, "bench", "socket_fanout.js")
+NODE_REF = os.path.join(ROOT, "bench", "node_ref")
+STARTED: list["Target"] = []  # stopped on the way out, whatever happened
 
 
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
 
 
 class ClientCpu:
@@ -49,94 +79,258 @@ class ClientCpu:
             time.sleep(0.2)
 
 
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+class Target:
+    """One server under test (``gateway``, ``node`` or ``traced``) with a redis-server of its own."""
+
+    def __init__(self, kind: str, stub_url: str, log_level: str, workdir: str):
+        self.kind = kind
+        self.redis = RedisServer().start()
+        self.port = free_port()
+        self.log_path = os.path.join(workdir, f"{kind}-{self.port}.log")
+        self.snapshots = os.path.join(workdir, f"trace-{self.port}")
+        env = {
+            "PATH": os.environ.get("PATH", ""), "NODE_ENV": os.environ.get("BENCH_NODE_ENV", "production"),
+            "LOG_LEVEL": log_level, "HOST": "127.0.0.1", "PORT": str(self.port), "INTERNAL_PORT": "0",
+            "ALLOWED_ORIGINS": ORIGIN, "JWT_ACCESS_SECRET": ACCESS_SECRET, "JWT_REFRESH_SECRET": REFRESH_SECRET,
+            "REDIS_URL": self.redis.url, "CHATS_SERVICE_URL": stub_url, "MESSAGES_SERVICE_URL": stub_url,
+            # the benchmark's own load must not be refused
+            "RATE_LIMIT_USER": "1000000000/60", "RATE_LIMIT_IP": "1000000000/60",
+            "SOCKET_RATE_MESSAGE": "100000000/1", "SOCKET_RATE_CONNECT": "100000000/1",
+            "SOCKET_RATE_JOIN": "100000000/1", "MAX_CONNECTIONS_PER_IP": "0", "MAX_CONNECTIONS_PER_USER": "0",
+        }
+        cmd = {"gateway": [sys.executable, "-m", "tornado_gateway"],
+               "traced": [sys.executable, os.path.join(ROOT, "bench", "traced_gateway.py"), self.snapshots],
+               "node": ["node", os.path.join(NODE_REF, "server.js")]}[kind]
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, timeout=30, proc=self.proc)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.pid = self.proc.pid
+        self._snapshot_count = 0
+        self._stopped = False
+        STARTED.append(self)
+
+    def client_options(self, **extra: Any) -> dict:
+        return {"url": self.url, "origin": ORIGIN, "secret": ACCESS_SECRET,
+                "receiptEvent": self.kind == "node", **extra}
+
+    def redis_keys(self) -> dict[str, int]:
+        """Keys in this target's Redis by prefix (up to the first ':' after the first word)."""
+        client = self.redis.client()
+        counts: dict[str, int] = {}
+        for key in client.scan_iter(count=1000):
+            text = key.decode() if isinstance(key, bytes) else key
+            prefix = ":".join(text.split(":")[:2]) if text.count(":") > 1 else text.split(":")[0]
+            counts[prefix] = counts.get(prefix, 0) + 1
+        client.close()
+        return counts
+
+    def snapshot(self) -> tracemalloc.Snapshot:
+        path = f"{self.snapshots}.{self._snapshot_count}"
+        self._snapshot_count += 1
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 120
+        while not os.path.exists(path + ".done"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("no tracemalloc snapshot from the traced gateway")
+            time.sleep(0.1)
+        return tracemalloc.Snapshot.load(path)
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        self.redis.stop()
+        errors = [line for line in open(self.log_path, errors="replace") if '"error"' in line or "Error" in line]
+        if errors:
+            print(f"  {self.kind} log, lines with errors: {errors[:3]}")
 
 
-def run_client(mode: str, options: dict, **popen) -> subprocess.Popen:
-    return subprocess.Popen(["node", CLIENT, mode, json.dumps(options)], stdout=subprocess.PIPE, text=True,
-                            **popen)
+def run_client(mode: str, options: dict, timeout: float) -> dict:
+    proc = subprocess.Popen(["node", CLIENT, mode, json.dumps(options)], stdout=subprocess.PIPE, text=True)
+    client_cpu = ClientCpu(proc.pid)
+    out, _ = proc.communicate(timeout=timeout)
+    result = json.loads(out.strip().splitlines()[-1])
+    result["clientCpuSeconds"] = round(client_cpu.seconds, 2)
+    return result
 
 
-def profile(pid: int, svg: str, seconds: float) -> subprocess.Popen:
-    """py-spy (``.venv/bin/pip install py-spy``) sampling the gateway for ``seconds``."""
-    spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
-    return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)),
-                             "--output", svg, "--format", "flamegraph" if svg.endswith(".svg") else "raw",
-                             "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def fanout(target: Target, args: argparse.Namespace, chat: str, stub_pid: int) -> dict:
+    cpu_before, wall_before, stub_before = cpu_seconds(target.pid), time.monotonic(), cpu_seconds(stub_pid)
+    result = run_client("fanout", target.client_options(
+        chat=chat, receivers=args.receivers, inflight=args.inflight, duration=args.duration, ack=args.ack),
+        timeout=args.duration + 180)
+    wall = time.monotonic() - wall_before
+    result["serverCpuPercent"] = round(100 * (cpu_seconds(target.pid) - cpu_before) / wall)
+    result["stubCpuPercent"] = round(100 * (cpu_seconds(stub_pid) - stub_before) / wall)
+    result["exactlyOnce"] = result.get("deliveries") == result.get("expectedDeliveries") \
+        and result.get("duplicates") == 0
+    return result
+
+
+def storm(target: Target, n: int, chat: str) -> dict:
+    cpu_before = cpu_seconds(target.pid)
+    result = run_client("storm", target.client_options(chat=chat, connections=n), timeout=300)
+    result["serverCpuSeconds"] = round(cpu_seconds(target.pid) - cpu_before, 2)
+    time.sleep(2)  # the storm's sockets close
+    return result
+
+
+def idle(target: Target, n: int) -> tuple[dict, subprocess.Popen]:
+    time.sleep(1)
+    before = rss_kib(target.pid)
+    proc = subprocess.Popen(["node", CLIENT, "idle", json.dumps(target.client_options(connections=n))],
+                            stdout=subprocess.PIPE, text=True)
+    ready = json.loads(proc.stdout.readline())
+    time.sleep(3)
+    after = rss_kib(target.pid)
+    return {"connections": ready.get("ready"), "rssBeforeKiB": before, "rssAfterKiB": after,
+            "kibPerConnection": round((after - before) / max(1, ready.get("ready") or 1), 1),
+            **({"error": ready["error"]} if "error" in ready else {})}, proc
+
+
+def soak(target: Target, args: argparse.Namespace, prefix: str) -> dict:
+    time.sleep(1)
+    rss_before, keys_before = rss_kib(target.pid), target.redis_keys()
+    result = run_client("soak", target.client_options(
+        prefix=prefix, chats=args.soak_chats, members=args.members, messages=args.soak,
+        inflight=args.inflight, ack=True), timeout=600)
+    time.sleep(1)
+    rss_after, keys_after = rss_kib(target.pid), target.redis_keys()
+    per = 1000 / max(1, result.get("acked") or 1)
+    grown = {k: keys_after.get(k, 0) - keys_before.get(k, 0) for k in keys_after}
+    result.update({
+        "exactlyOnce": result.get("deliveries") == result.get("expectedDeliveries") and result.get("duplicates") == 0,
+        "rssGrowthKiB": rss_after - rss_before, "rssKiBPer1000Messages": round((rss_after - rss_before) * per, 1),
+        "redisKeysPer1000Messages": round(sum(grown.values()) * per, 1),
+        "redisKeysByPrefix": {k: v for k, v in sorted(grown.items(), key=lambda kv: -kv[1]) if v}})
+    return result
+
+
+def trace(stub_url: str, args: argparse.Namespace, workdir: str) -> None:
+    """The traced gateway: heap growth per idle socket, by allocation site."""
+    target = Target("traced", stub_url, args.log_level, workdir)
+    try:
+        time.sleep(1)
+        before = target.snapshot()
+        result, client = idle(target, args.trace)
+        after = target.snapshot()
+        n = max(1, result["connections"] or 1)
+        filters = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen *>")]
+        stats = after.filter_traces(filters).compare_to(before.filter_traces(filters), "lineno")
+        total = sum(s.size_diff for s in stats)
+        print(f"tracemalloc, {n} idle authenticated websockets: {total / n / 1024:.1f} KiB of Python heap per "
+              f"socket (RSS under tracing: {result['kibPerConnection']} KiB, tracing's own overhead included)")
+        print(f"  {'bytes/socket':>12} {'blocks/socket':>13}  allocation site")
+        for stat in stats[:args.trace_top]:
+            frame = stat.traceback[0]
+            where = frame.filename.replace(ROOT + "/", "").split("site-packages/")[-1]
+            print(f"  {stat.size_diff / n:12.0f} {stat.count_diff / n:13.2f}  {where}:{frame.lineno}")
+        by_file: dict[str, int] = {}
+        for stat in stats:
+            name = stat.traceback[0].filename.split("site-packages/")[-1].replace(ROOT + "/", "")
+            by_file[name] = by_file.get(name, 0) + stat.size_diff
+        print("  by file: " + ", ".join(f"{name} {size / n:.0f} B" for name, size in
+                                        sorted(by_file.items(), key=lambda kv: -kv[1])[:10]))
+        client.terminate()
+        client.wait(30)
+    finally:
+        target.stop()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", default="gateway,node")
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--receivers", type=int, default=50)
     parser.add_argument("--inflight", type=int, default=32)
-    parser.add_argument("--duration", type=float, default=10)
-    parser.add_argument("--ack", action="store_true", help="receivers ack message:new (receipts on)")
+    parser.add_argument("--duration", type=float, default=8)
+    parser.add_argument("--ack", action="store_true", help="fan-out receivers ack message:new (receipts on)")
+    parser.add_argument("--storm", type=int, default=2000, help="clients of the connect storm (0: skip)")
     parser.add_argument("--idle", type=int, default=2000, help="idle connections (0: skip)")
+    parser.add_argument("--trace", type=int, default=2000, help="idle connections under tracemalloc (0: skip)")
+    parser.add_argument("--trace-top", type=int, default=25)
+    parser.add_argument("--soak", type=int, default=5000, help="messages of the soak (0: skip)")
+    parser.add_argument("--soak-chats", type=int, default=20)
+    parser.add_argument("--members", type=int, default=10)
     parser.add_argument("--skip-fanout", action="store_true")
-    parser.add_argument("--profile", metavar="SVG", help="py-spy flame graph of the gateway during fan-out")
+    parser.add_argument("--log-level", default=os.environ.get("BENCH_LOG_LEVEL", "info"))
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
-
-    redis = RedisServer().start()
+    kinds = args.targets.split(",")
+    if "node" in kinds and not os.path.isdir(os.path.join(NODE_REF, "node_modules")):
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=NODE_REF, check=True)
+    workdir = tempfile.mkdtemp(prefix="gw-socket-bench.")
     stub_port = free_port()
     stub = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench", "socket_stub.py"), str(stub_port)])
     wait_for_port(stub_port)
     stub_url = f"http://127.0.0.1:{stub_port}"
-    gateway = GatewayProcess({
-        "REDIS_URL": redis.url, "LOG_LEVEL": "warning", "CHATS_SERVICE_URL": stub_url,
-        "MESSAGES_SERVICE_URL": stub_url, "SOCKET_RATE_MESSAGE": "100000000/1",
-        "SOCKET_RATE_CONNECT": "100000000/1", "SOCKET_RATE_JOIN": "100000000/1",
-        "MAX_CONNECTIONS_PER_IP": "0", "MAX_CONNECTIONS_PER_USER": "0",
-    }).start()
-    pid = gateway.proc.pid
-    base = {"url": gateway.base, "origin": ORIGIN, "secret": ACCESS_SECRET}
+    print(f"machine: {os.cpu_count()} cores, load {load()}; NODE_ENV={os.environ.get('BENCH_NODE_ENV', 'production')}"
+          f" LOG_LEVEL={args.log_level}; targets {kinds}, {args.rounds} round(s), order reversed every other round")
+    summary: dict[str, dict[str, list]] = {k: {} for k in kinds}
+
+    def keep(kind: str, what: str, value: Any) -> None:
+        summary[kind].setdefault(what, []).append(value)
+
     try:
-        print(f"load before: {os.getloadavg()[0]:.2f} (1-min average), {os.cpu_count()} cores")
-        if not args.skip_fanout:
-            cpu_before, wall_before = cpu_seconds(pid), time.monotonic()
-            stub_cpu_before = cpu_seconds(stub.pid)
-            client = run_client("fanout", {**base, "chat": "bench", "receivers": args.receivers,
-                                           "inflight": args.inflight, "duration": args.duration,
-                                           "ack": args.ack})
-            spy = profile(pid, args.profile, args.duration + 4) if args.profile else None
-            client_cpu = ClientCpu(client.pid)
-            out, _ = client.communicate(timeout=args.duration + 120)
-            if spy is not None:
-                spy.wait(60)
-            wall = time.monotonic() - wall_before
-            result = json.loads(out.strip().splitlines()[-1])
-            result["gatewayCpuPercent"] = round(100 * (cpu_seconds(pid) - cpu_before) / wall)
-            result["stubCpuPercent"] = round(100 * (cpu_seconds(stub.pid) - stub_cpu_before) / wall)
-            result["clientCpuPercent"] = round(100 * client_cpu.seconds / wall)
-            result["allDelivered"] = result.get("deliveries") == result.get("expectedDeliveries")
-            print("fan-out:", json.dumps(result))
-        if args.idle:
-            time.sleep(1)
-            rss_before = rss_kib(pid)
-            client = run_client("idle", {**base, "connections": args.idle})
-            ready = json.loads(client.stdout.readline())
-            time.sleep(3)
-            rss_after = rss_kib(pid)
-            client.terminate()
-            client.wait(30)
-            print("idle:", json.dumps({
-                "connections": ready.get("ready"), "rssBeforeKiB": rss_before, "rssAfterKiB": rss_after,
-                "kibPerConnection": round((rss_after - rss_before) / max(1, ready.get("ready", 1)), 1),
-                **({"error": ready["error"]} if "error" in ready else {})}))
-        print(f"load after: {os.getloadavg()[0]:.2f}")
+        targets = {k: Target(k, stub_url, args.log_level, workdir) for k in kinds}
+        for round_ in range(args.rounds):
+            order = kinds if round_ % 2 == 0 else kinds[::-1]
+            for kind in order if not args.skip_fanout else ():
+                result = fanout(targets[kind], args, f"fan-{round_}-{kind}", stub.pid)
+                print(f"fan-out  {kind:8} load {load():5}: {json.dumps(result)}")
+                keep(kind, "deliveries/s", result["deliveriesPerSecond"])
+                keep(kind, "p99 ms", result["latencyMs"]["p99"])
+                keep(kind, "exactly once", result["exactlyOnce"])
+            for kind in order if args.storm else ():
+                result = storm(targets[kind], args.storm, f"storm-{round_}-{kind}")
+                print(f"storm    {kind:8} load {load():5}: {json.dumps(result)}")
+                keep(kind, "handshakes/s", result["handshakesPerSecond"])
+                keep(kind, "storm failures", result["failures"])
+        for kind in kinds if args.soak else ():
+            result = soak(targets[kind], args, f"soak-{kind}")
+            print(f"soak     {kind:8} load {load():5}: {json.dumps(result)}")
+            keep(kind, "RSS KiB/1000 msgs", result["rssKiBPer1000Messages"])
+            keep(kind, "Redis keys/1000 msgs", result["redisKeysPer1000Messages"])
+            keep(kind, "soak exactly once", result["exactlyOnce"])
+        for target in targets.values():
+            target.stop()
+        for kind in kinds if args.idle else ():  # a fresh process each: the heap as a new node has it
+            target = Target(kind, stub_url, args.log_level, workdir)
+            try:
+                result, client = idle(target, args.idle)
+                print(f"idle     {kind:8} load {load():5}: {json.dumps(result)}")
+                keep(kind, "KiB per idle socket", result["kibPerConnection"])
+                client.terminate()
+                client.wait(30)
+            finally:
+                target.stop()
+        if args.trace and "gateway" in kinds:
+            trace(stub_url, args, workdir)
+        print(f"\nsummary (load now {load()}); the ratio is gateway / node (for latency, memory and keys: lower is better)")
+        for what in dict.fromkeys(w for k in kinds for w in summary[k]):
+            cells = {k: summary[k].get(what, []) for k in kinds}
+            line = "  ".join(f"{k} {v}" for k, v in cells.items())
+            ratio = ""
+            g, n = cells.get("gateway"), cells.get("node")
+            if g and n and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in g + n) \
+                    and sum(n):
+                ratio = f"  ratio {sum(g) / len(g) / (sum(n) / len(n)):.2f}"
+            print(f"  {what:22} {line}{ratio}")
     finally:
-        gateway.stop()
+        for target in STARTED:
+            target.stop()
         stub.terminate()
         stub.wait()
-        redis.stop()
-        if "error" in gateway.logs():
-            print("gateway log errors:", [line for line in gateway.logs().splitlines() if '"error"' in line][:5])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
-// Socket.IO fan-out benchmark client (run by bench/socket_bench.py; uses tests/js's socket.io-client).
+// Socket.IO benchmark client (run by bench/socket_bench.py; uses tests/js's socket.io-client).
 //   node socket_fanout.js fanout '{"url","origin","secret","chat","receivers","inflight","duration","ack"}'
 //   node socket_fanout.js idle   '{"url","origin","secret","connections"}'
+//   node socket_fanout.js storm  '{"url","origin","secret","chat","connections"}'
+//   node socket_fanout.js soak   '{"url","origin","secret","chats","members","messages","inflight"}'
+// "receiptEvent": true acks message:new by emitting message:delivered (the Node reference's way).
 // Prints one JSON line with the results ("ready" first in idle mode, then waits for SIGTERM).
 const path = require("path");
 const crypto = require("crypto");
@@ -20,7 +23,7 @@ function token(sub) {
 function connect(user) {
   const socket = io(opt.url, {
     auth: { token: token(user) }, transports: ["websocket"], reconnection: false,
-    extraHeaders: { Origin: opt.origin }, timeout: 20000,
+    extraHeaders: { Origin: opt.origin }, timeout: 60000, forceNew: true,
   });
   return new Promise((resolve, reject) => {
     socket.once("connect", () => resolve(socket));
@@ -41,14 +44,18 @@ async function fanout() {
   let measuring = false, sending = true;
   let acked = 0, ackedTotal = 0, deliveries = 0, deliveriesTotal = 0, errors = 0, receipts = 0;
   const latencies = [];
+  let duplicates = 0;
   for (const r of receivers) {
+    const seen = new Set();
     r.on("message:new", (data, ack) => {
       deliveriesTotal++;
+      if (seen.has(data.message.id)) duplicates++;
+      seen.add(data.message.id);
       if (measuring) {
         deliveries++;
         latencies.push(performance.now() - Number(data.message.text.slice(2)));
       }
-      if (opt.ack && typeof ack === "function") ack();
+      delivered(r, data, ack);
     });
   }
   sender.on("receipt:delivered", () => { receipts++; });
@@ -77,9 +84,91 @@ async function fanout() {
     latencyMs: { p50: +percentile(latencies, 0.5).toFixed(1), p99: +percentile(latencies, 0.99).toFixed(1),
                  max: +latencies[latencies.length - 1].toFixed(1) },
     acked: ackedTotal, deliveries: deliveriesTotal, expectedDeliveries: ackedTotal * opt.receivers,
-    errors, receipts,
+    duplicates, errors, receipts,
   };
   console.log(JSON.stringify(result));
+  process.exit(0);
+}
+
+function delivered(socket, data, ack) {  // a receiving device acknowledges message:new
+  if (!opt.ack) return;
+  if (opt.receiptEvent) socket.emit("message:delivered", { chatId: data.message.chatId, messageId: data.message.id, senderId: data.senderId });
+  else if (typeof ack === "function") ack();
+}
+
+// N clients connect at once (authenticated, websocket) and join one chat: the time until all
+// are joined, the failures, handshakes per second.
+async function storm() {
+  const started = performance.now();
+  const times = [];
+  const failures = [];
+  const sockets = [];
+  await Promise.all(Array.from({ length: opt.connections }, async (_, i) => {
+    try {
+      const socket = await connect(`storm${i}`);
+      sockets.push(socket);
+      const reply = await socket.timeout(60000).emitWithAck("chat:join", { chatId: opt.chat });
+      if (!reply.ok) throw new Error(`join: ${JSON.stringify(reply)}`);
+      times.push(performance.now() - started);
+    } catch (err) { failures.push(String(err.message || err)); }
+  }));
+  const seconds = (performance.now() - started) / 1000;
+  times.sort((a, b) => a - b);
+  console.log(JSON.stringify({
+    connections: opt.connections, joined: times.length, failures: failures.length, firstFailures: failures.slice(0, 3),
+    seconds: +seconds.toFixed(2), handshakesPerSecond: Math.round(times.length / seconds),
+    joinedMs: { p50: Math.round(percentile(times, 0.5)), p99: Math.round(percentile(times, 0.99)), last: Math.round(times[times.length - 1]) },
+  }));
+  for (const s of sockets) s.close();
+  process.exit(0);
+}
+
+// State per message: chats of M members (all connected and joined, receivers acking), one
+// sender per chat, N messages in all; every delivery counted once per (message, receiver).
+async function soak() {
+  const chats = [];
+  for (let c = 0; c < opt.chats; c++) {
+    const chat = `${opt.prefix}-c${c}`;
+    const members = [];
+    for (let m = 0; m < opt.members; m++) members.push(await connect(`${opt.prefix}-u${c}-${m}`));
+    for (const s of members) {
+      const reply = await s.timeout(20000).emitWithAck("chat:join", { chatId: chat });
+      if (!reply.ok) throw new Error(`join: ${JSON.stringify(reply)}`);
+    }
+    chats.push({ chat, members });
+  }
+  let deliveries = 0, duplicates = 0, receipts = 0, acked = 0, errors = 0;
+  const seen = new Map();
+  for (const { members } of chats) {
+    members.forEach((s, m) => {
+      s.on("message:new", (data, ack) => {
+        const key = `${data.message.id}/${m}`;
+        if (seen.has(key)) duplicates++; else { seen.set(key, 1); deliveries++; }
+        delivered(s, data, ack);
+      });
+      s.on("receipt:delivered", () => { receipts++; });
+    });
+  }
+  let next = 0;
+  const started = performance.now();
+  const sendOne = async () => {
+    while (next < opt.messages) {
+      const n = next++;
+      const { chat, members } = chats[n % chats.length];
+      try {
+        const reply = await members[0].timeout(30000).emitWithAck("message:send", { chatId: chat, clientMessageId: `${opt.prefix}-m${n}`, text: `soak ${n}` });
+        if (reply.ok) acked++; else errors++;
+      } catch (err) { errors++; }
+    }
+  };
+  await Promise.all(Array.from({ length: opt.inflight }, sendOne));
+  const expected = acked * (opt.members - 1);
+  const waitUntil = performance.now() + 15000;
+  while ((deliveries < expected || (opt.ack && receipts < expected)) && performance.now() < waitUntil) await new Promise((r) => setTimeout(r, 100));
+  await new Promise((r) => setTimeout(r, 500)); // a duplicate would arrive by now
+  console.log(JSON.stringify({ messages: opt.messages, acked, errors, deliveries, expectedDeliveries: expected, duplicates, receipts,
+    seconds: +((performance.now() - started) / 1000).toFixed(2) }));
+  for (const { members } of chats) for (const s of members) s.close();
   process.exit(0);
 }
 
@@ -96,4 +185,4 @@ async function idle() {
   setInterval(() => {}, 1 << 30);
 }
 
-({ fanout, idle })[mode]().catch((err) => { console.log(JSON.stringify({ error: String(err.stack || err) })); process.exit(1); });
+({ fanout, idle, storm, soak })[mode]().catch((err) => { console.log(JSON.stringify({ error: String(err.stack || err) })); process.exit(1); });

@@ -3,8 +3,9 @@
 A bare asyncio protocol (uvloop when installed) instead of a Tornado
 application, so the stub costs tens of microseconds per request and the
 benchmark measures the gateway rather than its upstream:
-``GET /chats/<id>`` answers 200 (every user is a member), ``POST /messages``
-201 with a new message id. Keep-alive, Content-Length bodies only.
+any ``GET`` answers 200 (a chat: every user is a member), ``POST`` of a
+path ending in ``/messages`` (or ``/``) 201 with a new message id. Keep-alive,
+Content-Length bodies only.
 """
 
 import asyncio
@@ -41,9 +42,9 @@ class StubProtocol(asyncio.Protocol):
             self.answer(method, path, headers, body)
 
     def answer(self, method, path, headers, body):
-        if method == "GET" and path.startswith("/chats/"):
-            status, data = "200 OK", {"chat": {"id": path[7:], "type": "group"}}
-        elif method == "POST" and path == "/messages":
+        if method == "GET":
+            status, data = "200 OK", {"chat": {"id": path.rsplit("/", 1)[-1], "type": "group"}}
+        elif method == "POST" and (path.endswith("/messages") or path == "/"):
             sent = json.loads(body)
             status, data = "201 Created", {"message": {
                 "id": f"m{next(IDS)}", "chatId": sent["chatId"], "senderId": headers.get("x-user-id"),
