@@ -120,7 +120,12 @@ class Target:
         counts: dict[str, int] = {}
         for key in client.scan_iter(count=1000):
             text = key.decode() if isinstance(key, bytes) else key
-            prefix = ":".join(text.split(":")[:2]) if text.count(":") > 1 else text.split(":")[0]
+            words = []  # the leading parts without digits: "gw:receipt:m12:u3" -> "gw:receipt"
+            for part in text.split(":")[:-1]:
+                if any(c.isdigit() for c in part) or len(words) == 2:
+                    break
+                words.append(part)
+            prefix = ":".join(words) or text
             counts[prefix] = counts.get(prefix, 0) + 1
         client.close()
         return counts
@@ -228,7 +233,7 @@ def trace(stub_url: str, args: argparse.Namespace, workdir: str) -> None:
         stats = after.filter_traces(filters).compare_to(before.filter_traces(filters), "lineno")
         total = sum(s.size_diff for s in stats)
         print(f"tracemalloc, {n} idle authenticated websockets: {total / n / 1024:.1f} KiB of Python heap per "
-              f"socket (RSS under tracing: {result['kibPerConnection']} KiB, tracing's own overhead included)")
+              f"socket (allocation sites of the growth, most first)")
         print(f"  {'bytes/socket':>12} {'blocks/socket':>13}  allocation site")
         for stat in stats[:args.trace_top]:
             frame = stat.traceback[0]

@@ -162,15 +162,15 @@ const ok = (data) => ({ ok: true, data });
 const fail = (err) => ({ ok: false, error: { code: err.code && /^[A-Z_]+$/.test(err.code) ? err.code : "INTERNAL", message: err.message } });
 const validId = (v) => typeof v === "string" && v.length > 0 && v.length <= 128;
 
-io.on("connection", async (socket) => {
+io.on("connection", (socket) => {
   const userId = socket.data.userId;
   socket.join(`user:${userId}`);
-  // presence: a counter of the user's sockets, online on the first
-  const count = await redis.incr(`presence:${userId}`);
-  await redis.expire(`presence:${userId}`, Number(env.PRESENCE_TTL || 30) * 4);
-  if (count === 1) for (const room of socket.rooms) if (room.startsWith("chat:")) io.to(room).emit("presence:update", { userId, status: "online" });
-  socket.on("disconnect", async () => {
-    if ((await redis.decr(`presence:${userId}`)) <= 0) await redis.del(`presence:${userId}`);
+  // presence: a counter of the user's sockets in Redis (the handlers below are registered first,
+  // synchronously, or events sent right after the connect would find no listener)
+  redis.multi().incr(`presence:${userId}`).expire(`presence:${userId}`, Number(env.PRESENCE_TTL || 30) * 4).exec()
+    .catch((err) => log("warning", `presence: ${err.message}`, {}));
+  socket.on("disconnect", () => {
+    redis.decr(`presence:${userId}`).then((n) => n <= 0 && redis.del(`presence:${userId}`)).catch(() => {});
   });
 
   socket.on("chat:join", async (payload, ack) => {
