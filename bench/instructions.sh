@@ -30,7 +30,7 @@ count() {  # requests -> "instructions answered"
   (cd "$ROOT" && PYTHONHASHSEED=0 exec valgrind --tool=callgrind --callgrind-out-file="$out" \
     "$PY" -m tornado_gateway) >"$WORK/gateway.$1.log" 2>&1 &
   local pid=$!
-  wait_port "$port" 600
+  wait_port "$port" 3000  # valgrind starts slowly, slower still on a busy machine
   local answered
   answered=$("$PY" "$ROOT/bench/keepalive_get.py" "$port" "$1" "$CONNECTIONS" /api/users/42 "$TOKEN")
   kill -INT "$pid"; wait "$pid" 2>/dev/null || true

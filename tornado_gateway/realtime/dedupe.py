@@ -1,144 +1,183 @@
 """Exactly-once records of the real-time parts: idempotent sends and delivered receipts.
 
-Why it works this way: docs/design-notes.md.
+At most one Redis key per message; local fallbacks bounded in bytes. Why it
+works this way and why each TTL is what it is: docs/design-notes.md ("Dedupe").
 """
 
 from __future__ import annotations
 
-from typing import Any
-from tornado_gateway.cluster.redis_link import RedisLink
-
 import asyncio
 import logging
 import time
+from typing import Any, cast
 
 from tornado_gateway.cluster.redis_cluster import ShardScript
+from tornado_gateway.cluster.redis_link import RedisLink
 from tornado_gateway.codec import dumps, loads
 from tornado_gateway.realtime.payloads import EventError
 
 log = logging.getLogger("tornado_gateway.realtime")
 PENDING = "pending"
 PENDING_TTL = 60  # seconds a reservation lives if its node dies mid-call
-SEND_RECORD_TTL = 24 * 3600
+SEND_RECORD_TTL = 24 * 3600  # a retry is recognised for at least this long (at most twice as long)
+RECEIPT_TTL = 600  # seconds a (message, recipient) receipt is remembered after the last one of the message
 RETRY_WAIT = 30.0  # seconds a retry waits for the first attempt's result
-LOCAL_MAX = 200_000
+SEND_LOCAL_BYTES = 16 << 20  # local fallback budgets, in bytes of keys and values
+RECEIPT_LOCAL_BYTES = 4 << 20
+ENTRY_OVERHEAD = 160  # bytes a local entry costs beyond its key and value (dict slot, tuple, float)
 
-
-# SET key 1 NX EX ttl for every key in ONE command: 1 where the key was set, 0 where it existed.
-SET_NX_MANY = """
+# KEYS[1] today's hash, KEYS[2] yesterday's; ARGV: field, pending TTL (ms), hash TTL (s).
+# Returns nil when this call owns the send, else the stored value ("pending:<until ms>" or JSON).
+RESERVE = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+if old and string.sub(old, 1, 8) ~= 'pending:' then return old end
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and (string.sub(cur, 1, 8) ~= 'pending:' or tonumber(string.sub(cur, 9)) > now) then return cur end
+redis.call('HSET', KEYS[1], ARGV[1], 'pending:' .. (now + tonumber(ARGV[2])))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return false
+"""
+# KEYS[1] today's hash, KEYS[2] yesterday's; ARGV: field, message JSON, hash TTL (s).
+COMPLETE = """
+local key = KEYS[1]
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then key = KEYS[2] end
+redis.call('HSET', key, ARGV[1], ARGV[2])
+redis.call('EXPIRE', key, ARGV[3])
+return 1
+"""
+# KEYS: one receipt set per (message, recipient) pair (a message's key repeated for each of
+# its recipients); ARGV[1] the TTL, ARGV[1 + i] the recipient of KEYS[i]. 1 where it was new.
+FIRST_RECEIPTS = """
 local won = {}
 for i, key in ipairs(KEYS) do
-  won[i] = redis.call('SET', key, '1', 'NX', 'EX', ARGV[1]) and 1 or 0
+  won[i] = redis.call('SADD', key, ARGV[i + 1])
+  redis.call('EXPIRE', key, ARGV[1])
 end
 return won
 """
-
-
-SET_NX_PER_SHARD = ShardScript(SET_NX_MANY)  # on a Redis Cluster: one call per master
-
-
-def _tagged(key: str) -> str:
-    """``<first part>:<rest>`` with its first part as hash tag (a receipt key: the message id)."""
-    head, sep, rest = key.partition(":")
-    return "{" + head + "}" + sep + rest
+FIRST_RECEIPTS_PER_SHARD = ShardScript(FIRST_RECEIPTS)  # on a Redis Cluster: one call per master
 
 
 class _LocalTtlDict:
-    """A bounded dict whose entries expire; the memory fallback of both classes."""
+    """A dict whose entries expire, bounded in bytes; the memory fallback of both classes.
 
-    def __init__(self, max_entries: int = LOCAL_MAX) -> None:
-        self.entries: dict[str, tuple[float, object]] = {}
-        self.max_entries = max_entries
+    Entries leave in insertion order when the budget is full (with one TTL per
+    use that is also the order in which they expire)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.entries: dict[str, tuple[float, object, int]] = {}
+        self.max_bytes = max_bytes
+        self.bytes = 0
 
     def get(self, key: str) -> Any:
         entry = self.entries.get(key)
         if entry is None:
             return None
         if entry[0] < time.monotonic():
-            del self.entries[key]
+            self.pop(key)
             return None
         return entry[1]
 
     def set(self, key: str, value: Any, ttl: float) -> None:
-        if len(self.entries) >= self.max_entries:
-            now = time.monotonic()
-            self.entries = {k: v for k, v in self.entries.items() if v[0] > now}
-            while len(self.entries) >= self.max_entries:
-                self.entries.pop(next(iter(self.entries)))
-        self.entries[key] = (time.monotonic() + ttl, value)
+        self.pop(key)
+        size = len(key) + (len(value) if isinstance(value, str) else 0) + ENTRY_OVERHEAD
+        entries = self.entries
+        while entries and self.bytes + size > self.max_bytes:
+            self.bytes -= entries.pop(next(iter(entries)))[2]
+        entries[key] = (time.monotonic() + ttl, value, size)
+        self.bytes += size
 
     def pop(self, key: str) -> None:
-        self.entries.pop(key, None)
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry[2]
+
+
+def _day_keys(user_id: str) -> tuple[str, str]:
+    """This UTC day's and yesterday's send hash of a user (hash-tagged: one cluster slot per user)."""
+    day = int(time.time() // 86400)
+    return f"gw:send:{{{user_id}}}:{day}", f"gw:send:{{{user_id}}}:{day - 1}"
 
 
 class SendRecords:
-    """Reserve / complete / release idempotency records of message:send."""
+    """Reserve / complete / release idempotency records of message:send, per (user, chat)."""
 
     def __init__(self, redis_link: RedisLink | None) -> None:
         self.redis = redis_link
-        self.local = _LocalTtlDict()
+        self.local = _LocalTtlDict(SEND_LOCAL_BYTES)
         self._writes: set = set()
+        self._scripts: dict[str, Any] = {}
 
     @staticmethod
-    def key(user_id: str, chat_id: str, client_message_id: str) -> str:
-        """Scoped to the chat (SPEC §5): the same clientMessageId in another chat is another message."""
-        return f"gw:send:{{{user_id}}}:{chat_id}:{client_message_id}"
+    def field(chat_id: str, client_message_id: str) -> str:
+        """The record's field in the user's day hash, scoped to the chat (SPEC §5): the same
+        clientMessageId in another chat is another message (length-prefixed: no ambiguity)."""
+        return f"{len(chat_id)}:{chat_id}:{client_message_id}"
+
+    def _script(self, name: str, text: str) -> Any:
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = cast(RedisLink, self.redis).client.register_script(text)
+        return script
 
     async def reserve(self, user_id: str, chat_id: str, client_message_id: str) -> dict | None:
         """None: this call owns the send. A dict: the message of an earlier identical send."""
-        key = self.key(user_id, chat_id, client_message_id)
+        field = self.field(chat_id, client_message_id)
         deadline = time.monotonic() + RETRY_WAIT
         while True:
-            stored = await self._reserve_once(key)
+            stored = await self._reserve_once(user_id, field)
             if stored is None:
                 return None
-            if stored != PENDING:
-                return loads(stored, max_depth=None)
+            if not stored.startswith(PENDING):
+                return cast(dict, loads(stored, max_depth=None))
             if time.monotonic() > deadline:
                 raise EventError("UPSTREAM_UNAVAILABLE",
                                  "an earlier send with this clientMessageId is still in progress")
             await asyncio.sleep(0.05)
 
-    async def _reserve_once(self, key: str) -> str | None:
+    async def _reserve_once(self, user_id: str, field: str) -> str | None:
         if self._redis_usable():
             try:
-                client = self.redis.client
-                if await client.set(key, PENDING, nx=True, ex=PENDING_TTL):
+                stored = await self._script("reserve", RESERVE)(
+                    keys=list(_day_keys(user_id)), args=[field, PENDING_TTL * 1000, 2 * SEND_RECORD_TTL])
+                if stored is None:
                     return None
-                stored = await client.get(key)
-                if stored is None:  # expired between the two calls: try again
-                    return PENDING
-                return stored.decode() if isinstance(stored, bytes) else stored
+                return stored.decode() if isinstance(stored, bytes) else str(stored)
             except Exception as exc:
                 self._failed(exc)
+        key = f"{user_id}\x00{field}"
         stored = self.local.get(key)
         if stored is None:
             self.local.set(key, PENDING, PENDING_TTL)
-        return stored
+        return cast("str | None", stored)
 
     async def complete(self, user_id: str, chat_id: str, client_message_id: str, message: dict) -> None:
-        key = self.key(user_id, chat_id, client_message_id)
+        field = self.field(chat_id, client_message_id)
         value = dumps(message)
-        self.local.set(key, value, SEND_RECORD_TTL)
+        self.local.set(f"{user_id}\x00{field}", value, SEND_RECORD_TTL)
         if self._redis_usable():
             # Not awaited: a retry meanwhile finds "pending" and waits for this write.
-            task = asyncio.ensure_future(self._store(key, value))
+            task = asyncio.ensure_future(self._store(user_id, field, value))
             self._writes.add(task)
             task.add_done_callback(self._writes.discard)
 
-    async def _store(self, key: str, value: str) -> None:
+    async def _store(self, user_id: str, field: str, value: str) -> None:
         try:
-            await self.redis.client.set(key, value, ex=SEND_RECORD_TTL)
+            await self._script("complete", COMPLETE)(keys=list(_day_keys(user_id)),
+                                                     args=[field, value, 2 * SEND_RECORD_TTL])
         except Exception as exc:
             self._failed(exc)
 
     async def release(self, user_id: str, chat_id: str, client_message_id: str) -> None:
         """The send failed: a retry may try again."""
-        key = self.key(user_id, chat_id, client_message_id)
-        self.local.pop(key)
+        field = self.field(chat_id, client_message_id)
+        self.local.pop(f"{user_id}\x00{field}")
         if self._redis_usable():
             try:
-                await self.redis.client.delete(key)
+                for key in _day_keys(user_id):
+                    await cast(RedisLink, self.redis).client.hdel(key, field)
             except Exception as exc:
                 self._failed(exc)
 
@@ -147,37 +186,39 @@ class SendRecords:
 
     def _failed(self, exc: Exception) -> None:
         log.warning("send dedupe falls back to local memory: %s", exc)
-        self.redis.note_failure(exc)
+        cast(RedisLink, self.redis).note_failure(exc)
 
 
-class OnceMarks:
-    """``first(keys)``: which keys were never marked before, on any node."""
+class ReceiptMarks:
+    """``first(pairs)``: which (message id, recipient) pairs never had a receipt, on any node."""
 
-    def __init__(self, redis_link: RedisLink | None, prefix: str, ttl: float = SEND_RECORD_TTL) -> None:
+    def __init__(self, redis_link: RedisLink | None, ttl: float = RECEIPT_TTL) -> None:
         self.redis = redis_link
-        self.prefix = prefix
         self.ttl = int(ttl)
-        self.local = _LocalTtlDict()
-        self._script = None
+        self.local = _LocalTtlDict(RECEIPT_LOCAL_BYTES)
+        self._script: Any = None
 
-    async def first(self, keys: list[str]) -> list[str]:
+    async def first(self, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
         fresh = []
-        for key in keys:
+        for message_id, recipient in pairs:
+            key = f"{message_id}\x00{recipient}"
             if self.local.get(key) is None:
                 self.local.set(key, True, self.ttl)
-                fresh.append(key)
+                fresh.append((message_id, recipient))
         if not fresh or self.redis is None or not self.redis.up:
             return fresh
+        names = [f"gw:receipt:{{{m}}}" for m, _ in fresh]
         try:
-            names = [self.prefix + _tagged(key) for key in fresh]
             if self.redis.cluster is not None:
-                results = await SET_NX_PER_SHARD(self.redis.cluster, names, shared_args=[self.ttl])
+                results = await FIRST_RECEIPTS_PER_SHARD(self.redis.cluster, names,
+                                                         per_key_args=[[r] for _, r in fresh],
+                                                         shared_args=[self.ttl])
             else:
                 if self._script is None:
-                    self._script = self.redis.client.register_script(SET_NX_MANY)
-                results = await self._script(keys=names, args=[self.ttl])
+                    self._script = self.redis.client.register_script(FIRST_RECEIPTS)
+                results = await self._script(keys=names, args=[self.ttl, *(r for _, r in fresh)])
         except Exception as exc:
             log.warning("receipt dedupe falls back to local memory: %s", exc)
             self.redis.note_failure(exc)
             return fresh
-        return [key for key, won in zip(fresh, results) if won]
+        return [pair for pair, won in zip(fresh, results) if won]

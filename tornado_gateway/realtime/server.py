@@ -18,7 +18,7 @@ import socketio
 from tornado_gateway import metrics
 from tornado_gateway.edge.identity import Identity, AuthError, bearer_token, check_access_token
 from tornado_gateway.realtime.services import ChatServices
-from tornado_gateway.realtime.dedupe import OnceMarks, SendRecords
+from tornado_gateway.realtime.dedupe import ReceiptMarks, SendRecords
 from tornado_gateway.cluster.redis_link import connect_subscriber
 from tornado_gateway.realtime.managers import LocalManager, RedisFanoutManager
 from tornado_gateway.realtime.room_manager import RoomFanoutManager
@@ -76,7 +76,7 @@ class Realtime(OrderedDispatch):
         self.sockets_of_ip: dict[str, int] = {}
         self.services = ChatServices(gateway)
         self.sends = SendRecords(gateway.redis)
-        self.receipt_marks = OnceMarks(gateway.redis, "gw:receipt:")
+        self.receipt_marks = ReceiptMarks(gateway.redis)
         self.presence = Presence(gateway, self._announce_presence)
         self.typing = TypingIndicators(settings.typing_timeout, self._broadcast_typing)
         self.events = RealtimeEvents(self)
@@ -365,10 +365,10 @@ class Realtime(OrderedDispatch):
         try:
             while self._receipts:
                 batch, self._receipts = self._receipts, []
-                by_key = {f"{m}:{r}": (m, c, s, r) for m, c, s, r in batch}
+                by_pair = {(m, r): (m, c, s, r) for m, c, s, r in batch}
                 at = iso_time()
-                for key in await self.receipt_marks.first(list(by_key)):
-                    message_id, chat_id, sender, recipient = by_key[key]
+                for pair in await self.receipt_marks.first(list(by_pair)):
+                    message_id, chat_id, sender, recipient = by_pair[pair]
                     self.manager.emit_now("receipt:delivered", {
                         "chatId": chat_id, "messageId": message_id, "userId": recipient,
                         "at": at}, "user:" + sender)
