@@ -59,13 +59,13 @@ class OrderedDispatch:
     async def _run_pending(self, state: SocketState) -> None:
         try:
             while state.pending and not state.closing:
-                data, ack_id, early = state.pending.popleft()
+                data, ack_id, early = state.pending.pop(0)
                 await self._handle(state, data, ack_id, early)
         finally:
             state.worker = None
             if state.closing:
                 while state.pending:
-                    self.events.abandon(state.pending.popleft()[2])
+                    self.events.abandon(state.pending.pop(0)[2])
 
     async def _handle(self, state: SocketState, data: list, ack_id: Any, early: Any = None) -> None:
         event = _event_name(data)

@@ -69,6 +69,8 @@ class Realtime(OrderedDispatch):
             logger=False,
             engineio_logger=False,
         )
+        self.pinger = wire.Pinger(PING_INTERVAL)
+        wire.configure(self.manager, self.pinger)
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         self.states: dict[str, SocketState] = {}
@@ -105,6 +107,7 @@ class Realtime(OrderedDispatch):
         await self.presence.withdraw_all()
 
     async def close(self) -> None:
+        self.pinger.stop()
         await self.presence.close()
         if not isinstance(self.manager, LocalManager):
             await self.manager.close()
@@ -125,7 +128,8 @@ class Realtime(OrderedDispatch):
 
     async def _on_connect(self, sid: str, environ: dict, auth: Any = None) -> bool:
         """Admit (and log) a socket, or refuse it with ``connect_error`` ``data.code`` (logged with the reason)."""
-        ip = self.gateway.forwarding.client_ip(environ["tornado.handler"].request)
+        handler = environ["tornado.handler"]
+        ip = getattr(handler, "socket_client_ip", None) or self.gateway.forwarding.client_ip(handler.request)
         try:
             return await self._admit(sid, environ, auth, ip)
         except socketio.exceptions.ConnectionRefusedError as exc:
@@ -136,6 +140,7 @@ class Realtime(OrderedDispatch):
             raise
 
     async def _admit(self, sid: str, environ: dict, auth: Any, ip: str) -> bool:
+        handler = environ["tornado.handler"]
         if self.gateway.draining:
             _refuse("DRAINING", "this node is shutting down")
         decision = await self.gateway.limits.allow("socket_connect", ip, self.settings.socket_rate_connect)
@@ -158,13 +163,16 @@ class Realtime(OrderedDispatch):
             self._check_user_cap(identity.user_id)
         state = SocketState(sid, ip)
         self.states[sid] = state
-        wire.write_directly(self.sio, self.manager, sid, environ["tornado.handler"])
+        wire.write_directly(self.sio, self.manager, sid, handler)
         self.sockets_of_ip[ip] = self.sockets_of_ip.get(ip, 0) + 1
         metrics.OPEN_SOCKETS.inc()
-        transport = "websocket" if getattr(environ["tornado.handler"], "ws_connection", None) else "polling"
+        transport = "websocket" if getattr(handler, "ws_connection", None) else "polling"
         log.info("socket connected (%s)%s", transport, "" if identity else ", awaiting auth:hello",
                  extra={"event": "connect", "sid": sid, "client_ip": ip,
                         "user_id": identity.user_id if identity else None})
+        if getattr(handler, "lean_socket", None) is not None:
+            handler.socket_client_ip = ip  # a second connect of "/" on this socket finds it here
+            wire.slim_environ(self.sio, self.manager.eio_sid_from_sid(sid, "/"), environ)
         if identity is not None:
             await self._authenticate(state, identity)
         else:

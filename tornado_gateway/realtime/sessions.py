@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 from typing import Protocol
 
 from tornado_gateway.edge.identity import Identity
@@ -20,7 +19,7 @@ class SocketState:
         self.ip = ip
         self.identity: Identity | None = None  # once authenticated
         self.chats: set[str] = set()  # chats joined (rooms chat:<id>)
-        self.pending: collections.deque = collections.deque()
+        self.pending: list = []  # (an empty deque is ten times the size; at most 64 entries)
         self.worker: asyncio.Task | None = None
         self.timer: asyncio.TimerHandle | None = None  # auth timeout, token expiry or grace
         self.expired = False

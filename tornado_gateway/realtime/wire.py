@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, cast
 
 import socketio
 import tornado.web
+import tornado.websocket
 from engineio import packet as eio_packet
 from engineio.async_drivers.tornado import get_tornado_handler
+from engineio.async_socket import AsyncSocket
 from socketio import packet as sio_packet
 from socketio.async_redis_manager import AsyncRedisManager
 from tornado.http1connection import HTTP1Connection
@@ -33,6 +36,8 @@ log = logging.getLogger("tornado_gateway.realtime")
 ACKED_EVENT = "message:new"  # recipients' acks of this event make delivered receipts
 ACK_WINDOW = 256  # unanswered acks kept per socket; older ones are forgotten
 CONTROL_METHODS = frozenset({"disconnect", "enter_room", "leave_room", "close_room"})
+_ENVIRON_KEPT = ("tornado.handler", "HTTP_AUTHORIZATION", "REMOTE_ADDR")
+_PING = eio_packet.Packet(eio_packet.PING).encode().encode()
 
 
 class FastDelivery:
@@ -65,11 +70,14 @@ class FastDelivery:
         connection = getattr(handler, "ws_connection", None)
         if getattr(connection, "stream", None) is None or getattr(connection, "_compressor", None):
             return False
+        if getattr(handler, "lean_socket", None) is socket:  # writes every packet directly already
+            self.websockets[eio_sid] = handler
+            return True
         queue_send = socket.send
 
         async def send(pkt: eio_packet.Packet) -> None:
             if pkt.packet_type != eio_packet.MESSAGE:
-                self._flush_one(handler)
+                self.flush_one(handler)
                 return await queue_send(pkt)
             if socket.closed or socket.closing:
                 return
@@ -86,7 +94,7 @@ class FastDelivery:
     def forget_websocket(self, eio_sid: str) -> None:
         handler = self.websockets.pop(eio_sid, None)
         if handler is not None:
-            self._flush_one(handler)
+            self.flush_one(handler)
 
     def send_text(self, handler: Any, payload: bytes, opcode: int = 0x1) -> None:
         """Queue one text (or binary) frame for ``handler``; written at the end of this loop iteration."""
@@ -106,7 +114,7 @@ class FastDelivery:
         for handler, frames in unflushed.items():
             _write_frames(handler, frames)
 
-    def _flush_one(self, handler: Any) -> None:
+    def flush_one(self, handler: Any) -> None:
         frames = self._unflushed.pop(handler, None)
         if frames:
             _write_frames(handler, frames)
@@ -306,6 +314,22 @@ class GatewaySocketServer(socketio.AsyncServer):
             return
         self.on_event(sid, eio_sid, data, id)
 
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict) -> Any:
+        """A websocket from the start becomes a :class:`LeanSocket`; the handshake's body
+        reader (engineio makes a class per request for it) is not kept for the socket's life."""
+        handler = environ.get("tornado.handler")
+        if getattr(handler, "ws_connection", None) is not None:
+            adopt(self.eio.sockets.get(eio_sid))
+        environ.pop("wsgi.input", None)
+        return await super()._handle_eio_connect(eio_sid, environ)
+
+
+def slim_environ(sio: socketio.AsyncServer, eio_sid: str | None, environ: dict) -> None:
+    """A connected websocket keeps only what a later connect of "/" reads from its environ."""
+    if eio_sid is not None and sio.environ.get(eio_sid) is environ:
+        sio.environ[eio_sid] = {k: environ[k] for k in _ENVIRON_KEPT if k in environ}
+    tornado_compat.drop_handshake(environ["tornado.handler"])
+
 
 async def send_ack_packet(sio: socketio.AsyncServer, eio_sid: str, ack_id: int, reply: dict) -> None:
     """An ACK packet through engineio's queue (``_send_packet``)."""
@@ -379,19 +403,67 @@ def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
             headers["Vary"] = "Origin"
 
         direct_eio_sid = None  # set once the socket is written directly (websocket from the start)
+        lean_socket: "LeanSocket | None" = None  # the LeanSocket this websocket drives
+        _backlog: list | None = None  # a lean socket's messages behind one engineio is handling
 
-        def on_message(self, message: dict) -> None:
-            """Events and acks of a direct websocket go straight to the gateway, in
-            arrival order (anything else, or while engineio still holds earlier
-            messages, through engineio's queue as usual)."""
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            # engineio's handler makes an asyncio.Queue per connection in __init__; only a
+            # websocket upgraded from polling reads it, so it is made on first use instead
+            tornado.websocket.WebSocketHandler.__init__(self, *args, **kwargs)
+            self.allowed_origins = list(realtime.origins)
+
+        @property
+        def receive_queue(self) -> asyncio.Queue:
+            queue = self.__dict__.get("_receive_queue")
+            if queue is None:
+                queue = self.__dict__["_receive_queue"] = asyncio.Queue()
+            return queue
+
+        def on_message(self, message: Any) -> None:
+            """Events and acks of a direct websocket go straight to the gateway, in arrival
+            order; anything else through engineio (a lean socket: one task while it runs;
+            a socket upgraded from polling: engineio's queue, as before it, anything)."""
             if self.refusal is not None:
                 self.refusal.received(message)
                 return
-            eio_sid = self.direct_eio_sid
-            if (eio_sid is not None and type(message) is str and message[:1] == "4"
-                    and self.receive_queue.empty() and realtime.manager.receive_fast(eio_sid, message[1:])):
+            if self.lean_socket is not None:
+                if self._backlog is not None:
+                    self._backlog.append(message)
+                elif not self._fast(message):
+                    self._backlog = []
+                    _spawn(self._lean_receive(message))
+                return
+            if self.receive_queue.empty() and self._fast(message):
                 return
             self.receive_queue.put_nowait(message)
+
+        def _fast(self, message: Any) -> bool:
+            eio_sid = self.direct_eio_sid
+            return bool(eio_sid is not None and type(message) is str and message[:1] == "4"
+                        and realtime.manager.receive_fast(eio_sid, message[1:]))
+
+        async def _lean_receive(self, message: Any) -> None:
+            """Packets of a lean socket that engineio handles (connect, pong, close), in order."""
+            socket = cast(LeanSocket, self.lean_socket)
+            try:
+                while True:
+                    if not self._fast(message):
+                        await socket.receive(eio_packet.Packet(encoded_packet=message))
+                    if not self._backlog:
+                        return
+                    message = self._backlog.pop(0)
+            except Exception:
+                log.exception("socket.io packet failed; closing the socket")
+                await socket.close(wait=False, abort=True)
+            finally:
+                self._backlog = None
+
+        def on_close(self) -> None:
+            socket = self.lean_socket
+            if socket is None:
+                super().on_close()
+            elif not socket.closed:
+                _spawn(socket.close(wait=False, abort=True, reason=socket.server.reason.TRANSPORT_CLOSE))
 
         def prepare(self) -> None:
             origin = self.request.headers.get("Origin")
@@ -444,3 +516,156 @@ def _content_length(request: Any) -> int:
         return int(request.headers.get("Content-Length", "0"))
     except ValueError:
         return 0  # tornado refuses it when reading the body
+
+
+# -- lean websockets: no engineio tasks, queue or ping task per socket --------------------
+#
+# A socket that connects with the websocket transport from the start becomes a LeanSocket
+# at its engineio connect: its packets are framed and written by the manager (send_text),
+# its incoming messages arrive through the handler's on_message, and one Pinger per node
+# sends the PINGs engineio would send from a sleeping task per socket (engineio's service
+# task still closes a socket whose PONG does not come). Upgrades from polling keep engineio.
+
+def _spawn(coro: Any) -> None:
+    asyncio.ensure_future(coro).add_done_callback(_log_failure)
+
+
+def _log_failure(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("socket task failed", exc_info=task.exception())
+
+
+class LeanSocket(AsyncSocket):
+    """An engineio socket whose websocket is driven by its handler, not by tasks of its own."""
+
+    handler: Any = None  # the Tornado WebSocketHandler, once the websocket runs
+    writer: Any = None  # the node's manager (``send_text``, ``flush_one``): ``configure``
+    pinger: "Pinger | None" = None
+
+    async def _websocket_handler(self, ws: Any) -> None:
+        if getattr(self, "connected"):  # an upgrade from polling: engineio's own loop
+            await super()._websocket_handler(ws)
+            return
+        self.connected = self.upgraded = True
+        handler = ws.tornado_handler
+        self.handler = handler
+        handler.lean_socket = self
+        queue = self.__dict__.pop("queue")  # from here on the class's write-through stand-in
+        while not queue.empty():  # the OPEN packet, queued before the websocket ran
+            self._write(queue.get_nowait())
+        if self.pinger is not None:
+            self.pinger.add(self)
+        # and return: no reader, writer or ping task for this socket
+
+    @property
+    def queue(self) -> Any:
+        """engineio's per-socket queue until the websocket runs; then a stand-in that writes."""
+        return self.__dict__.get("queue") or _WriteThrough(self)
+
+    @queue.setter
+    def queue(self, value: Any) -> None:
+        self.__dict__["queue"] = value
+
+    async def send(self, pkt: eio_packet.Packet) -> None:
+        if self.handler is None:
+            await super().send(pkt)
+            return
+        if self.closed or not await self.check_ping_timeout():
+            return
+        self._write(pkt)
+
+    def _write(self, pkt: eio_packet.Packet) -> None:
+        encoded = pkt.encode()
+        if isinstance(encoded, str):
+            self.writer.send_text(self.handler, encoded.encode())
+        else:
+            self.writer.send_text(self.handler, encoded, opcode=0x2)
+
+    def ping(self) -> None:
+        """Send a PING now (the Pinger's turn for this socket)."""
+        self.last_ping = time.time()
+        self.writer.send_text(self.handler, _PING)
+
+    def schedule_ping(self) -> None:
+        self.last_ping = cast(float, None)  # the PONG came; the Pinger sends the next PING in its turn
+
+    async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        was_closed = self.closed
+        await super().close(wait=False, abort=abort, reason=reason)
+        handler = self.handler
+        if not was_closed and handler is not None:
+            self.writer.flush_one(handler)
+            handler.close()
+
+
+class _WriteThrough:
+    """What a running lean socket has instead of a queue: whatever is put is written now."""
+
+    __slots__ = ("socket",)
+
+    def __init__(self, socket: LeanSocket) -> None:
+        self.socket = socket
+
+    def put_nowait(self, pkt: Any) -> None:
+        if pkt is not None and not self.socket.closed:
+            self.socket._write(pkt)
+
+    async def put(self, pkt: Any) -> None:
+        self.put_nowait(pkt)
+
+    async def join(self) -> None:
+        return None
+
+    def empty(self) -> bool:
+        return True
+
+
+class Pinger:
+    """PINGs every lean socket once per ``interval`` seconds, a slice of them each second."""
+
+    def __init__(self, interval: float) -> None:
+        self.slots: list[set[LeanSocket]] = [set() for _ in range(max(1, int(interval)))]
+        self._task: asyncio.Task | None = None
+        self._last = 0
+
+    def add(self, socket: LeanSocket) -> None:
+        now = int(time.monotonic())
+        self.slots[now % len(self.slots)].add(socket)
+        if self._task is None:
+            self._last = now
+            self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(1)
+            now = int(time.monotonic())
+            for second in range(self._last + 1, min(now, self._last + len(self.slots)) + 1):
+                self._turn(self.slots[second % len(self.slots)])
+            self._last = now
+
+    @staticmethod
+    def _turn(slot: set[LeanSocket]) -> None:
+        for socket in list(slot):
+            if socket.closed or socket.closing:
+                slot.discard(socket)
+            elif socket.last_ping is None:
+                socket.ping()
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+
+def configure(writer: Any, pinger: Pinger) -> None:
+    """The node's manager and pinger (one Socket.IO server per process)."""
+    LeanSocket.writer = writer
+    LeanSocket.pinger = pinger
+
+
+def adopt(socket: Any) -> bool:
+    """Make a fresh engineio socket a LeanSocket (before its websocket handler runs)."""
+    if type(socket) is not AsyncSocket or socket.connected or LeanSocket.writer is None:
+        return False
+    socket.__class__ = LeanSocket
+    return True

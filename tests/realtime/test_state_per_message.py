@@ -65,7 +65,7 @@ async def test_each_message_costs_at_most_one_redis_key(start_gateway, own_redis
 
 
 def test_local_fallback_is_bounded_in_bytes_not_entries():
-    from tornado_gateway.dedupe import ENTRY_OVERHEAD, _LocalTtlDict
+    from tornado_gateway.realtime.dedupe import ENTRY_OVERHEAD, _LocalTtlDict
 
     local = _LocalTtlDict(max_bytes=64 * 1024)
     big = "x" * 4000
@@ -76,3 +76,22 @@ def test_local_fallback_is_bounded_in_bytes_not_entries():
     assert local.get("k99") == big and local.get("k0") is None  # the oldest went first
     local.pop("k99")
     assert local.bytes == sum(entry[2] for entry in local.entries.values())
+
+
+def test_pinger_pings_waiting_sockets_once_and_forgets_closed_ones():
+    from tornado_gateway.realtime.wire import Pinger
+
+    class Socket:
+        def __init__(self, last_ping=None, closed=False):
+            self.last_ping, self.closed, self.closing, self.pings = last_ping, closed, False, 0
+
+        def ping(self):
+            self.pings += 1
+            self.last_ping = 1.0
+
+    waiting, unanswered, closed = Socket(), Socket(last_ping=5.0), Socket(closed=True)
+    slot = {waiting, unanswered, closed}
+    Pinger._turn(slot)
+    Pinger._turn(slot)  # no PONG came in between: no second PING (engineio's service task times it out)
+    assert (waiting.pings, unanswered.pings, closed.pings) == (1, 0, 0)
+    assert slot == {waiting, unanswered}
