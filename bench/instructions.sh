@@ -30,6 +30,7 @@ count() {  # requests -> "instructions answered"
   (cd "$ROOT" && PYTHONHASHSEED=0 exec valgrind --tool=callgrind --callgrind-out-file="$out" \
     "$PY" -m tornado_gateway) >"$WORK/gateway.$1.log" 2>&1 &
   local pid=$!
+  PIDS+=("$pid")  # stopped on exit even when this run fails
   wait_port "$port" 3000  # valgrind starts slowly, slower still on a busy machine
   local answered
   answered=$("$PY" "$ROOT/bench/keepalive_get.py" "$port" "$1" "$CONNECTIONS" /api/users/42 "$TOKEN")
