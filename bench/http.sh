@@ -34,7 +34,7 @@ start_redis
 TOKEN=$(bench_token)
 AUTH="Authorization: Bearer $TOKEN"
 
-declare -A URL PID
+declare -A URL PID LOGF
 for spec in $TARGETS; do
   case $spec in
     floor)  # a bare Tornado handler answering the same JSON: what Tornado alone costs
@@ -51,7 +51,7 @@ for spec in $TARGETS; do
       T_URL=http://127.0.0.1:$port/api/users/42; T_LOG=$WORK/custom.log ;;
     *) start_target "$spec" ;;
   esac
-  URL[$spec]=$T_URL PID[$spec]=$T_PID
+  URL[$spec]=$T_URL PID[$spec]=$T_PID LOGF[$spec]=$T_LOG
   code=$(curl -s -o "$WORK/probe" -w '%{http_code}' -H "$AUTH" "$T_URL")
   if [[ $code != 200 ]]; then
     echo "$spec answered $code to $T_URL: $(cat "$WORK/probe")" >&2
@@ -64,6 +64,11 @@ new_connections() { awk -v from="$1" 'NR > from && $2 == 1 {n++} END {print n + 
 measure() {  # spec connections: one wrk run after a warm-up, one result line
   local spec=$1 c=$2 pid=${PID[$1]} url=${URL[$1]} before after log_before load
   wrk -t1 -c"$c" -d2s -H "$AUTH" "$url" >/dev/null  # warm-up
+  if ! kill -0 "$pid" 2>/dev/null; then
+    echo "$spec (pid $pid) is gone; the end of its output:" >&2
+    tail -c 3000 "${LOGF[$spec]}" >&2
+    exit 1
+  fi
   sleep 1.2  # nginx flushes its access log buffer every second
   log_before=$(wc -l <"$WORK/conn.log")
   load=$(cut -d' ' -f1 /proc/loadavg)

@@ -199,3 +199,63 @@ async def test_request_handler_state_and_exception_hook():
         client.close()
         server.stop()
         await server.close_all_connections()
+
+
+async def _answer(request: bytes, raw: bool, code: int = 200, length: int | None = 2,
+                  close_in_head: bool = False) -> bytes:
+    """One request to a server-side HTTP1Connection, answered through write_headers or
+    write_response_head with the same headers; the bytes the client received."""
+    client, server = _stream_pair()
+    connection = HTTP1Connection(server, False, HTTP1ConnectionParameters())
+    body = b"" if code in (204, 304) else b"ok"
+
+    class Answer(httputil.HTTPMessageDelegate):
+        def headers_received(self, start_line, headers):  # type: ignore[no-untyped-def]
+            self.method = start_line.method
+
+        def finish(self) -> None:
+            start = httputil.ResponseStartLine("HTTP/1.1", code, httputil.responses[code])
+            headers = httputil.HTTPHeaders({"X-Pin": "yes"})
+            if length is not None:
+                headers["Content-Length"] = str(length)
+            if close_in_head:
+                headers["Connection"] = "close"
+            chunk = body if self.method != "HEAD" and body else None
+            if raw:
+                block = "".join(f"{n}: {v}\r\n" for n, v in headers.get_all()).encode()
+                tornado_compat.write_response_head(connection, start, block, length, close_in_head, chunk)
+            else:
+                connection.write_headers(start, headers, chunk)
+            connection.finish()
+
+    reading = asyncio.ensure_future(connection.read_response(Answer()))
+    await client.write(request)
+    await reading
+    await asyncio.sleep(0.05)
+    connection.close()
+    received = await client.read_until_close()
+    return received
+
+
+@pytest.mark.parametrize("request_head, code, length, close_in_head", [
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 200, 2, False),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 200, None, False),  # chunked
+    (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 200, 2, False),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 200, 2, True),
+    (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", 200, 2, False),
+    (b"GET / HTTP/1.0\r\n\r\n", 200, None, False),
+    (b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n", 200, 2, False),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 204, None, False),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 304, None, False),
+])
+@pytest.mark.gen_test
+async def test_write_response_head_answers_as_write_headers_does(request_head, code, length, close_in_head):
+    expected = await _answer(request_head, False, code, length, close_in_head)
+    got = await _answer(request_head, True, code, length, close_in_head)
+
+    def parts(data: bytes) -> tuple:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        return lines[0], sorted(lines[1:]), rest
+
+    assert parts(got) == parts(expected)

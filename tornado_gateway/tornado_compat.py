@@ -6,6 +6,7 @@ needed is in docs/architecture.md, and tests/test_tornado_compat.py pins each be
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from typing import Any, Callable
 
@@ -15,7 +16,8 @@ from tornado import httputil
 from tornado.http1connection import HTTP1Connection
 from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
-from tornado.iostream import IOStream
+from tornado.concurrent import future_add_done_callback
+from tornado.iostream import IOStream, StreamClosedError
 from tornado.netutil import _client_ssl_defaults
 from tornado.options import OptionParser
 
@@ -135,3 +137,44 @@ def drop_handshake(handler: tornado.web.RequestHandler) -> None:
     handler.path_kwargs = _NO_ARGS
     setattr(handler, "open_args", ())
     setattr(handler, "open_kwargs", _NO_ARGS)
+
+
+def write_response_head(connection: HTTP1Connection, start_line: httputil.ResponseStartLine,
+                        head: bytes, content_length: int | None, closes: bool,
+                        chunk: bytes | None = None) -> "asyncio.Future[None]":
+    """``HTTP1Connection.write_headers`` of a server response whose header lines are ready-made
+    bytes (``head``: CRLF-terminated lines, no CR/LF inside a value: checked by whoever made
+    them). Sets the connection's state as ``write_headers`` does: chunked output for a
+    HTTP/1.1 response without ``content_length``, ``Connection: close`` when the connection
+    closes after it (unless ``closes``: the head says so already), 1.0 keep-alive."""
+    request = connection._request_start_line
+    assert request is not None and connection._request_headers is not None
+    code = start_line.code
+    connection._response_start_line = start_line
+    connection._chunking_output = (
+        request.version == "HTTP/1.1" and request.method != "HEAD" and code not in (204, 304)
+        and (code < 100 or code >= 200) and content_length is None)
+    extra = b""
+    if request.version == "HTTP/1.1" and connection._disconnect_on_finish and not closes:
+        extra += b"Connection: close\r\n"
+    if (request.version == "HTTP/1.0"
+            and connection._request_headers.get("Connection", "").lower() == "keep-alive"):
+        extra += b"Connection: Keep-Alive\r\n"
+    if connection._chunking_output:
+        extra += b"Transfer-Encoding: chunked\r\n"
+    if request.method == "HEAD" or code == 304:
+        connection._expected_content_remaining = 0
+    else:
+        connection._expected_content_remaining = content_length
+    future: asyncio.Future[None] = asyncio.Future()
+    connection._write_future = future
+    if connection.stream.closed():
+        future.set_exception(StreamClosedError())
+        future.exception()
+        return future
+    data = b"HTTP/1.1 %d %s\r\n%s%s\r\n" % (code, start_line.reason.encode("latin-1"), head, extra)
+    if chunk:
+        data += connection._format_chunk(chunk)
+    connection._pending_write = connection.stream.write(data)
+    future_add_done_callback(connection._pending_write, connection._on_write_complete)
+    return future

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Awaitable, Iterator, cast
+from typing import Any, Awaitable, Iterator, cast
 
 from tornado import httputil
 from tornado.httpclient import HTTPClientError
@@ -56,7 +56,7 @@ class ProxyExchange(ClientResponse, httputil.HTTPMessageDelegate):
         self.request_id = make_request_id(request.headers.get("X-Request-ID"))
         self.status = 200
         self.extra_headers: dict[str, str] = {}  # rate-limit headers of this request
-        self._head: tuple[httputil.ResponseStartLine, httputil.HTTPHeaders] | None = None
+        self._head: tuple[httputil.ResponseStartLine, Any] | None = None
         self._head_written = False
         self._finished = False  # the response is complete (or was cut)
         self._client_gone = False

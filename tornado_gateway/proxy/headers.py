@@ -65,6 +65,41 @@ def merge_response_headers(headers: httputil.HTTPHeaders, upstream: httputil.HTT
         headers["Vary"] = f"{headers['Vary']}, {ours_vary}"
 
 
+def response_head(defaults: list[tuple[str, str]], upstream: httputil.HTTPHeaders) -> tuple[bytes, int | None, bool] | None:
+    """The header block of a proxied response as bytes, the upstream's end-to-end headers over
+    the gateway's ``defaults`` (as :func:`merge_response_headers` would put them), with its
+    Content-Length and whether it says ``Connection: close``; None when the upstream's head
+    needs the general path (repeated or unreadable Content-Length). The upstream's values
+    passed its head parser (no CR/LF); the defaults are the gateway's own."""
+    dropped = connection_named(upstream.get_list("Connection")) if "Connection" in upstream else ()
+    lines: list[str] = []
+    seen: set[str] = set()
+    vary_at = -1
+    content_length = None
+    for name, value in upstream.get_all():
+        lower = name.lower()
+        if lower in RESPONSE_DROP or lower in dropped or lower.startswith("access-control-"):
+            continue
+        if lower == "content-length":
+            if content_length is not None or not value.isdigit():
+                return None
+            content_length = int(value)
+        elif lower == "vary":
+            vary_at = len(lines)
+        seen.add(lower)
+        lines.append(f"{name}: {value}\r\n")
+    ours: dict[str, tuple[str, str]] = {}
+    for name, value in defaults:  # a later default of the same name wins, as in HTTPHeaders
+        ours[name.lower()] = (name, value)
+    for lower, (name, value) in ours.items():
+        if lower not in seen:
+            lines.append(f"{name}: {value}\r\n")
+        elif lower == "vary" and vary_at >= 0:  # both vary: the upstream's reasons, then ours
+            lines[vary_at] = f"{lines[vary_at][:-2]}, {value}\r\n"
+    closes = "connection" in ours and ours["connection"][1].lower() == "close"
+    return "".join(lines).encode("latin-1"), content_length, closes
+
+
 def upstream_headers(request: Any, upstream: str, forwarding: Any, request_id: str,
                      identity: Any) -> dict[str, str]:
     """The request headers for the upstream, one value per name.

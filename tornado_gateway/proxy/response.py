@@ -10,11 +10,11 @@ from typing import Any, cast, Awaitable, NoReturn
 from tornado import httputil
 from tornado.iostream import StreamClosedError
 
-from tornado_gateway import metrics
+from tornado_gateway import metrics, tornado_compat
 from tornado_gateway.edge.responses import default_headers, log_request
 from tornado_gateway.errors import JSON_CONTENT_TYPE, GatewayError, error_body
 from tornado_gateway.proxy.body import Abandoned
-from tornado_gateway.proxy.headers import http_date, merge_response_headers
+from tornado_gateway.proxy.headers import http_date, merge_response_headers, response_head
 
 
 class ClientResponse:
@@ -27,7 +27,7 @@ class ClientResponse:
     status: int
     upstream_name: str | None
     extra_headers: dict[str, str]
-    _head: tuple[httputil.ResponseStartLine, httputil.HTTPHeaders] | None
+    _head: tuple[httputil.ResponseStartLine, Any] | None  # HTTPHeaders, or response_head()'s bytes
     _head_written: bool
     _finished: bool
     _client_gone: bool
@@ -45,12 +45,25 @@ class ClientResponse:
         metrics.child(metrics.UPSTREAM_LATENCY, service).observe(time.monotonic() - self._attempt_started)
         if self._finished:
             return
+        self.status = start_line.code
+        start = httputil.ResponseStartLine("HTTP/1.1", start_line.code, start_line.reason
+                                           or httputil.responses.get(start_line.code, "Unknown"))
+        raw = response_head(self._default_pairs(), upstream)
+        if raw is not None:  # the usual case: written as bytes, no HTTPHeaders on the way out
+            self._head = (start, raw)
+            return
         headers = self._response_headers()
         merge_response_headers(headers, upstream)
-        self.status = start_line.code
-        self._head = (httputil.ResponseStartLine("HTTP/1.1", start_line.code, start_line.reason
-                                                 or httputil.responses.get(start_line.code, "Unknown")),
-                      headers)
+        self._head = (start, headers)
+
+    def _write_head(self, chunk: bytes | None = None) -> "Future[None]":
+        self._head_written = True
+        start, head = cast(tuple, self._head)
+        if isinstance(head, tuple):
+            block, content_length, closes = head
+            return tornado_compat.write_response_head(self.connection, start, block, content_length,
+                                                      closes, chunk)
+        return cast("Future[None]", self.connection.write_headers(start, head, chunk))
 
     def _on_chunk(self, chunk: bytes) -> Awaitable[None] | None:
         """``streaming_callback``: pass a body chunk on. Returns None when the client took
@@ -60,8 +73,7 @@ class ClientResponse:
         if self._head_written:
             written = self.connection.write(chunk)
         else:
-            self._head_written = True
-            written = self.connection.write_headers(*cast(tuple, self._head), chunk)
+            written = self._write_head(chunk)
         if not written.done():
             return self._written(written)
         if written.exception() is not None:
@@ -80,23 +92,24 @@ class ClientResponse:
 
     def _finish_response(self) -> None:
         if not self._head_written:
-            self._head_written = True
-            self.connection.write_headers(*cast(tuple, self._head))
+            self._write_head()
         self._end()
 
-    def _response_headers(self) -> httputil.HTTPHeaders:
+    def _default_pairs(self) -> list[tuple[str, str]]:
         """What every answer starts from (an upstream's own headers then override these)."""
-        headers = httputil.HTTPHeaders()
-        headers["Date"] = http_date()
-        for name, value in default_headers(self.gateway, self.request_id,
-                                           self.request.headers.get("Origin")):
-            headers[name] = value
-        for name, value in self.extra_headers.items():
-            headers[name] = value
+        pairs = [("Date", http_date())]
+        pairs.extend(default_headers(self.gateway, self.request_id, self.request.headers.get("Origin")))
+        pairs.extend(self.extra_headers.items())
         if self.gateway.draining:
             # Decided when the headers go out: a response that started before SIGTERM
             # and ends during the drain still says so.
-            headers["Connection"] = "close"
+            pairs.append(("Connection", "close"))
+        return pairs
+
+    def _response_headers(self) -> httputil.HTTPHeaders:
+        headers = httputil.HTTPHeaders()
+        for name, value in self._default_pairs():
+            headers[name] = value
         return headers
 
     def send_gateway_error(self, error: GatewayError, close: bool = False) -> None:
