@@ -74,7 +74,11 @@ measure() {  # spec connections: one wrk run after a warm-up, one result line
   load=$(cut -d' ' -f1 /proc/loadavg)
   before=$(cpu_ticks "$pid")
   wrk -t1 -c"$c" -d"$DURATION" --latency -H "$AUTH" "$url" >"$WORK/wrk.out"
-  after=$(cpu_ticks "$pid")
+  if ! after=$(cpu_ticks "$pid" 2>/dev/null); then
+    echo "$spec (pid $pid) died during the run; the end of its output:" >&2
+    tail -c 3000 "${LOGF[$spec]}" >&2
+    exit 1
+  fi
   sleep 1.2
   awk -v spec="$spec" -v c="$c" -v round="$round" -v ticks=$((after - before)) -v hz="$hz" \
       -v load1="$load" -v opened="$(new_connections "$log_before")" '

@@ -76,6 +76,8 @@ app.use((req, res, next) => {  // authentication: /api/auth/* is public
   } else if (!req.path.startsWith("/api/auth/")) {
     return jsonError(res.set("WWW-Authenticate", "Bearer"), 401, "UNAUTHENTICATED", "missing token", req);
   }
+  req.headers["x-request-id"] = req.id;
+  if (req.userId) req.headers["x-user-id"] = req.userId;
   next();
 });
 
@@ -100,10 +102,8 @@ services.forEach((name, i) => {
   app.use(`/api/${name}`, createProxyMiddleware({
     target, agent, changeOrigin: false, xfwd: true, proxyTimeout: Number(env.UPSTREAM_TIMEOUT || 30) * 1000,
     on: {
-      proxyReq: (proxyReq, req) => {
-        proxyReq.setHeader("X-Request-ID", req.id);
-        if (req.userId) proxyReq.setHeader("X-User-Id", req.userId);
-      },
+      // identity and request id ride on req.headers (set below): setting them in proxyReq
+      // throws ERR_HTTP_HEADERS_SENT when a client that went away made the request flush early
       error: (err, req, res) => {
         if (!res.headersSent) jsonError(res, err.code === "ETIMEDOUT" ? 504 : 502, "UPSTREAM_UNAVAILABLE", err.message, req);
       },
