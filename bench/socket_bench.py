@@ -181,9 +181,10 @@ def fanout(target: Target, args: argparse.Namespace, chat: str, stub_pid: int) -
     return result
 
 
-def storm(target: Target, n: int, chat: str) -> dict:
+def storm(target: Target, n: int, chat: str, chat_size: int) -> dict:
     cpu_before = cpu_seconds(target.pid)
-    result = run_client("storm", target.client_options(chat=chat, connections=n), timeout=300)
+    result = run_client("storm", target.client_options(chat=chat, connections=n, chatSize=chat_size),
+                        timeout=300)
     result["serverCpuSeconds"] = round(cpu_seconds(target.pid) - cpu_before, 2)
     time.sleep(2)  # the storm's sockets close
     return result
@@ -260,6 +261,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8)
     parser.add_argument("--ack", action="store_true", help="fan-out receivers ack message:new (receipts on)")
     parser.add_argument("--storm", type=int, default=2000, help="clients of the connect storm (0: skip)")
+    parser.add_argument("--storm-chat-size", type=int, default=10, help="members of each chat the storm joins")
     parser.add_argument("--idle", type=int, default=2000, help="idle connections (0: skip)")
     parser.add_argument("--trace", type=int, default=2000, help="idle connections under tracemalloc (0: skip)")
     parser.add_argument("--trace-top", type=int, default=25)
@@ -297,7 +299,7 @@ def main() -> None:
                 keep(kind, "p99 ms", result["latencyMs"]["p99"])
                 keep(kind, "exactly once", result["exactlyOnce"])
             for kind in order if args.storm else ():
-                result = storm(targets[kind], args.storm, f"storm-{round_}-{kind}")
+                result = storm(targets[kind], args.storm, f"storm-{round_}-{kind}", args.storm_chat_size)
                 print(f"storm    {kind:8} load {load():5}: {json.dumps(result)}")
                 keep(kind, "handshakes/s", result["handshakesPerSecond"])
                 keep(kind, "storm failures", result["failures"])

@@ -96,8 +96,9 @@ function delivered(socket, data, ack) {  // a receiving device acknowledges mess
   else if (typeof ack === "function") ack();
 }
 
-// N clients connect at once (authenticated, websocket) and join one chat: the time until all
-// are joined, the failures, handshakes per second.
+// N clients connect at once (authenticated, websocket), each joining a chat of chatSize members
+// (a chat app's chats are small; one big room would measure its presence fan-out instead):
+// the time until all are joined, the failures, handshakes per second.
 async function storm() {
   const started = performance.now();
   const times = [];
@@ -107,7 +108,7 @@ async function storm() {
     try {
       const socket = await connect(`storm${i}`);
       sockets.push(socket);
-      const reply = await socket.timeout(60000).emitWithAck("chat:join", { chatId: opt.chat });
+      const reply = await socket.timeout(60000).emitWithAck("chat:join", { chatId: `${opt.chat}-${Math.floor(i / (opt.chatSize || 10))}` });
       if (!reply.ok) throw new Error(`join: ${JSON.stringify(reply)}`);
       times.push(performance.now() - started);
     } catch (err) { failures.push(String(err.message || err)); }
