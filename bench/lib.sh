@@ -111,7 +111,8 @@ gateway_env() {
     RATE_LIMIT_USER=1000000000/60 RATE_LIMIT_IP=1000000000/60 \
     USERS_SERVICE_URL=http://127.0.0.1:$NGINX_PORT/users \
     MEDIA_SERVICE_URL=http://127.0.0.1:$NGINX_PORT/media \
-    MEDIA_MAX_BODY_SIZE=$((1 << 40)) UPSTREAM_TIMEOUT=600 UPSTREAM_CONNECT_TIMEOUT=30
+    MEDIA_MAX_BODY_SIZE=$((1 << 40)) UPSTREAM_TIMEOUT=600 UPSTREAM_CONNECT_TIMEOUT=30 \
+    CIRCUIT_FAILURES=1000000  # a slow start under callgrind must not open the circuit
 }
 
 # start_target SPEC: SPEC is gateway[:LEVEL[:nolimits]], node[:LEVEL[:nolimits]] or upstream.

