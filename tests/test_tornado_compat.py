@@ -259,3 +259,40 @@ async def test_write_response_head_answers_as_write_headers_does(request_head, c
         return lines[0], sorted(lines[1:]), rest
 
     assert parts(got) == parts(expected)
+
+
+async def _request_bytes(raw: bool, method: str, headers: dict, chunk: bytes | None) -> bytes:
+    client, server = _stream_pair()
+    connection = HTTP1Connection(client, True, HTTP1ConnectionParameters())
+    start = httputil.RequestStartLine(method, "/p?q=1", "")
+    if raw:
+        tornado_compat.write_request_head(connection, start, httputil.HTTPHeaders(headers), chunk)
+    else:
+        connection.write_headers(start, httputil.HTTPHeaders(headers), chunk)
+    connection.finish()
+    await asyncio.sleep(0.05)
+    client.close()
+    return await server.read_until_close()
+
+
+@pytest.mark.parametrize("method, headers, chunk", [
+    ("GET", {"Host": "u:1", "X-Request-ID": "r1", "Cookie": "a=1; b=2"}, None),
+    ("POST", {"Host": "u:1", "Content-Length": "2"}, b"ok"),
+    ("POST", {"Host": "u:1"}, b"streamed"),  # no Content-Length: chunked
+    ("PUT", {"Host": "u:1", "Content-Length": "0"}, None),
+])
+@pytest.mark.gen_test
+async def test_write_request_head_sends_what_write_headers_sends(method, headers, chunk):
+    expected = await _request_bytes(False, method, headers, chunk)
+    assert await _request_bytes(True, method, headers, chunk) == expected
+
+
+def test_write_request_head_refuses_a_header_with_a_line_break():
+    client, server = _stream_pair()
+    connection = HTTP1Connection(client, True, HTTP1ConnectionParameters())
+    for value in ("a\r\nX-Injected: 1", "a\nb", "a\rb"):
+        with pytest.raises(ValueError):
+            tornado_compat.write_request_head(connection, httputil.RequestStartLine("GET", "/", ""),
+                                              httputil.HTTPHeaders({"Host": "u", "Idempotency-Key": value}))
+    client.close()
+    server.close()

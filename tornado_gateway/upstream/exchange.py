@@ -137,9 +137,9 @@ class Exchange(httputil.HTTPMessageDelegate):
         start_line = httputil.RequestStartLine(self.request.method, target.path, "")
         body = self.request.body
         if body is not None:
-            connection.write_headers(start_line, headers, body or None)
+            tornado_compat.write_request_head(connection, start_line, headers, body or None)
         else:
-            connection.write_headers(start_line, headers)
+            tornado_compat.write_request_head(connection, start_line, headers)
             producer = self.request.body_producer
             if producer is not None:
                 await self._produce_body(producer, connection)
