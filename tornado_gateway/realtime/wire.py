@@ -169,6 +169,8 @@ class FastDelivery:
         kind = text[:1]
         if kind != "2" and kind != "3":
             return False
+        if eio_sid in self.server._binary_packet:
+            return False  # python-socketio awaits this client's binary attachments
         sid = self.sid_from_eio_sid(eio_sid, "/")
         if sid is None or not self.is_connected(sid, "/"):
             return False
@@ -309,10 +311,23 @@ class GatewaySocketServer(socketio.AsyncServer):
 
     async def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None,
                             data: Any) -> None:
+        if not isinstance(data, list):  # python-socketio reads "" and "2" as an EVENT of None
+            data = []  # an event without a name: the dispatch answers VALIDATION_FAILED
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace or "/")
         if sid is None or not self.manager.is_connected(sid, namespace or "/"):
             return
         self.on_event(sid, eio_sid, data, id)
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        """A message Socket.IO cannot decode (an unknown type, bad framing, a binary
+        attachment that never comes) is a protocol error of that client: one warning line,
+        its transport closed at once (the reference server's "parse error"), no traceback."""
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            self._binary_packet.pop(eio_sid, None)
+            protocol_error(eio_sid, "socket.io", exc)
+            _spawn(self.eio.disconnect(eio_sid))
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict) -> Any:
         """A websocket from the start becomes a :class:`LeanSocket`; the handshake's body
@@ -426,6 +441,10 @@ def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
             if self.refusal is not None:
                 self.refusal.received(message)
                 return
+            if type(message) is str and message[:1] not in ENGINEIO_TYPES:
+                protocol_error(self.direct_eio_sid, "engine.io", ValueError(f"packet type {message[:1]!r}"))
+                self.close(1002, "parse error")  # closing the transport ends the socket
+                return
             if self.lean_socket is not None:
                 if self._backlog is not None:
                     self._backlog.append(message)
@@ -525,6 +544,15 @@ def _content_length(request: Any) -> int:
 # its incoming messages arrive through the handler's on_message, and one Pinger per node
 # sends the PINGs engineio would send from a sleeping task per socket (engineio's service
 # task still closes a socket whose PONG does not come). Upgrades from polling keep engineio.
+
+ENGINEIO_TYPES = frozenset("0123456")  # open, close, ping, pong, message, upgrade, noop
+
+
+def protocol_error(eio_sid: str | None, layer: str, exc: BaseException) -> None:
+    """The one warning line of a client's undecodable packet (bounded: it quotes client bytes)."""
+    log.warning("malformed %s packet from a client, transport closed: %.120s", layer, exc,
+                extra={"event": "protocol_error", "eio_sid": eio_sid})
+
 
 def _spawn(coro: Any) -> None:
     asyncio.ensure_future(coro).add_done_callback(_log_failure)
