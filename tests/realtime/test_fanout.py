@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import time
 import uuid
 
 import pytest
@@ -13,6 +12,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from chat_fakes import ChatFakes, connected
 from harness import make_token
+from robust_support import eventually
 
 ENV = {"PRESENCE_TTL": "3", "TYPING_TIMEOUT": "1"}
 
@@ -52,15 +52,6 @@ async def presence_of(gw, user):
     response = await AsyncHTTPClient().fetch(gw.url(f"/api/presence?userIds={user}"), raise_error=False,
                                              headers={"Authorization": f"Bearer {make_token('asker')}"})
     return json.loads(response.body)["presence"][0]["status"]
-
-
-async def eventually(check, timeout: float = 6.0, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(step)
 
 
 @pytest.mark.gen_test(timeout=30)

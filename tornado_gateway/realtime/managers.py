@@ -7,25 +7,20 @@ PUBLISHes, and a listener loop that re-subscribes by itself (docs/architecture.m
 
 from __future__ import annotations
 
-from tornado_gateway.cluster.redis_link import RedisLink
-
-import asyncio
-import collections
 import logging
+from typing import Any
 
 from socketio.async_manager import AsyncManager
 
 from tornado_gateway import metrics
-from tornado_gateway.cluster.redis_link import connect
+from tornado_gateway.cluster.redis_link import RedisLink, connect
 from tornado_gateway.cluster.subscription import Subscription
 from tornado_gateway.codec import JSONRefused, loads
 from tornado_gateway.realtime import wire
+from tornado_gateway.realtime.outbox import Outbox
 from tornado_gateway.realtime.wire import _dumps
-from typing import Any
 
 log = logging.getLogger("tornado_gateway.realtime")
-OUTBOX_MAX = 20_000
-PUBLISH_BATCH = 256
 
 
 class LocalManager(wire.FastDelivery, AsyncManager):
@@ -50,18 +45,15 @@ class RedisFanoutManager(wire.RedisManagerBase):
     def __init__(self, url: str, redis_link: RedisLink, channel: str = "gateway:socketio") -> None:
         super().__init__(url, channel=channel, redis_options={})
         self.redis_link = redis_link  # the node's shared client publishes
-        self.outbox: collections.deque = collections.deque()
-        self._outbox_ready = asyncio.Event()
-        self._publisher: asyncio.Task | None = None
         self.subscribed = False
         self._listener_lost = False
-        self.dropped = 0
         # Messages this node published start with this (host_id first): skipped undecoded.
         self.own_prefix = ('{"host_id":' + _dumps(self.host_id) + ",").encode()
+        self.outbox = Outbox(redis_link, self.own_prefix)
 
     def initialize(self) -> None:
         super().initialize()  # starts the listener (listen)
-        self._publisher = asyncio.ensure_future(self._publish_loop())
+        self.outbox.start()
 
     async def emit(self, event: str, data: Any, namespace: str = "/", room: Any = None,
                    skip_sid: Any = None, callback: Any = None, to: Any = None,
@@ -88,43 +80,7 @@ class RedisFanoutManager(wire.RedisManagerBase):
         self._publish_later(data)
 
     def _publish_later(self, message: dict) -> None:
-        if len(self.outbox) >= OUTBOX_MAX:
-            self.outbox.popleft()
-            self.dropped += 1
-            if self.dropped % 1000 == 1:
-                log.warning("socket.io outbox full (redis slow or down): dropped %d cross-node events",
-                            self.dropped)
-        self.outbox.append(_dumps(message))
-        self._outbox_ready.set()
-
-    async def _publish_loop(self) -> None:
-        failing = False
-        while True:
-            await self._outbox_ready.wait()
-            self._outbox_ready.clear()
-            while self.outbox:
-                batch = [self.outbox.popleft() for _ in range(min(PUBLISH_BATCH, len(self.outbox)))]
-                try:
-                    await self.redis_link.client.publish(self.channel, self._batch_message(batch))
-                    if failing:
-                        log.info("socket.io cross-node publishing resumed")
-                        failing = False
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    self.dropped += len(batch)
-                    if not failing:
-                        log.error("socket.io cross-node publish failed, events for other nodes "
-                                  "are dropped until redis is back: %s", exc)
-                        failing = True
-                    self.redis_link.note_failure(exc)
-                    await asyncio.sleep(0.2)
-
-    def _batch_message(self, items: list[str]) -> str:
-        """One PUBLISH for the events of one outbox batch (one pub/sub message per node)."""
-        if len(items) == 1:
-            return items[0]
-        return self.own_prefix.decode() + '"method":"batch","messages":[' + ",".join(items) + "]}"
+        self.outbox.put(self.channel, _dumps(message))
 
     async def listen(self) -> None:
         """Listen for other nodes' events; never dies, logs loss and recovery once."""
@@ -174,6 +130,7 @@ class RedisFanoutManager(wire.RedisManagerBase):
             log.exception("socket.io channel: handling a %s message failed", method)
 
     async def close(self) -> None:
-        for task in (self._publisher, self.listener_task()):
-            if task is not None:
-                task.cancel()
+        self.outbox.stop()
+        task = self.listener_task()
+        if task is not None:
+            task.cancel()

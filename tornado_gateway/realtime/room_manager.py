@@ -20,7 +20,7 @@ from tornado_gateway.cluster.channels import ChannelSubscriptions, room_channel
 from tornado_gateway.cluster.redis_link import RedisLink
 from tornado_gateway.codec import JSONRefused, loads
 from tornado_gateway.realtime import wire
-from tornado_gateway.realtime.managers import OUTBOX_MAX, PUBLISH_BATCH
+from tornado_gateway.realtime.outbox import Outbox
 from tornado_gateway.realtime.wire import _dumps
 
 log = logging.getLogger("tornado_gateway.realtime")
@@ -39,17 +39,14 @@ class RoomFanoutManager(wire.RoomHooks, wire.RedisManagerBase):
         self.sharded = cluster is not None
         self.subscriptions = ChannelSubscriptions(self._on_pubsub, connect=connect_subscriber,
                                                   cluster=cluster, always=[control])
-        self.outbox: collections.deque = collections.deque()
-        self._outbox_ready = asyncio.Event()
-        self._publisher: asyncio.Task | None = None
-        self.dropped = 0
         self.own_prefix = ('{"host_id":' + _dumps(self.host_id) + ",").encode()
+        self.outbox = Outbox(redis_link, self.own_prefix, sharded=self.sharded)
         self._ids = itertools.count(1)
         self._seen: collections.OrderedDict = collections.OrderedDict()
 
     def initialize(self) -> None:
         super().initialize()  # starts the listener task (listen)
-        self._publisher = asyncio.ensure_future(self._publish_loop())
+        self.outbox.start()
 
     async def listen(self) -> None:
         """Open the subscriber connections (each on THE reconnect loop); they run until close."""
@@ -57,9 +54,10 @@ class RoomFanoutManager(wire.RoomHooks, wire.RedisManagerBase):
         await asyncio.get_running_loop().create_future()
 
     async def close(self) -> None:
-        for task in (self._publisher, self.listener_task()):
-            if task is not None:
-                task.cancel()
+        self.outbox.stop()
+        task = self.listener_task()
+        if task is not None:
+            task.cancel()
         await self.subscriptions.close()
 
     # -- rooms: subscribe on the first local socket, unsubscribe after the last ------
@@ -141,53 +139,7 @@ class RoomFanoutManager(wire.RoomHooks, wire.RedisManagerBase):
         self._queue(self.channel, _dumps(data))
 
     def _queue(self, channel: str, encoded: str) -> None:
-        if len(self.outbox) >= OUTBOX_MAX:
-            self.outbox.popleft()
-            self.dropped += 1
-            if self.dropped % 1000 == 1:
-                log.warning("socket.io outbox full (redis slow or down): dropped %d cross-node events",
-                            self.dropped)
-        self.outbox.append((channel, encoded))
-        self._outbox_ready.set()
-
-    async def _publish_loop(self) -> None:
-        """One pipeline per outbox batch: one PUBLISH per channel carrying that channel's events."""
-        failing = False
-        while True:
-            await self._outbox_ready.wait()
-            self._outbox_ready.clear()
-            while self.outbox:
-                batch = [self.outbox.popleft() for _ in range(min(PUBLISH_BATCH, len(self.outbox)))]
-                by_channel: dict[str, list[str]] = {}
-                for channel, encoded in batch:
-                    by_channel.setdefault(channel, []).append(encoded)
-                try:
-                    pipe = self.redis_link.client.pipeline(transaction=False)
-                    for channel, items in by_channel.items():
-                        payload = self._batch_message(items)
-                        if self.sharded:
-                            pipe.spublish(channel, payload)
-                        else:
-                            pipe.publish(channel, payload)
-                    await pipe.execute()
-                    if failing:
-                        log.info("socket.io cross-node publishing resumed")
-                        failing = False
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    self.dropped += len(batch)
-                    if not failing:
-                        log.error("socket.io cross-node publish failed, events for other nodes "
-                                  "are dropped until redis is back: %s", exc)
-                        failing = True
-                    self.redis_link.note_failure(exc)
-                    await asyncio.sleep(0.2)
-
-    def _batch_message(self, items: list[str]) -> str:
-        if len(items) == 1:
-            return items[0]
-        return self.own_prefix.decode() + '"method":"batch","messages":[' + ",".join(items) + "]}"
+        self.outbox.put(channel, encoded)
 
     # -- receiving --------------------------------------------------------------------
 
