@@ -24,7 +24,7 @@ def fakes(stubs):
 
 @pytest.fixture
 def two_nodes(start_gateway, redis_server):
-    env = {**ENV, "REDIS_URL": redis_server.url}
+    env = {**ENV, "REDIS_URL": redis_server.url, "LOG_LEVEL": "debug"}  # presence's debug line
     return start_gateway(env), start_gateway(env)
 
 
@@ -78,10 +78,27 @@ async def test_message_crosses_nodes_exactly_once_with_receipt_and_presence(two_
     receipts = await a.next("receipt:delivered", count=2)
     assert [r["messageId"] for r in receipts] == [message["id"], marker["id"]]
     # multi-device across nodes: offline only when the last socket (on any node) closes
+    carol = uid("carol")
+    fakes.add_chat(chat, [alice, bob, carol])
+    c = await connected(node1, carol)
+    await join(c, chat)
     await a.close()
-    await asyncio.sleep(0.5)
+    # Marker: node 1 has decided alice is still online elsewhere (its debug line); what it
+    # fans out to the chat after that reaches bob after any presence:update it sent before.
+    still = f"presence: {alice} still online elsewhere"
+
+    async def decided():
+        return still in node1.logs()
+    assert await eventually(decided), "node 1 never released alice's closed socket"
+    text = uid("marker")
+    assert (await c.call("message:send", {"chatId": chat, "clientMessageId": uid("c"), "text": text}))["ok"]
+
+    async def marker_arrived():
+        return [m for m in b.events("message:new") if m["message"]["text"] == text]
+    assert await eventually(marker_arrived)
     assert await presence_of(node1, alice) == "online"
     assert not [p for p in b.events("presence:update") if p["status"] == "offline"]
+    await c.close()
     await a2.close()
     offline = await eventually(lambda: _offline(b, alice))
     assert offline and await presence_of(node1, alice) == "offline"

@@ -156,6 +156,7 @@ class Presence:
         if not went_offline:
             if node == self.node and user_id not in self.sockets:
                 self.chats.pop(user_id, None)  # the user's other sockets are elsewhere
+            log.debug("presence: %s still online elsewhere", user_id, extra={"user_id": user_id})
             return
         chats = await self.joined_chats(user_id)
         self.seen[user_id] = last_seen
