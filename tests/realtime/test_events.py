@@ -99,6 +99,7 @@ async def test_unauthenticated_socket_refused_then_auth_timeout(gw):
 @pytest.mark.gen_test(timeout=20)
 async def test_auth_hello_authenticates_and_refreshes_only_the_same_user(gw):
     client = await connected(gw, None)
+    idle = await connected(gw, None)  # never authenticates: its AUTH_TIMEOUT is the marker
     assert code(await client.call("auth:hello", {"token": "bad"})) == "INVALID_TOKEN"
     assert code(await client.call("auth:hello", {})) == "VALIDATION_FAILED"
     user = uid("hello")
@@ -106,7 +107,7 @@ async def test_auth_hello_authenticates_and_refreshes_only_the_same_user(gw):
     assert reply["ok"] and reply["data"]["userId"] == user and reply["data"]["expiresAt"].endswith("Z")
     assert code(await client.call("auth:hello", {"token": make_token("someone-else")})) == "FORBIDDEN"
     assert (await client.call("auth:hello", {"token": make_token(user, ttl=1200)}))["ok"]
-    await asyncio.sleep(2)  # past AUTH_TIMEOUT: still connected
+    await asyncio.wait_for(idle.disconnected.wait(), 10)  # past AUTH_TIMEOUT (idle came later)
     assert client.sio.connected
     await client.close()
 
@@ -116,13 +117,14 @@ async def test_token_expiry_error_then_disconnect_unless_reauthenticated(gw):
     user = uid("exp")
     doomed = await connected(gw, user, auth={"token": make_token(user, ttl=1)})
     saved = await connected(gw, user, auth={"token": make_token(user, ttl=1)})
+    later = await connected(gw, user, auth={"token": make_token(user, ttl=1)})  # the grace marker
     error = (await saved.next("error", timeout=5))[0]
     assert error["code"] == "TOKEN_EXPIRED"
     assert code(await saved.call("chat:leave", {"chatId": "c1"})) == "TOKEN_EXPIRED"
     assert (await saved.call("auth:hello", {"token": make_token(user)}))["ok"]
     await asyncio.wait_for(doomed.disconnected.wait(), 5)
     assert doomed.events("error")[0]["code"] == "TOKEN_EXPIRED"
-    await asyncio.sleep(1.2)
+    await asyncio.wait_for(later.disconnected.wait(), 10)  # past saved's grace too (later came later)
     assert saved.sio.connected and (await saved.call("chat:leave", {"chatId": "c1"}))["ok"]
     await saved.close()
 
