@@ -1,5 +1,5 @@
-"""Pins the python-socketio / python-engineio internals realtime/wire.py relies on: each test
-fails when a release of either library changes the detail wire.py reaches for."""
+"""Pins the python-socketio / python-engineio internals the realtime/wire package relies on: each
+test fails when a release of either library changes the detail the package reaches for."""
 
 from __future__ import annotations
 

@@ -1,0 +1,176 @@
+"""Lean websockets: an engineio socket driven by its Tornado handler (LeanSocket), the node's
+Pinger, and the packet-error and task helpers shared by the server and the handler."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, cast
+
+from engineio import packet as eio_packet
+from engineio.async_socket import AsyncSocket
+
+log = logging.getLogger("tornado_gateway.realtime")
+_PING = eio_packet.Packet(eio_packet.PING).encode().encode()
+
+# -- lean websockets: no engineio tasks, queue or ping task per socket --------------------
+#
+# A socket that connects with the websocket transport from the start becomes a LeanSocket
+# at its engineio connect: its packets are framed and written by the manager (send_text),
+# its incoming messages arrive through the handler's on_message, and one Pinger per node
+# sends the PINGs engineio would send from a sleeping task per socket (engineio's service
+# task still closes a socket whose PONG does not come). Upgrades from polling keep engineio.
+
+ENGINEIO_TYPES = frozenset("0123456")  # open, close, ping, pong, message, upgrade, noop
+
+
+def protocol_error(eio_sid: str | None, layer: str, exc: BaseException) -> None:
+    """The one warning line of a client's undecodable packet (bounded: it quotes client bytes)."""
+    log.warning("malformed %s packet from a client, transport closed: %.120s", layer, exc,
+                extra={"event": "protocol_error", "eio_sid": eio_sid})
+
+
+def _spawn(coro: Any) -> None:
+    asyncio.ensure_future(coro).add_done_callback(_log_failure)
+
+
+def _log_failure(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("socket task failed", exc_info=task.exception())
+
+
+class LeanSocket(AsyncSocket):
+    """An engineio socket whose websocket is driven by its handler, not by tasks of its own."""
+
+    handler: Any = None  # the Tornado WebSocketHandler, once the websocket runs
+    writer: Any = None  # the node's manager (``send_text``, ``flush_one``): ``configure``
+    pinger: "Pinger | None" = None
+
+    async def _websocket_handler(self, ws: Any) -> None:
+        if getattr(self, "connected"):  # an upgrade from polling: engineio's own loop
+            await super()._websocket_handler(ws)
+            return
+        self.connected = self.upgraded = True
+        handler = ws.tornado_handler
+        self.handler = handler
+        handler.lean_socket = self
+        queue = self.__dict__.pop("queue")  # from here on the class's write-through stand-in
+        while not queue.empty():  # the OPEN packet, queued before the websocket ran
+            self._write(queue.get_nowait())
+        if self.pinger is not None:
+            self.pinger.add(self)
+        # and return: no reader, writer or ping task for this socket
+
+    @property
+    def queue(self) -> Any:
+        """engineio's per-socket queue until the websocket runs; then a stand-in that writes."""
+        return self.__dict__.get("queue") or _WriteThrough(self)
+
+    @queue.setter
+    def queue(self, value: Any) -> None:
+        self.__dict__["queue"] = value
+
+    async def send(self, pkt: eio_packet.Packet) -> None:
+        if self.handler is None:
+            await super().send(pkt)
+            return
+        if self.closed or not await self.check_ping_timeout():
+            return
+        self._write(pkt)
+
+    def _write(self, pkt: eio_packet.Packet) -> None:
+        encoded = pkt.encode()
+        if isinstance(encoded, str):
+            self.writer.send_text(self.handler, encoded.encode())
+        else:
+            self.writer.send_text(self.handler, encoded, opcode=0x2)
+
+    def ping(self) -> None:
+        """Send a PING now (the Pinger's turn for this socket)."""
+        self.last_ping = time.time()
+        self.writer.send_text(self.handler, _PING)
+
+    def schedule_ping(self) -> None:
+        self.last_ping = cast(float, None)  # the PONG came; the Pinger sends the next PING in its turn
+
+    async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        was_closed = self.closed
+        await super().close(wait=False, abort=abort, reason=reason)
+        handler = self.handler
+        if not was_closed and handler is not None:
+            self.writer.flush_one(handler)
+            handler.close()
+
+
+class _WriteThrough:
+    """What a running lean socket has instead of a queue: whatever is put is written now."""
+
+    __slots__ = ("socket",)
+
+    def __init__(self, socket: LeanSocket) -> None:
+        self.socket = socket
+
+    def put_nowait(self, pkt: Any) -> None:
+        if pkt is not None and not self.socket.closed:
+            self.socket._write(pkt)
+
+    async def put(self, pkt: Any) -> None:
+        self.put_nowait(pkt)
+
+    async def join(self) -> None:
+        return None
+
+    def empty(self) -> bool:
+        return True
+
+
+class Pinger:
+    """PINGs every lean socket once per ``interval`` seconds, a slice of them each second."""
+
+    def __init__(self, interval: float) -> None:
+        self.slots: list[set[LeanSocket]] = [set() for _ in range(max(1, int(interval)))]
+        self._task: asyncio.Task | None = None
+        self._last = 0
+
+    def add(self, socket: LeanSocket) -> None:
+        now = int(time.monotonic())
+        self.slots[now % len(self.slots)].add(socket)
+        if self._task is None:
+            self._last = now
+            self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(1)
+            now = int(time.monotonic())
+            for second in range(self._last + 1, min(now, self._last + len(self.slots)) + 1):
+                self._turn(self.slots[second % len(self.slots)])
+            self._last = now
+
+    @staticmethod
+    def _turn(slot: set[LeanSocket]) -> None:
+        for socket in list(slot):
+            if socket.closed or socket.closing:
+                slot.discard(socket)
+            elif socket.last_ping is None:
+                socket.ping()
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+
+def configure(writer: Any, pinger: Pinger) -> None:
+    """The node's manager and pinger (one Socket.IO server per process)."""
+    LeanSocket.writer = writer
+    LeanSocket.pinger = pinger
+
+
+def adopt(socket: Any) -> bool:
+    """Make a fresh engineio socket a LeanSocket (before its websocket handler runs)."""
+    if type(socket) is not AsyncSocket or socket.connected or LeanSocket.writer is None:
+        return False
+    socket.__class__ = LeanSocket
+    return True

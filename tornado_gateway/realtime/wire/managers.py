@@ -1,0 +1,70 @@
+"""python-socketio's manager internals given names: the Redis manager's private hooks
+(RedisManagerBase) and the room primitives (RoomHooks)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from socketio.async_redis_manager import AsyncRedisManager
+
+from tornado_gateway.realtime.wire.delivery import FastDelivery
+
+CONTROL_METHODS = frozenset({"disconnect", "enter_room", "leave_room", "close_room"})
+
+
+class RedisManagerBase(FastDelivery, AsyncRedisManager):
+    """python-socketio's AsyncRedisManager with its private hooks given names: ``_thread``
+    (the listener task) runs :meth:`listen`, ``_publish`` goes to :meth:`publish_control`."""
+
+    async def _thread(self) -> None:
+        await self.listen()
+
+    async def _publish(self, data: Any) -> None:
+        await self.publish_control(data)
+
+    async def listen(self) -> None:
+        raise NotImplementedError
+
+    async def publish_control(self, data: dict) -> None:
+        raise NotImplementedError
+
+    async def handle_control(self, method: str, message: dict) -> None:
+        """Another node's disconnect / enter_room / leave_room / close_room message."""
+        if method == "disconnect":
+            await self._handle_disconnect(message)
+        elif method == "enter_room":
+            await self._handle_enter_room(message)
+        elif method == "leave_room":
+            await self._handle_leave_room(message)
+        elif method == "close_room":
+            await self._handle_close_room(message)
+
+    def listener_task(self) -> asyncio.Task | None:
+        return getattr(self, "thread", None)
+
+
+class RoomHooks:
+    """python-socketio's room primitives given names (mixed in before the manager): every
+    room of the manager appears in ``basic_enter_room`` and disappears in
+    ``basic_leave_room`` (enter/leave, disconnect and close_room all go through them)."""
+
+    if TYPE_CHECKING:
+        def __getattr__(self, name: str) -> Any: ...
+
+    def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
+        new = room not in self.rooms.get(namespace, {})
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)  # type: ignore[misc]
+        if new and namespace == "/":
+            self.room_appeared(room)
+
+    def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
+        super().basic_leave_room(sid, namespace, room)  # type: ignore[misc]
+        if namespace == "/" and room not in self.rooms.get(namespace, {}):
+            self.room_gone(room)
+
+    def room_appeared(self, room: Any) -> None:
+        """The first local socket entered ``room``."""
+
+    def room_gone(self, room: Any) -> None:
+        """The last local socket left ``room``."""

@@ -1,0 +1,93 @@
+"""python-socketio's AsyncServer internals: the event hook (GatewaySocketServer), strict packets,
+ACKs through engineio's queue, and the server's per-socket state (environ, sockets, manager)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import socketio
+from socketio import packet as sio_packet
+
+from tornado_gateway import tornado_compat
+from tornado_gateway.codec import SocketJSON
+from tornado_gateway.realtime.wire.lean import _spawn, adopt, protocol_error
+
+_ENVIRON_KEPT = ("tornado.handler", "HTTP_AUTHORIZATION", "REMOTE_ADDR")
+
+
+class StrictPacket(sio_packet.Packet):
+    """Socket.IO packets decoded and encoded by codec (strict; a refused payload is answered)."""
+
+    json = SocketJSON
+
+
+class GatewaySocketServer(socketio.AsyncServer):
+    """AsyncServer whose client events go to ``on_event`` (the ordered dispatch), not to tasks."""
+
+    def __init__(self, on_event: Callable[[str, str, list, int | None], None], **kwargs: Any) -> None:
+        self.on_event = on_event
+        super().__init__(**kwargs)
+        self.packet_class = StrictPacket  # Socket.IO packets only; Engine.IO keeps its own json
+
+    async def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None,
+                            data: Any) -> None:
+        if not isinstance(data, list):  # python-socketio reads "" and "2" as an EVENT of None
+            data = []  # an event without a name: the dispatch answers VALIDATION_FAILED
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace or "/")
+        if sid is None or not self.manager.is_connected(sid, namespace or "/"):
+            return
+        self.on_event(sid, eio_sid, data, id)
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        """A message Socket.IO cannot decode (an unknown type, bad framing, a binary
+        attachment that never comes) is a protocol error of that client: one warning line,
+        its transport closed at once (the reference server's "parse error"), no traceback."""
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            self._binary_packet.pop(eio_sid, None)
+            protocol_error(eio_sid, "socket.io", exc)
+            _spawn(self.eio.disconnect(eio_sid))
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict) -> Any:
+        """A websocket from the start becomes a :class:`LeanSocket`; the handshake's body
+        reader (engineio makes a class per request for it) is not kept for the socket's life."""
+        handler = environ.get("tornado.handler")
+        if getattr(handler, "ws_connection", None) is not None:
+            adopt(self.eio.sockets.get(eio_sid))
+        environ.pop("wsgi.input", None)
+        return await super()._handle_eio_connect(eio_sid, environ)
+
+
+def slim_environ(sio: socketio.AsyncServer, eio_sid: str | None, environ: dict) -> None:
+    """A connected websocket keeps only what a later connect of "/" reads from its environ."""
+    if eio_sid is not None and sio.environ.get(eio_sid) is environ:
+        sio.environ[eio_sid] = {k: environ[k] for k in _ENVIRON_KEPT if k in environ}
+    tornado_compat.drop_handshake(environ["tornado.handler"])
+
+
+async def send_ack_packet(sio: socketio.AsyncServer, eio_sid: str, ack_id: int, reply: dict) -> None:
+    """An ACK packet through engineio's queue (``_send_packet``)."""
+    await sio._send_packet(eio_sid, sio.packet_class(sio_packet.ACK, namespace="/", id=ack_id,
+                                                     data=[reply]))
+
+
+def eio_socket(sio: socketio.AsyncServer, eio_sid: str | None) -> Any:
+    """The engineio socket of ``eio_sid`` on this node, or None."""
+    return sio.eio.sockets.get(eio_sid) if eio_sid is not None else None
+
+
+def write_directly(sio: socketio.AsyncServer, manager: Any, sid: str, handler: Any) -> None:
+    """A socket connected with the websocket transport is written without engineio's queue."""
+    eio_sid = manager.eio_sid_from_sid(sid, "/")
+    socket = eio_socket(sio, eio_sid)
+    if getattr(handler, "ws_connection", None) is not None and socket is not None and socket.upgraded:
+        if manager.write_directly(eio_sid, socket, handler):
+            handler.direct_eio_sid = eio_sid  # its events and acks skip engineio's queue too
+
+
+def initialize_manager(sio: socketio.AsyncServer) -> None:
+    """Start the client manager now (python-socketio would on the first connection)."""
+    if not sio.manager_initialized:
+        sio.manager_initialized = True
+        sio.manager.initialize()
