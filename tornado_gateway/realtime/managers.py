@@ -39,7 +39,27 @@ class LocalManager(wire.FastDelivery, AsyncManager):
         self.deliver_local(event, data, room, skip_sid)
 
 
-class RedisFanoutManager(wire.RedisManagerBase):
+class RedisEmit(wire.RedisManagerBase):
+    """The emit of both Redis managers: a room emit of namespace ``/`` without a callback
+    goes through ``emit_now`` (no await); anything else through python-socketio's pub/sub."""
+
+    async def emit(self, event: str, data: Any, namespace: str = "/", room: Any = None,
+                   skip_sid: Any = None, callback: Any = None, to: Any = None,
+                   ignore_queue: bool = False, **kwargs: Any) -> Any:
+        room = to or room
+        if callback is not None or namespace != "/":
+            return await super().emit(event, data, namespace=namespace, room=room,
+                                      skip_sid=skip_sid, callback=callback, ignore_queue=ignore_queue)
+        if ignore_queue:
+            self.deliver_local(event, data, room, skip_sid)
+        else:
+            self.emit_now(event, data, room, skip_sid)
+
+    def emit_now(self, event: str, data: Any, room: Any, skip_sid: Any = None) -> None:
+        raise NotImplementedError
+
+
+class RedisFanoutManager(RedisEmit):
     """Several nodes: local delivery at once, other nodes through Redis pub/sub."""
 
     def __init__(self, url: str, redis_link: RedisLink, channel: str = "gateway:socketio") -> None:
@@ -54,18 +74,6 @@ class RedisFanoutManager(wire.RedisManagerBase):
     def initialize(self) -> None:
         super().initialize()  # starts the listener (listen)
         self.outbox.start()
-
-    async def emit(self, event: str, data: Any, namespace: str = "/", room: Any = None,
-                   skip_sid: Any = None, callback: Any = None, to: Any = None,
-                   ignore_queue: bool = False, **kwargs: Any) -> Any:
-        room = to or room
-        if callback is not None or namespace != "/":
-            return await super().emit(event, data, namespace=namespace, room=room,
-                                      skip_sid=skip_sid, callback=callback, ignore_queue=ignore_queue)
-        if ignore_queue:
-            self.deliver_local(event, data, room, skip_sid)
-        else:
-            self.emit_now(event, data, room, skip_sid)
 
     def emit_now(self, event: str, data: Any, room: Any, skip_sid: Any = None) -> None:
         """A room emit of namespace ``/``: local sockets now, other nodes through the outbox."""

@@ -20,6 +20,7 @@ from tornado_gateway.cluster.channels import ChannelSubscriptions, room_channel
 from tornado_gateway.cluster.redis_link import RedisLink
 from tornado_gateway.codec import JSONRefused, loads
 from tornado_gateway.realtime import wire
+from tornado_gateway.realtime.managers import RedisEmit
 from tornado_gateway.realtime.outbox import Outbox
 from tornado_gateway.realtime.wire import _dumps
 
@@ -28,7 +29,7 @@ CONTROL_CHANNEL = "gateway:socketio"
 SEEN_MAX = 4096  # ids of multi-room messages remembered, to deliver each once
 
 
-class RoomFanoutManager(wire.RoomHooks, wire.RedisManagerBase):
+class RoomFanoutManager(wire.RoomHooks, RedisEmit):
     """Several nodes, each subscribed to the rooms of its own sockets."""
 
     def __init__(self, redis_link: RedisLink, connect_subscriber: Callable[[], Redis] | None = None,
@@ -80,18 +81,6 @@ class RoomFanoutManager(wire.RoomHooks, wire.RedisManagerBase):
         return await self.subscriptions.live(channel, timeout)
 
     # -- emitting ---------------------------------------------------------------------
-
-    async def emit(self, event: str, data: Any, namespace: str = "/", room: Any = None,
-                   skip_sid: Any = None, callback: Any = None, to: Any = None,
-                   ignore_queue: bool = False, **kwargs: Any) -> None:
-        room = to or room
-        if callback is not None or namespace != "/":
-            return await super().emit(event, data, namespace=namespace, room=room,
-                                      skip_sid=skip_sid, callback=callback, ignore_queue=ignore_queue)
-        if ignore_queue:
-            self.deliver_local(event, data, room, skip_sid)
-        else:
-            self.emit_now(event, data, room, skip_sid)
 
     def emit_now(self, event: str, data: Any, room: Any, skip_sid: Any = None) -> None:
         """Local sockets now; other nodes through the channels of the target rooms."""
