@@ -257,6 +257,9 @@ async def test_access_line_fields_and_redaction_of_what_a_client_chose(gateway, 
 def test_start_up_warning_keeps_its_plain_words(start_gateway):
     """The redaction runs over values, not over the gateway's own sentences ("...: it refuses ...")."""
     gateway = start_gateway({"INTERNAL_AUTH_USER": None, "INTERNAL_AUTH_PASSWORD": None})
+    # Serving (the port is bound before start-up finishes; a SIGTERM before it would end the
+    # process before the listeners, and this line, exist).
+    assert gateway.get_json("/healthz")[0] == 200
     gateway.stop()
     lines = [r["message"] for r in _records(gateway.logs()) if "internal listener" in r.get("message", "")]
     assert lines and "has no INTERNAL_AUTH_USER/INTERNAL_AUTH_PASSWORD: it refuses /internal/events and " \
