@@ -55,8 +55,13 @@ def test_redis_down_keeps_serving_turns_not_ready_and_recovers(start_gateway, ow
 
     own_redis.start()  # same port: the node reconnects by itself
     poll(lambda: process.get_json("/readyz"), lambda r: r[0] == 200)
-    messages = [r.get("message", "") for r in process.log_records()
+
+    def redis_lines() -> list[str]:
+        return [r.get("message", "") for r in process.log_records()
                 if r.get("logger") == "tornado_gateway.redis"]
-    # Each transition is logged once, however long Redis stayed down.
+    # The recovery line is the marker (lines are flushed once per loop iteration, so it may
+    # trail the first 200 by a moment); then each transition is logged once, however long
+    # Redis stayed down.
+    messages = poll(redis_lines, lambda lines: sum(m.startswith("redis reachable") for m in lines) >= 2)
     assert sum(m.startswith("redis lost") for m in messages) == 1, messages
     assert sum(m.startswith("redis reachable at redis://127.0.0.1:") for m in messages) == 2, messages
