@@ -1,7 +1,8 @@
 """Logs: one JSON object per line on stdout, with request context, never secrets.
 
 The access line is written without ``logging``; every line goes through one
-buffered writer (flushed per loop iteration, at exit, on a crash). Why it works
+writer that buffers access lines (flushed per loop iteration, at exit, on a crash)
+and writes any other record at once, with what was buffered before it. Why it works
 this way: docs/design-notes.md ("Logs").
 """
 
@@ -171,8 +172,11 @@ class _WriterHandler(logging.Handler):
         self.setFormatter(formatter)
 
     def emit(self, record: logging.LogRecord) -> None:
+        # Not an access line: rare, and a transition (Redis lost, a refusal) is read when it
+        # happens, not one loop iteration later (after the response that reveals it).
         try:
             self.writer.write(self.format(record))
+            self.writer.flush()
         except Exception:  # a record that cannot be formatted must not take the caller down
             self.handleError(record)
 
