@@ -166,18 +166,8 @@ def write_response_head(connection: HTTP1Connection, start_line: httputil.Respon
         connection._expected_content_remaining = 0
     else:
         connection._expected_content_remaining = content_length
-    future: asyncio.Future[None] = asyncio.Future()
-    connection._write_future = future
-    if connection.stream.closed():
-        future.set_exception(StreamClosedError())
-        future.exception()
-        return future
     data = b"HTTP/1.1 %d %s\r\n%s%s\r\n" % (code, start_line.reason.encode("latin-1"), head, extra)
-    if chunk:
-        data += connection._format_chunk(chunk)
-    connection._pending_write = connection.stream.write(data)
-    future_add_done_callback(connection._pending_write, connection._on_write_complete)
-    return future
+    return _write_head(connection, data, chunk)
 
 
 def write_request_head(connection: HTTP1Connection, start_line: httputil.RequestStartLine,
@@ -200,13 +190,18 @@ def write_request_head(connection: HTTP1Connection, start_line: httputil.Request
         connection._expected_content_remaining = int(headers["Content-Length"])
     else:
         connection._expected_content_remaining = None
+    data = first.encode("utf-8") + text.encode("latin-1") + b"\r\n\r\n"
+    return _write_head(connection, data, chunk)
+
+
+def _write_head(connection: HTTP1Connection, data: bytes, chunk: bytes | None) -> "asyncio.Future[None]":
+    """The end of ``write_headers``: the head (and a first chunk) written, its future tracked."""
     future: asyncio.Future[None] = asyncio.Future()
     connection._write_future = future
     if connection.stream.closed():
         future.set_exception(StreamClosedError())
         future.exception()
         return future
-    data = first.encode("utf-8") + text.encode("latin-1") + b"\r\n\r\n"
     if chunk:
         data += connection._format_chunk(chunk)
     connection._pending_write = connection.stream.write(data)
