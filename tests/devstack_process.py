@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -13,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 
-from harness import ORIGIN, ROOT, SERVICES, free_port, wait_for_port
+from harness import ORIGIN, ROOT, SERVICES, free_port, terminate, wait_for_port
 
 
 class DevstackProcess:
@@ -100,13 +99,7 @@ class DevstackProcess:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = terminate(self.proc, 20)
         self._out.close()
         self._err.close()
-        return self.proc.returncode
+        return code

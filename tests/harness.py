@@ -64,6 +64,18 @@ def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | Non
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
+def terminate(proc: subprocess.Popen, timeout: float) -> int:
+    """SIGTERM (the drain), then SIGKILL if it has not exited within ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 def make_token(sub: str | None = "u1", *, secret: str = ACCESS_SECRET, ttl: float = 600,
                algorithm: str = "HS256", **claims) -> str:
     """A signed JWT; pass exp=None to leave exp out, sub=None to leave sub out."""
@@ -369,15 +381,9 @@ class GatewayProcess:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = terminate(self.proc, 15)
         self._log.close()
-        return self.proc.returncode
+        return code
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
