@@ -274,8 +274,10 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
     kinds = args.targets.split(",")
-    if "node" in kinds and not os.path.isdir(os.path.join(NODE_REF, "node_modules")):
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=NODE_REF, check=True)
+    # The reference's packages, and the clients' socket.io-client (tests/js, pinned there).
+    for directory in ([NODE_REF] if "node" in kinds else []) + [os.path.join(ROOT, "tests", "js")]:
+        if not os.path.isdir(os.path.join(directory, "node_modules")):
+            subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=directory, check=True)
     workdir = tempfile.mkdtemp(prefix="gw-socket-bench.")
     stub_port = free_port()
     stub = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench", "socket_stub.py"), str(stub_port)])
