@@ -76,6 +76,22 @@ def terminate(proc: subprocess.Popen, timeout: float) -> int:
     return proc.returncode
 
 
+def node_with_packages(directory: str) -> str:
+    """``node``, with ``directory``'s pinned socket.io-client installed (``npm ci`` on first use).
+
+    Skips the test when node/npm are missing (``.ci/run`` installs them).
+    """
+    import pytest
+
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("node/npm not installed (.ci/run installs them)")
+    if not os.path.isdir(os.path.join(directory, "node_modules", "socket.io-client")):
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=directory, check=True,
+                       capture_output=True, timeout=180)
+    return node
+
+
 def make_token(sub: str | None = "u1", *, secret: str = ACCESS_SECRET, ttl: float = 600,
                algorithm: str = "HS256", **claims) -> str:
     """A signed JWT; pass exp=None to leave exp out, sub=None to leave sub out."""

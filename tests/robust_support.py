@@ -9,17 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import subprocess
 import time
 import uuid
 
-import pytest
 import socketio
 from tornado.httpclient import AsyncHTTPClient
 
 from chat_fakes import ChatFakes, SocketClient, connected
-from harness import ORIGIN, make_token
+from harness import ORIGIN, make_token, node_with_packages
 from internal_client import AUTH_ENV
 
 JS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "js")
@@ -62,13 +59,7 @@ def log_lines(gw, needle: str) -> list[str]:
 
 def node_binary() -> str:
     """``node`` with tests/js/node_modules installed (npm ci on first use); skips without node."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip("node/npm not installed")
-    if not os.path.isdir(os.path.join(JS_DIR, "node_modules", "socket.io-client")):
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True,
-                       capture_output=True, timeout=180)
-    return node
+    return node_with_packages(JS_DIR)
 
 
 async def run_js(scenario: str, **options) -> dict:

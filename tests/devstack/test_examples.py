@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
 import subprocess
 import sys
 import threading
@@ -14,7 +13,7 @@ import time
 import pytest
 
 from devstack_process import DevstackProcess
-from harness import ROOT
+from harness import ROOT, node_with_packages
 
 EXAMPLES = os.path.join(ROOT, "examples")
 NODE_DIR = os.path.join(EXAMPLES, "node")
@@ -23,13 +22,7 @@ NODE_DIR = os.path.join(EXAMPLES, "node")
 @pytest.fixture(scope="module")
 def node():
     """``node`` with examples/node's pinned socket.io-client installed (npm ci on first use)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip("node/npm not installed (.ci/run installs them)")
-    if not os.path.isdir(os.path.join(NODE_DIR, "node_modules", "socket.io-client")):
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True,
-                       capture_output=True, timeout=180)
-    return node
+    return node_with_packages(NODE_DIR)
 
 
 @pytest.fixture(scope="module")

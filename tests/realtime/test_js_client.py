@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 
 import pytest
 
 from chat_fakes import ChatFakes
-from harness import ORIGIN, GatewayProcess, make_token
+from harness import ORIGIN, GatewayProcess, make_token, node_with_packages
 
 JS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "js")
 
@@ -18,13 +17,7 @@ JS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 @pytest.fixture(scope="module")
 def node_client():
     """``node`` with tests/js/node_modules installed (npm ci on first use)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip("node/npm not installed")
-    if not os.path.isdir(os.path.join(JS_DIR, "node_modules", "socket.io-client")):
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True,
-                       capture_output=True, timeout=180)
-    return node
+    return node_with_packages(JS_DIR)
 
 
 @pytest.fixture(scope="module")
