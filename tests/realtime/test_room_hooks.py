@@ -14,7 +14,7 @@ import pytest
 import socketio
 from socketio.async_manager import AsyncManager
 
-from tornado_gateway.realtime.wire import RoomHooks
+from tornado_gateway.realtime.wire import RoomHooks, RoomIndex
 
 
 class Recording(RoomHooks, AsyncManager):
@@ -51,3 +51,41 @@ async def test_rooms_appear_and_disappear_only_through_the_basic_hooks() -> None
     await manager.disconnect(two, "/")
     assert "chat:a" in manager.gone
     assert manager.rooms.get("/", {}).get("chat:a") is None
+
+
+
+class Indexed(RoomIndex, RoomHooks, AsyncManager):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gone: list[Any] = []
+
+    def room_gone(self, room: Any) -> None:
+        self.gone.append(room)
+
+
+def _shape(manager: AsyncManager) -> dict:
+    """The manager's rooms with every sid written as its eio sid (sids are random)."""
+    eio_of = {sid: eio for room in manager.rooms.get("/", {}).values() for sid, eio in room.items()}
+    return {eio_of.get(name, name): sorted(room.values()) for name, room in manager.rooms.get("/", {}).items()}
+
+
+@pytest.mark.gen_test
+async def test_a_disconnect_leaves_exactly_the_rooms_of_its_sid() -> None:
+    """RoomIndex's disconnect (no scan of every room) ends in the state python-socketio's has."""
+    indexed, plain = Indexed(), AsyncManager()
+    for manager in (indexed, plain):
+        socketio.AsyncServer(client_manager=manager)
+        sids = [await manager.connect(f"eio-{i}", "/") for i in range(3)]
+        for i, sid in enumerate(sids):
+            await manager.enter_room(sid, "/", "chat:all")
+            await manager.enter_room(sid, "/", f"user:{i}")
+        await manager.leave_room(sids[0], "/", "user:0")
+        manager.pre_disconnect(sids[1], "/")
+        manager.callbacks[sids[1]] = {0: 1}
+        await manager.disconnect(sids[1], "/")
+        await manager.disconnect(sids[0], "/")
+        assert sids[1] not in manager.callbacks and not manager.pending_disconnect
+    assert _shape(indexed) == _shape(plain) == {None: ["eio-2"], "eio-2": ["eio-2"],
+                                                "chat:all": ["eio-2"], "user:2": ["eio-2"]}
+    assert {"user:0", "user:1"} <= set(indexed.gone) and "chat:all" not in indexed.gone
+    assert list(indexed.rooms_of_sid) == [next(iter(indexed.rooms["/"][None]))]

@@ -23,7 +23,7 @@ from tornado_gateway.realtime.wire import _dumps
 log = logging.getLogger("tornado_gateway.realtime")
 
 
-class LocalManager(wire.FastDelivery, AsyncManager):
+class LocalManager(wire.RoomIndex, wire.FastDelivery, AsyncManager):
     """Single node (memory mode): every emit is local."""
 
     async def emit(self, event: str, data: Any, namespace: str = "/", room: Any = None,

@@ -9,13 +9,14 @@ from tornado_gateway.realtime.wire.delivery import ACK_WINDOW, ACKED_EVENT, Fast
 from tornado_gateway.realtime.wire.handler import make_socket_handler
 from tornado_gateway.realtime.wire.lean import (ENGINEIO_TYPES, LeanSocket, Pinger, _spawn, adopt, configure,
                                                 protocol_error)
-from tornado_gateway.realtime.wire.managers import CONTROL_METHODS, RedisManagerBase, RoomHooks
+from tornado_gateway.realtime.wire.managers import CONTROL_METHODS, RedisManagerBase, RoomHooks, RoomIndex
 from tornado_gateway.realtime.wire.server import (GatewaySocketServer, StrictPacket, eio_socket, initialize_manager,
                                                   send_ack_packet, slim_environ, write_directly)
 
 __all__ = [
     "ACKED_EVENT", "ACK_WINDOW", "CONTROL_METHODS", "ENGINEIO_TYPES", "FastDelivery", "GatewaySocketServer",
-    "LeanSocket", "Pinger", "RedisManagerBase", "RoomHooks", "SocketJSON", "StrictPacket", "_dumps", "_frame",
+    "LeanSocket", "Pinger", "RedisManagerBase", "RoomHooks", "RoomIndex", "SocketJSON", "StrictPacket", "_dumps",
+    "_frame",
     "_spawn", "_write_frames", "adopt", "configure", "eio_socket", "initialize_manager", "make_socket_handler",
     "protocol_error", "send_ack_packet", "slim_environ", "write_directly",
 ]

@@ -1,5 +1,5 @@
 """python-socketio's manager internals given names: the Redis manager's private hooks
-(RedisManagerBase) and the room primitives (RoomHooks)."""
+(RedisManagerBase), the room primitives (RoomHooks) and the rooms of each sid (RoomIndex)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,52 @@ from tornado_gateway.realtime.wire.delivery import FastDelivery
 CONTROL_METHODS = frozenset({"disconnect", "enter_room", "leave_room", "close_room"})
 
 
-class RedisManagerBase(FastDelivery, AsyncRedisManager):
+class RoomIndex:
+    """The rooms each sid is in, kept through ``basic_enter_room``/``basic_leave_room`` (mixed in
+    before the manager), so that a disconnect leaves its own few rooms: python-socketio's
+    ``basic_disconnect`` scans every room of the namespace, O(sockets) per disconnect and
+    quadratic when a node's sockets all go at once (a drain, a reconnect storm)."""
+
+    if TYPE_CHECKING:
+        def __getattr__(self, name: str) -> Any: ...
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rooms_of_sid: dict[str, list] = {}  # sid -> its rooms (None and its own included)
+
+    def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)  # type: ignore[misc]
+        rooms = self.rooms_of_sid.get(sid)
+        if rooms is None:
+            self.rooms_of_sid[sid] = [room]
+        elif room not in rooms:
+            rooms.append(room)
+
+    def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
+        super().basic_leave_room(sid, namespace, room)  # type: ignore[misc]
+        rooms = self.rooms_of_sid.get(sid)
+        if rooms is not None and room in rooms:
+            rooms.remove(room)
+            if not rooms:
+                del self.rooms_of_sid[sid]
+
+    def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+        """python-socketio's ``basic_disconnect`` without its scan of every room."""
+        if namespace not in self.rooms:
+            return
+        for room in list(self.rooms_of_sid.get(sid, ())):
+            self.basic_leave_room(sid, namespace, room)
+        self.rooms_of_sid.pop(sid, None)
+        self.callbacks.pop(sid, None)
+        for pending in (self.pending_connect, self.pending_disconnect):
+            sids = pending.get(namespace)
+            if sids is not None and sid in sids:
+                sids.remove(sid)
+                if not sids:
+                    del pending[namespace]
+
+
+class RedisManagerBase(RoomIndex, FastDelivery, AsyncRedisManager):
     """python-socketio's AsyncRedisManager with its private hooks given names: ``_thread``
     (the listener task) runs :meth:`listen`, ``_publish`` goes to :meth:`publish_control`."""
 
