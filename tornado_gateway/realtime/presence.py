@@ -12,6 +12,8 @@ import logging
 import time
 
 
+from tornado_gateway.cluster.batch import Batcher, KeyedScript
+from tornado_gateway.codec import JSONRefused, loads
 from tornado_gateway.realtime.payloads import iso_time
 from tornado_gateway.parts import GatewayParts
 
@@ -30,7 +32,7 @@ def node_key(node: str) -> str:
 SEEN_TTL = 30 * 86400
 CHATS_TTL = 7 * 86400
 
-# KEYS[1] user claims; ARGV node, claim expiry, now, key ttl (ms). 1 = the user was offline.
+# The heartbeat's claim. KEYS[1] user claims; ARGV node, claim expiry, now, key ttl (ms). 1 = was offline.
 CLAIM_SCRIPT = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
 local before = redis.call('ZCARD', KEYS[1])
@@ -39,17 +41,56 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if before == 0 then return 1 end
 return 0
 """
-# KEYS[1] user claims, KEYS[2] last seen; ARGV node, now, last seen text. 1 = now offline.
-RELEASE_SCRIPT = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-if redis.call('ZCARD', KEYS[1]) == 0 then
-  redis.call('DEL', KEYS[1])
-  redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
-  return 1
+
+# The batched forms (cluster.batch.KeyedScript: one EVALSHA for the sockets of a loop
+# iteration). A user's keys share its hash tag, so the keys in ARGV live on its shard.
+# KEYS claims; ARGV node, claim expiry, now, key ttl (ms), then each user's chats key.
+# Per user: 0 (already online elsewhere) or its joined chats as a JSON array (it was offline).
+CLAIMS = KeyedScript("""
+local node, expiry, now, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local out = {}
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  local before = redis.call('ZCARD', key)
+  redis.call('ZADD', key, expiry, node)
+  redis.call('PEXPIRE', key, ttl)
+  out[i] = 0
+  if before == 0 then
+    local chats = redis.call('SMEMBERS', ARGV[4 + i])
+    out[i] = #chats == 0 and '[]' or cjson.encode(chats)
+  end
 end
-return 0
-"""
+return out
+""")
+# KEYS claims; ARGV now, seen ttl, then per user: node, seen key, chats key, last seen text.
+# Per user: 0 (still claimed elsewhere) or, now offline, its joined chats (the set is deleted).
+RELEASES = KeyedScript("""
+local now, seen_ttl = ARGV[1], ARGV[2]
+local out = {}
+for i, key in ipairs(KEYS) do
+  local at = 4 * i - 1
+  redis.call('ZREM', key, ARGV[at])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  out[i] = 0
+  if redis.call('ZCARD', key) == 0 then
+    redis.call('DEL', key)
+    redis.call('SET', ARGV[at + 1], ARGV[at + 3], 'EX', seen_ttl)
+    local chats = redis.call('SMEMBERS', ARGV[at + 2])
+    redis.call('DEL', ARGV[at + 2])
+    out[i] = #chats == 0 and '[]' or cjson.encode(chats)
+  end
+end
+return out
+""")
+# KEYS chats sets; ARGV ttl, then each key's chat id. Per key: 1 when the chat was added.
+JOINS = KeyedScript("""
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = redis.call('SADD', key, ARGV[1 + i])
+  redis.call('EXPIRE', key, ARGV[1])
+end
+return out
+""")
 
 
 class Presence:
@@ -66,13 +107,17 @@ class Presence:
         self.chats: dict[str, set[str]] = {}  # user -> chats joined by this node's sockets
         self.seen: dict[str, str] = {}  # memory mode: user -> last seen
         self._task: asyncio.Task | None = None
-        self._claim = self._release = None
+        self._claim = None
         self._beat = asyncio.Lock()
         self._rebuild: asyncio.Future | None = None
         self._epoch: str | None = None  # the Redis data epoch of the last heartbeat
+        # Claims, releases and joins of one loop iteration: one script call each (a storm of
+        # connects costs a round trip per batch, not three per socket)
+        self._claims: Batcher[str, list[str] | None] = Batcher(self._claim_batch)
+        self._releases: Batcher[tuple[str, str, str], list[str] | None] = Batcher(self._release_batch)
+        self._joins: Batcher[tuple[str, str], int] = Batcher(self._join_batch)
         if self.redis is not None:
             self._claim = self.redis.client.register_script(CLAIM_SCRIPT)
-            self._release = self.redis.client.register_script(RELEASE_SCRIPT)
             self.redis.on_wiped(self._wiped)
 
     @property
@@ -97,15 +142,16 @@ class Presence:
         self.sockets[user_id] = count
         if count > 1:
             return
-        became_online = True
+        became_online, chats = True, None
         if self._redis_usable():
             try:
-                became_online = await self._claim_user(user_id) == 1
-                await self.redis.client.sadd(node_key(self.node), user_id)
+                chats = await self._claims.submit(user_id)
+                became_online = chats is not None
             except Exception as exc:
                 self._failed(exc)
         if became_online:
-            await self.announce(user_id, "online", None, await self.joined_chats(user_id))
+            joined = self._with_local(user_id, chats) if chats is not None else await self.joined_chats(user_id)
+            await self.announce(user_id, "online", None, joined)
 
     async def socket_offline(self, user_id: str) -> None:
         count = self.sockets.get(user_id, 0) - 1
@@ -122,12 +168,7 @@ class Presence:
         local.add(chat_id)
         if self._redis_usable():
             try:
-                key = user_key(user_id, "chats")
-                pipe = self.redis.client.pipeline(transaction=False)
-                pipe.sadd(key, chat_id)
-                pipe.expire(key, CHATS_TTL)
-                added, _ = await pipe.execute()
-                return added == 1
+                return await self._joins.submit((user_id, chat_id)) == 1
             except Exception as exc:
                 self._failed(exc)
         return first
@@ -144,13 +185,11 @@ class Presence:
     async def _release_user(self, user_id: str, node: str) -> None:
         last_seen = iso_time()
         went_offline = self.sockets.get(user_id, 0) == 0 or node != self.node
+        released = None  # the user's joined chats in Redis, taken by the release
         if self._redis_usable():
             try:
-                went_offline = await self._release(
-                    keys=[user_key(user_id, "claims"), user_key(user_id, "seen")],
-                    args=[node, time.time(), last_seen, SEEN_TTL]) == 1
-                if node == self.node:
-                    await self.redis.client.srem(node_key(node), user_id)
+                released = await self._releases.submit((user_id, node, last_seen))
+                went_offline = released is not None
             except Exception as exc:
                 self._failed(exc)
         if not went_offline:
@@ -158,20 +197,46 @@ class Presence:
                 self.chats.pop(user_id, None)  # the user's other sockets are elsewhere
             log.debug("presence: %s still online elsewhere", user_id, extra={"user_id": user_id})
             return
-        chats = await self.joined_chats(user_id)
+        if released is not None:
+            chats = self._with_local(user_id, released)
+        else:
+            chats = await self.joined_chats(user_id)
+            if self._redis_usable():
+                try:
+                    await self.redis.client.delete(user_key(user_id, "chats"))
+                except Exception as exc:
+                    self._failed(exc)
         self.seen[user_id] = last_seen
         self.chats.pop(user_id, None)
-        if self._redis_usable():
-            try:
-                await self.redis.client.delete(user_key(user_id, "chats"))
-            except Exception as exc:
-                self._failed(exc)
         await self.announce(user_id, "offline", last_seen, chats)
 
-    async def _claim_user(self, user_id: str) -> int:
+    def _with_local(self, user_id: str, chats: list[str]) -> list[str]:
+        local = self.chats.get(user_id)
+        return sorted(local.union(chats) if local else set(chats))
+
+    # -- the batches (Batcher): one script call, one node-set update each ----------
+
+    async def _claim_batch(self, users: list[str]) -> list[list[str] | None]:
         now = time.time()
-        return await self._claim(keys=[user_key(user_id, "claims")],
-                                 args=[self.node, now + self.ttl / 2, now, int(self.ttl * 2000)])
+        replies = await CLAIMS.run(self.redis, [user_key(u, "claims") for u in users],
+                                   [(user_key(u, "chats"),) for u in users],
+                                   (self.node, now + self.ttl / 2, now, int(self.ttl * 2000)))
+        await self.redis.client.sadd(node_key(self.node), *users)
+        return [_chat_list(reply) for reply in replies]
+
+    async def _release_batch(self, items: list[tuple[str, str, str]]) -> list[list[str] | None]:
+        replies = await RELEASES.run(
+            self.redis, [user_key(u, "claims") for u, _, _ in items],
+            [(node, user_key(u, "seen"), user_key(u, "chats"), seen) for u, node, seen in items],
+            (time.time(), SEEN_TTL))
+        own = [u for u, node, _ in items if node == self.node]
+        if own:
+            await self.redis.client.srem(node_key(self.node), *own)
+        return [_chat_list(reply) for reply in replies]
+
+    async def _join_batch(self, items: list[tuple[str, str]]) -> list[int]:
+        return await JOINS.run(self.redis, [user_key(u, "chats") for u, _ in items],
+                               [(chat,) for _, chat in items], (CHATS_TTL,))
 
     # -- heartbeat and sweep -----------------------------------------------
 
@@ -251,16 +316,14 @@ class Presence:
                 continue  # ourselves (late heartbeat) or another node took it
             users = [u.decode() for u in await client.smembers(node_key(node))]
             log.warning("presence: node %s stopped heartbeating; withdrawing its %d user(s)", node, len(users))
-            for user_id in users:
-                await self._release_user(user_id, node)
+            await asyncio.gather(*(self._release_user(user_id, node) for user_id in users))  # batched
             await client.delete(node_key(node))
 
     async def withdraw_all(self) -> None:
         """Drain: this node's users go offline unless they have sockets elsewhere."""
         users = list(self.sockets)
         self.sockets.clear()
-        for user_id in users:
-            await self._release_user(user_id, self.node)
+        await asyncio.gather(*(self._release_user(user_id, self.node) for user_id in users))  # batched
         if self._redis_usable():
             try:
                 await self.redis.client.zrem(NODES_KEY, self.node)
@@ -293,6 +356,17 @@ class Presence:
         log.warning("presence: redis call failed, using this node's view: %s", exc)
         if self.redis is not None:
             self.redis.note_failure(exc)
+
+
+def _chat_list(reply: object) -> list[str] | None:
+    """A batch script's answer for one user: None for 0, else the JSON array of chat ids."""
+    if not isinstance(reply, (bytes, str)):
+        return None  # 0
+    try:
+        chats = loads(reply)
+    except JSONRefused:
+        chats = None
+    return [c for c in chats if isinstance(c, str)] if isinstance(chats, list) else []
 
 
 def _entry(user_id: str, online: bool, last_seen: str | None) -> dict:
