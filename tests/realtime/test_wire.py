@@ -114,3 +114,31 @@ def test_packets_are_decoded_by_the_servers_packet_class_and_its_json():
     assert packet.id == 7 and packet.data[0] == "message:send"
     assert "nested deeper" in packet.data[1].reason
     assert eio_packet.Packet.json is not wire.SocketJSON  # "2probe" must still fail to decode
+
+
+@pytest.mark.gen_test
+async def test_translate_request_is_engineios_without_a_class_per_request():
+    """handle_request reads the driver table's translate_request; the gateway's gives the same environ."""
+    from engineio.async_drivers import tornado as eio_tornado
+    from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
+
+    from tornado_gateway.realtime.wire.server import translate_request
+
+    assert "self._async['translate_request']" in inspect.getsource(
+        socketio.AsyncServer(async_mode="tornado").eio.handle_request)
+    sio = wire.GatewaySocketServer(lambda *args: None, async_mode="tornado")
+    assert sio.eio._async["translate_request"] is translate_request
+    assert eio_tornado._async["translate_request"] is eio_tornado.translate_request  # not changed for others
+    headers = HTTPHeaders({"Host": "gw.example", "Origin": "https://app.example", "Content-Type": "text/plain",
+                           "Content-Length": "5", "X-Forwarded-Proto": "https", "Sec-WebSocket-Key": "k"})
+    request = HTTPServerRequest(start_line=RequestStartLine("POST", "/socket.io/?EIO=4&transport=polling",
+                                                            "HTTP/1.1"), headers=headers, body=b"hello")
+
+    class Handler:
+        pass
+
+    handler = Handler()
+    handler.request = request  # type: ignore[attr-defined]
+    ours, theirs = translate_request(handler), eio_tornado.translate_request(handler)
+    assert await ours.pop("wsgi.input").read() == await theirs.pop("wsgi.input").read() == b"hello"
+    assert ours == theirs

@@ -3,7 +3,9 @@ ACKs through engineio's queue, and the server's per-socket state (environ, socke
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import socketio
 from socketio import packet as sio_packet
@@ -28,6 +30,8 @@ class GatewaySocketServer(socketio.AsyncServer):
         self.on_event = on_event
         super().__init__(**kwargs)
         self.packet_class = StrictPacket  # Socket.IO packets only; Engine.IO keeps its own json
+        # this server's copy of the driver table (engineio's is shared by the module)
+        self.eio._async = {**self.eio._async, "translate_request": translate_request}
 
     async def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None,
                             data: Any) -> None:
@@ -57,6 +61,49 @@ class GatewaySocketServer(socketio.AsyncServer):
             adopt(self.eio.sockets.get(eio_sid))
         environ.pop("wsgi.input", None)
         return await super()._handle_eio_connect(eio_sid, environ)
+
+
+class _Payload:
+    """The request body as engineio reads it (``await read()``): one class, not one per request."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes | None) -> None:
+        self.payload = payload or b""
+
+    async def read(self, length: int | None = None) -> bytes:
+        if length is None:
+            data, self.payload = self.payload, b""
+        else:
+            data, self.payload = self.payload[:length], self.payload[length:]
+        return data
+
+
+def translate_request(handler: Any) -> dict:
+    """engineio's Tornado ``translate_request`` (the WSGI-like environ of a request) without the
+    class it defines on every call: a class per handshake was a tenth of a connect's CPU in a
+    storm, and garbage the cycle collector then had to find."""
+    request = handler.request
+    full_uri = request.path + ("?" + request.query if request.query else "")
+    environ = {
+        "wsgi.input": _Payload(request.body), "wsgi.errors": sys.stderr, "wsgi.version": (1, 0),
+        "wsgi.async": True, "wsgi.multithread": False, "wsgi.multiprocess": False, "wsgi.run_once": False,
+        "SERVER_SOFTWARE": "aiohttp", "REQUEST_METHOD": request.method, "QUERY_STRING": request.query or "",
+        "RAW_URI": full_uri, "SERVER_PROTOCOL": "HTTP/%s" % request.version, "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": "0", "SERVER_NAME": "aiohttp", "SERVER_PORT": "0", "tornado.handler": handler,
+    }
+    for name, value in request.headers.items():
+        name = name.upper()
+        if name == "CONTENT-TYPE":
+            environ["CONTENT_TYPE"] = value
+        elif name == "CONTENT-LENGTH":
+            environ["CONTENT_LENGTH"] = value
+        else:
+            environ["HTTP_" + name.replace("-", "_")] = value
+    environ["wsgi.url_scheme"] = environ.get("HTTP_X_FORWARDED_PROTO", "http")
+    environ["PATH_INFO"] = urlsplit(request.path).path
+    environ["SCRIPT_NAME"] = ""
+    return environ
 
 
 def slim_environ(sio: socketio.AsyncServer, eio_sid: str | None, environ: dict) -> None:
