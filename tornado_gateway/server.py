@@ -25,6 +25,7 @@ from tornado_gateway.logs import setup_logging
 
 log = logging.getLogger("tornado_gateway")
 IDLE_CONNECTION_TIMEOUT = 75.0  # longer than common client/proxy keep-alive timeouts
+FULL_COLLECTION_EVERY = 100  # generation-1 collections per full one (CPython's default: 10)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -71,11 +72,14 @@ def serve(settings: config.Settings, runner: Callable[[config.Settings], Corouti
     sys.exit(code)
 
 
-def _freeze_startup_objects() -> None:
+def _tune_collector() -> None:
     """Move what start-up made (modules, classes, settings, the app) out of the cycle collector's
-    sight: its full collections then walk only what serving creates (docs/design-notes.md)."""
+    sight, and make full collections ten times rarer: a connect storm creates long-lived objects
+    fast enough that every tenth generation-1 collection became a full one (docs/design-notes.md)."""
     gc.collect()
     gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
 
 class StartupError(Exception):
@@ -173,7 +177,7 @@ async def run(settings: config.Settings, on_listening: Callable[[Gateway, int], 
         if settings.internal_port else []
     )
     await gateway.start()
-    _freeze_startup_objects()
+    _tune_collector()
     public = DrainableHTTPServer(
         gateway.public_router(),
         xheaders=False,  # forwarding.py applies TRUSTED_PROXIES instead
