@@ -89,3 +89,21 @@ async def test_a_disconnect_leaves_exactly_the_rooms_of_its_sid() -> None:
                                                 "chat:all": ["eio-2"], "user:2": ["eio-2"]}
     assert {"user:0", "user:1"} <= set(indexed.gone) and "chat:all" not in indexed.gone
     assert list(indexed.rooms_of_sid) == [next(iter(indexed.rooms["/"][None]))]
+
+
+@pytest.mark.gen_test
+async def test_pending_sids_answer_membership_without_a_scan_and_as_lists_did() -> None:
+    """RoomIndex keeps python-socketio's pending connects/disconnects in O(1) containers."""
+    manager = Indexed()
+    socketio.AsyncServer(client_manager=manager)
+    sids = [await manager.connect(f"eio-{i}", "/") for i in range(3)]  # connected at once
+    assert all(manager.is_connected(sid, "/") for sid in sids) and not manager.pending_connect
+    manager.pending_connect["/"] = []  # how python-socketio makes a namespace's list
+    manager.pending_connect["/"].append("s-pending")
+    assert type(manager.pending_connect["/"]).__name__ == "_Sids"
+    assert not manager.is_connected("s-pending", "/") and "s-pending" in manager.pending_connect["/"]
+    manager.pre_disconnect(sids[0], "/")
+    assert not manager.is_connected(sids[0], "/") and manager.is_connected(sids[1], "/")
+    await manager.disconnect(sids[0], "/")
+    assert "/" not in manager.pending_disconnect and manager.is_connected(sids[2], "/")
+

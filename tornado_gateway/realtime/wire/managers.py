@@ -19,12 +19,19 @@ class RoomIndex:
     ``basic_disconnect`` scans every room of the namespace, O(sockets) per disconnect and
     quadratic when a node's sockets all go at once (a drain, a reconnect storm)."""
 
+    pending_connect: dict
+    pending_disconnect: dict
+
     if TYPE_CHECKING:
         def __getattr__(self, name: str) -> Any: ...
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.rooms_of_sid: dict[str, list] = {}  # sid -> its rooms (None and its own included)
+        # python-socketio keeps the sids connecting / disconnecting in lists, scanned by every
+        # is_connected (each incoming event): O(n) with a storm's n connects in flight
+        self.pending_connect = _PendingSids(self.pending_connect)
+        self.pending_disconnect = _PendingSids(self.pending_disconnect)
 
     def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)  # type: ignore[misc]
@@ -56,6 +63,29 @@ class RoomIndex:
                 sids.remove(sid)
                 if not sids:
                     del pending[namespace]
+
+
+class _Sids(dict):
+    """The list python-socketio keeps per namespace (``append``, ``remove``, ``in``, ``len``),
+    as an insertion-ordered dict: membership and removal in O(1)."""
+
+    def append(self, sid: str) -> None:
+        self[sid] = None
+
+    def remove(self, sid: str) -> None:
+        del self[sid]
+
+
+class _PendingSids(dict):
+    """``pending_connect`` / ``pending_disconnect``: namespace -> sids; a list stored becomes _Sids."""
+
+    def __init__(self, initial: dict) -> None:
+        super().__init__()
+        for namespace, sids in initial.items():
+            self[namespace] = sids
+
+    def __setitem__(self, namespace: Any, sids: Any) -> None:
+        super().__setitem__(namespace, sids if isinstance(sids, _Sids) else _Sids.fromkeys(sids))
 
 
 class RedisManagerBase(RoomIndex, FastDelivery, AsyncRedisManager):
