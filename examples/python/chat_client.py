@@ -82,6 +82,9 @@ async def main(args: argparse.Namespace) -> None:
         await asyncio.wait_for(done.wait(), args.listen)
     except asyncio.TimeoutError:
         pass
+    # python-engineio's disconnect closes the websocket without flushing its send queue:
+    # wait until what is queued (the acks of the events just handled) has gone out.
+    await asyncio.wait_for(sio.eio.queue.join(), 5)
     await sio.disconnect()
 
 
