@@ -13,7 +13,7 @@ from tornado import httputil
 from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.httpserver import HTTPServer
-from tornado.iostream import IOStream
+from tornado.iostream import IOStream, StreamClosedError
 from tornado.options import OptionParser
 from tornado.testing import bind_unused_port
 
@@ -141,6 +141,23 @@ async def test_bytes_buffered_counts_what_no_read_took_yet():
         await asyncio.sleep(0.01)
     assert tornado_compat.bytes_buffered(ours) == 8
     ours.close()
+    peer.close()
+
+
+@pytest.mark.gen_test
+async def test_write_now_sends_at_once_and_queues_behind_what_waits():
+    ours, peer = _stream_pair()
+    tornado_compat.write_now(ours, b"ab")
+    assert not ours._write_buffer  # sent by the socket at once, nothing left for IOStream
+    assert await peer.read_bytes(2) == b"ab"
+    big = b"x" * (8 << 20)  # more than the kernel takes at once: the rest waits in the stream
+    tornado_compat.write_now(ours, big)
+    assert ours._write_buffer
+    tornado_compat.write_now(ours, b"tail")  # behind the waiting bytes, never ahead of them
+    assert await peer.read_bytes(len(big) + 4) == big + b"tail"
+    ours.close()
+    with pytest.raises(StreamClosedError):
+        tornado_compat.write_now(ours, b"late")
     peer.close()
 
 

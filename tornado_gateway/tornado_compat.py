@@ -207,3 +207,21 @@ def _write_head(connection: HTTP1Connection, data: bytes, chunk: bytes | None) -
     connection._pending_write = connection.stream.write(data)
     future_add_done_callback(connection._pending_write, connection._on_write_complete)
     return future
+
+
+def write_now(stream: IOStream, data: bytes) -> None:
+    """Write ``data`` on a plain ``IOStream`` without its per-write Future when nothing is
+    queued before it (``_write_buffer``, ``_connecting``, ``socket``): one ``send``; what the
+    kernel did not take, and every other case, goes through ``IOStream.write`` (in order,
+    errors and closing handled there; a closed stream raises ``StreamClosedError``)."""
+    sock = stream.socket
+    if type(stream) is IOStream and sock is not None and not stream._write_buffer \
+            and not stream._connecting:
+        try:
+            sent = sock.send(data)
+        except OSError:  # EAGAIN, or an error IOStream.write meets again and handles
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    stream.write(data)

@@ -17,14 +17,19 @@ from socketio.async_pubsub_manager import AsyncPubSubManager
 from tornado_gateway.realtime import wire
 
 
-def test_ack_ids_ascend_per_sid_and_key_0_holds_the_counter():
-    manager = AsyncManager()
-    first = manager._generate_ack_id("s1", print)
-    second = manager._generate_ack_id("s1", len)
-    assert (first, second) == (1, 2)
-    assert list(manager.callbacks["s1"]) == [0, 1, 2]  # FastDelivery._ack_id trims by this order
-    assert manager.callbacks["s1"][2] is len
-    assert manager._generate_ack_id("s2", print) == 1
+@pytest.mark.gen_test
+async def test_ack_ids_come_from_generate_ack_id_and_leave_with_their_sid():
+    # FastDelivery draws every ack id (python-socketio's callbacks and message:new's shared
+    # one) from one node-wide counter by overriding _generate_ack_id, keeps them in
+    # callbacks[sid], and answers acks in trigger_callback; a disconnect drops callbacks[sid].
+    assert "self._generate_ack_id(sid, callback)" in inspect.getsource(AsyncManager.emit)
+    assert "self.manager.trigger_callback(sid, id, data)" in inspect.getsource(
+        socketio.AsyncServer._handle_ack)
+    manager = socketio.AsyncServer(async_mode="tornado").manager
+    sid = await manager.connect("eio-1", "/")
+    manager.callbacks[sid] = {7: print}
+    manager.basic_disconnect(sid, "/")
+    assert sid not in manager.callbacks
 
 
 def test_client_events_reach_handle_event_with_the_overridden_signature():

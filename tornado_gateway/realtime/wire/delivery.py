@@ -4,18 +4,28 @@ RFC 6455 framing of directly written websockets."""
 from __future__ import annotations
 
 import asyncio
-import functools
+import itertools
 from typing import TYPE_CHECKING, Any, Callable, cast
 
 from engineio import packet as eio_packet
 from tornado.iostream import StreamClosedError
 
-from tornado_gateway import metrics
+from tornado_gateway import metrics, tornado_compat
 from tornado_gateway.codec import SocketJSON
 from tornado_gateway.codec import dumps as _dumps
 
 ACKED_EVENT = "message:new"  # recipients' acks of this event make delivered receipts
 ACK_WINDOW = 256  # unanswered acks kept per socket; older ones are forgotten
+
+
+class SharedAck:
+    """The pending ack of one ``message:new``, shared by all its recipients on this node."""
+
+    __slots__ = ("on_ack", "data")
+
+    def __init__(self, on_ack: Callable[..., None], data: Any) -> None:
+        self.on_ack = on_ack  # fn(sid, data, *ack args)
+        self.data = data
 
 
 class FastDelivery:
@@ -31,6 +41,7 @@ class FastDelivery:
         super().__init__(*args, **kwargs)
         self.websockets: dict = {}  # eio sid -> Tornado WebSocketHandler, written directly
         self._unflushed: dict = {}  # handler -> websocket frames written at the end of this tick
+        self._ack_ids = itertools.count(1)  # node-wide: every socket sees ascending, unique ids
 
     def write_directly(self, eio_sid: str, socket: Any, handler: Any) -> bool:
         """Write this websocket's messages ourselves instead of through Engine.IO's queue.
@@ -76,6 +87,10 @@ class FastDelivery:
 
     def send_text(self, handler: Any, payload: bytes, opcode: int = 0x1) -> None:
         """Queue one text (or binary) frame for ``handler``; written at the end of this loop iteration."""
+        self.send_frame(handler, _frame(payload, opcode))
+
+    def send_frame(self, handler: Any, frame: bytes) -> None:
+        """Queue an already framed websocket message (shared by all recipients of an emit)."""
         frames = self._unflushed.get(handler)
         if frames is None:
             if not self._unflushed:
@@ -83,9 +98,9 @@ class FastDelivery:
                 # the socket's next message:send) is written before the fan-out's frames.
                 loop = asyncio.get_running_loop()
                 loop.call_soon(loop.call_soon, self.flush)
-            self._unflushed[handler] = [_frame(payload, opcode)]
+            self._unflushed[handler] = [frame]
         else:
-            frames.append(_frame(payload, opcode))
+            frames.append(frame)
 
     def flush(self) -> None:
         unflushed, self._unflushed = self._unflushed, {}
@@ -98,19 +113,34 @@ class FastDelivery:
             _write_frames(handler, frames)
 
     def deliver_local(self, event: str, data: Any, room: Any, skip_sid: Any = None) -> int:
-        """Send ``event`` to this node's sockets in ``room`` (a room or list of rooms)."""
+        """Send ``event`` to this node's sockets in ``room`` (a room or list of rooms).
+
+        Encoded and framed once: the same websocket frame goes to every direct websocket,
+        the same Engine.IO packet to every other socket. ``message:new`` carries ONE ack id,
+        drawn from the node-wide counter, for all its recipients (an ack id need only be
+        unique per socket); each recipient's pending acks get that id mapped to one shared
+        :class:`SharedAck`, the newest ``ACK_WINDOW`` of them kept.
+        """
         participants = list(self.get_participants("/", room))
         if not participants:
             return 0
-        body = _dumps([event, data])
-        body_bytes = body.encode()
-        skip = skip_sid if isinstance(skip_sid, (list, tuple, set)) else (skip_sid,)
-        sockets = self.server.eio.sockets
         on_ack = self.on_delivery_ack
         track = event == ACKED_EVENT and on_ack is not None
-        shared_payload = b"42" + body_bytes
-        shared_pkt = None
+        body = _dumps([event, data])
+        shared = None
+        if track:
+            ack_id = next(self._ack_ids)
+            text = f"2{ack_id}{body}"
+            shared = SharedAck(cast(Callable[..., None], on_ack), data)
+            callbacks = self.callbacks
+        else:
+            text = "2" + body
+        frame = _frame(b"4" + text.encode())
+        packet = None
+        skip = skip_sid if isinstance(skip_sid, (list, tuple, set)) else (skip_sid,)
+        sockets = self.server.eio.sockets
         websockets = self.websockets
+        unflushed = self._unflushed
         sent = 0
         for sid, eio_sid in participants:
             if sid in skip:
@@ -118,17 +148,24 @@ class FastDelivery:
             socket = sockets.get(eio_sid)
             if socket is None or socket.closed or socket.closing:
                 continue
-            if track:
-                ack_id = self._ack_id(sid, functools.partial(cast(Callable[..., None], on_ack), sid, data))
+            if shared is not None:
+                pending = callbacks.get(sid)
+                if pending is None:
+                    pending = callbacks[sid] = {}
+                pending[ack_id] = shared
+                if len(pending) > ACK_WINDOW:  # ids ascend: the first is the oldest
+                    del pending[next(iter(pending))]
             handler = websockets.get(eio_sid)
             if handler is not None:
-                self.send_text(handler, b"42%d%s" % (ack_id, body_bytes) if track else shared_payload)
-            elif track:
-                socket.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, f"2{ack_id}{body}"))
+                frames = unflushed.get(handler)
+                if frames is None:
+                    self.send_frame(handler, frame)
+                else:
+                    frames.append(frame)
             else:
-                if shared_pkt is None:
-                    shared_pkt = eio_packet.Packet(eio_packet.MESSAGE, "2" + body)
-                socket.queue.put_nowait(shared_pkt)
+                if packet is None:
+                    packet = eio_packet.Packet(eio_packet.MESSAGE, text)
+                socket.queue.put_nowait(packet)
             sent += 1
         if sent:
             metrics.EVENTS_OUT.labels(event).inc(sent)
@@ -164,8 +201,7 @@ class FastDelivery:
         if kind == "2":
             self.on_event(sid, eio_sid, data, packet_id)
         else:
-            callback = self.callbacks.get(sid, {}).pop(packet_id, None) if packet_id else None
-            result = callback(*data) if callback is not None else None
+            result = self.ack_received(sid, packet_id, data)
             if asyncio.iscoroutine(result):
                 asyncio.ensure_future(result)
         return True
@@ -178,20 +214,31 @@ class FastDelivery:
         self.send_text(handler, b"43%d%s" % (ack_id, _dumps([reply]).encode()))
         return True
 
-    def _ack_id(self, sid: str, callback: Any) -> int:
-        ack_id = self._generate_ack_id(sid, callback)
-        pending = self.callbacks[sid]
-        if len(pending) > ACK_WINDOW + 1:  # key 0 holds the counter; ids ascend
-            keys = iter(pending)
-            next(keys)
-            del pending[next(keys)]
+    def _generate_ack_id(self, sid: str, callback: Any) -> int:
+        """python-socketio's own callbacks (an emit with ``callback=``) draw from the same
+        node-wide counter as ``message:new``, so ids never collide on a socket."""
+        ack_id = next(self._ack_ids)
+        pending = self.callbacks.get(sid)
+        if pending is None:
+            pending = self.callbacks[sid] = {}
+        pending[ack_id] = callback
+        if len(pending) > ACK_WINDOW:
+            del pending[next(iter(pending))]
         return ack_id
 
+    def ack_received(self, sid: str, ack_id: int | None, args: list) -> Any:
+        """A client's ACK: its pending entry runs once; an unknown, forgotten, repeated or
+        another socket's id finds nothing and does nothing."""
+        pending = self.callbacks.get(sid)
+        entry = pending.pop(ack_id, None) if pending is not None and ack_id else None
+        if entry is None:
+            return None
+        if type(entry) is SharedAck:
+            return entry.on_ack(sid, entry.data, *args)
+        return entry(*args)
+
     async def trigger_callback(self, sid: str, id: int | None, data: Any) -> None:
-        callback = self.callbacks.get(sid, {}).pop(id, None) if id else None
-        if callback is None:
-            return  # unknown or forgotten ack: nothing to do
-        result = callback(*data)
+        result = self.ack_received(sid, id, data if isinstance(data, list) else [data])
         if asyncio.iscoroutine(result):
             await result
 
@@ -211,6 +258,6 @@ def _write_frames(handler: Any, frames: list) -> None:
     if connection is None or connection.is_closing():
         return  # closing: engineio notices and cleans up
     try:
-        connection.stream.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        tornado_compat.write_now(connection.stream, frames[0] if len(frames) == 1 else b"".join(frames))
     except StreamClosedError:
         pass
