@@ -173,8 +173,10 @@ def fanout(target: Target, args: argparse.Namespace, chat: str, stub_pid: int) -
     result = run_client("fanout", target.client_options(
         chat=chat, receivers=args.receivers, inflight=args.inflight, duration=args.duration, ack=args.ack),
         timeout=args.duration + 180)
-    wall = time.monotonic() - wall_before
-    result["serverCpuPercent"] = round(100 * (cpu_seconds(target.pid) - cpu_before) / wall)
+    wall, cpu = time.monotonic() - wall_before, cpu_seconds(target.pid) - cpu_before
+    result["serverCpuPercent"] = round(100 * cpu / wall)
+    # all of the run's server CPU (connects and joins included) over all its deliveries
+    result["serverCpuMicrosPerDelivery"] = round(1e6 * cpu / max(1, result.get("deliveries") or 1), 1)
     result["stubCpuPercent"] = round(100 * (cpu_seconds(stub_pid) - stub_before) / wall)
     result["exactlyOnce"] = result.get("deliveries") == result.get("expectedDeliveries") \
         and result.get("duplicates") == 0
@@ -299,6 +301,7 @@ def main() -> None:
                 print(f"fan-out  {kind:8} load {load():5}: {json.dumps(result)}")
                 keep(kind, "deliveries/s", result["deliveriesPerSecond"])
                 keep(kind, "p99 ms", result["latencyMs"]["p99"])
+                keep(kind, "CPU us/delivery", result["serverCpuMicrosPerDelivery"])
                 keep(kind, "exactly once", result["exactlyOnce"])
             for kind in order if args.storm else ():
                 result = storm(targets[kind], args.storm, f"storm-{round_}-{kind}", args.storm_chat_size)
