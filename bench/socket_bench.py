@@ -16,7 +16,7 @@ messages services (bench/socket_stub.py); the client is bench/socket_fanout.js
    messages: RSS growth and Redis keys per 1,000 messages, exactly once.
 
     .venv/bin/python bench/socket_bench.py [--targets gateway,node] [--rounds 2] [--receivers 50]
-        [--inflight 32] [--duration 8] [--ack] [--storm 2000] [--idle 2000] [--soak 5000] [--trace 2000]
+        [--inflight 32] [--senders 1] [--duration 8] [--ack] [--storm 2000] [--idle 2000] [--soak 5000] [--trace 2000]
 """
 
 from __future__ import annotations
@@ -171,7 +171,8 @@ def run_client(mode: str, options: dict, timeout: float) -> dict:
 def fanout(target: Target, args: argparse.Namespace, chat: str, stub_pid: int) -> dict:
     cpu_before, wall_before, stub_before = cpu_seconds(target.pid), time.monotonic(), cpu_seconds(stub_pid)
     result = run_client("fanout", target.client_options(
-        chat=chat, receivers=args.receivers, inflight=args.inflight, duration=args.duration, ack=args.ack),
+        chat=chat, receivers=args.receivers, inflight=args.inflight, duration=args.duration, ack=args.ack,
+        senders=args.senders),
         timeout=args.duration + 180)
     wall, cpu = time.monotonic() - wall_before, cpu_seconds(target.pid) - cpu_before
     result["serverCpuPercent"] = round(100 * cpu / wall)
@@ -260,6 +261,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--receivers", type=int, default=50)
     parser.add_argument("--inflight", type=int, default=32)
+    parser.add_argument("--senders", type=int, default=1,
+                        help="sockets the fan-out's in-flight sends are spread over (the gateway keeps each "
+                             "socket's events in order, so one socket's sends wait for each other)")
     parser.add_argument("--duration", type=float, default=8)
     parser.add_argument("--ack", action="store_true", help="fan-out receivers ack message:new (receipts on)")
     parser.add_argument("--storm", type=int, default=2000, help="clients of the connect storm (0: skip)")

@@ -1,5 +1,5 @@
 // Socket.IO benchmark client (run by bench/socket_bench.py; uses tests/js's socket.io-client).
-//   node socket_fanout.js fanout '{"url","origin","secret","chat","receivers","inflight","duration","ack"}'
+//   node socket_fanout.js fanout '{"url","origin","secret","chat","receivers","inflight","duration","ack","senders"}'
 //   node socket_fanout.js idle   '{"url","origin","secret","connections"}'
 //   node socket_fanout.js storm  '{"url","origin","secret","chat","connections"}'
 //   node socket_fanout.js soak   '{"url","origin","secret","chats","members","messages","inflight"}'
@@ -36,8 +36,13 @@ const percentile = (sorted, p) => sorted.length ? sorted[Math.min(sorted.length 
 async function fanout() {
   const receivers = [];
   for (let i = 0; i < opt.receivers; i++) receivers.push(await connect(`r${i}`));
-  const sender = await connect("sender");
-  for (const s of [...receivers, sender]) {
+  // --senders S: the in-flight sends spread over S sockets of the sender, each joined (the
+  // Node reference refuses a send from a socket outside the room); a sender socket gets the
+  // other senders' messages, uncounted, on both targets alike.
+  const senders = [];
+  for (let i = 0; i < (opt.senders || 1); i++) senders.push(await connect("sender"));
+  const sender = senders[0];
+  for (const s of [...receivers, ...senders]) {
     const reply = await s.timeout(10000).emitWithAck("chat:join", { chatId: opt.chat });
     if (!reply.ok) throw new Error(`join: ${JSON.stringify(reply)}`);
   }
@@ -63,7 +68,7 @@ async function fanout() {
   const sendOne = () => {
     if (!sending) return;
     const id = `b${process.pid}-${seq++}`;
-    sender.timeout(30000).emitWithAck("message:send", { chatId: opt.chat, clientMessageId: id, text: `t:${performance.now()}` })
+    senders[seq % senders.length].timeout(30000).emitWithAck("message:send", { chatId: opt.chat, clientMessageId: id, text: `t:${performance.now()}` })
       .then((reply) => { if (reply.ok) { ackedTotal++; if (measuring) acked++; } else errors++; },
             () => { errors++; })
       .then(sendOne);
@@ -79,7 +84,7 @@ async function fanout() {
   await new Promise((r) => setTimeout(r, 2000)); // let the last ones arrive
   latencies.sort((a, b) => a - b);
   const result = {
-    receivers: opt.receivers, inflight: opt.inflight, seconds: +seconds.toFixed(2), ack: !!opt.ack,
+    receivers: opt.receivers, inflight: opt.inflight, senders: senders.length, seconds: +seconds.toFixed(2), ack: !!opt.ack,
     messagesPerSecond: Math.round(acked / seconds), deliveriesPerSecond: Math.round(deliveries / seconds),
     latencyMs: { p50: +percentile(latencies, 0.5).toFixed(1), p99: +percentile(latencies, 0.99).toFixed(1),
                  max: +latencies[latencies.length - 1].toFixed(1) },
