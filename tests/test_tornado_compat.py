@@ -16,6 +16,8 @@ from tornado.httpserver import HTTPServer
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.options import OptionParser
 from tornado.testing import bind_unused_port
+from tornado.util import _websocket_mask
+from tornado.websocket import WebSocketHandler, websocket_connect
 
 from tornado_gateway import tornado_compat
 
@@ -159,6 +161,73 @@ async def test_write_now_sends_at_once_and_queues_behind_what_waits():
     with pytest.raises(StreamClosedError):
         tornado_compat.write_now(ours, b"late")
     peer.close()
+
+
+class _Echo(WebSocketHandler):
+    closed: list = []
+
+    def get_websocket_protocol(self):  # type: ignore[no-untyped-def]
+        return tornado_compat.fast_websocket_protocol(self)
+
+    def on_message(self, message):  # type: ignore[no-untyped-def]
+        self.write_message(message, binary=isinstance(message, bytes))
+
+    def on_close(self) -> None:
+        _Echo.closed.append(self.close_code)
+
+
+def _client_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0) -> bytes:
+    """A masked client frame, built by hand (fragments, control frames, reserved bits)."""
+    mask, size = b"k3y!", len(payload)
+    head = bytes([(0x80 if fin else 0) | rsv | opcode])
+    if size < 126:
+        head += bytes([0x80 | size])
+    elif size < 65536:
+        head += bytes([0x80 | 126]) + size.to_bytes(2, "big")
+    else:
+        head += bytes([0x80 | 127]) + size.to_bytes(8, "big")
+    return head + mask + _websocket_mask(mask, payload)
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_fast_websocket_protocol_reads_frames_as_tornado_does():
+    sock, port = bind_unused_port()
+    server = HTTPServer(tornado.web.Application([("/ws", _Echo)], websocket_max_message_size=200_000))
+    server.add_sockets([sock])
+    url = f"ws://127.0.0.1:{port}/ws"
+    ws = await websocket_connect(url)
+    stream = ws.protocol.stream
+    # several frames in one write: a fragmented text message with a ping between its parts
+    stream.write(_client_frame(1, b"one") + _client_frame(1, b"tw", fin=False) + _client_frame(9, b"p")
+                 + _client_frame(0, b"o") + _client_frame(2, b"\x00three"))
+    assert await ws.read_message() == "one"
+    assert await ws.read_message() == "two"
+    assert ws.protocol._received_pong  # the ping was answered, in its place
+    assert await ws.read_message() == b"\x00three"
+    frame = _client_frame(1, b"slow")  # a byte at a time
+    for i in range(len(frame)):
+        stream.write(frame[i:i + 1])
+        await asyncio.sleep(0.002)
+    assert await ws.read_message() == "slow"
+    big = "x" * 150_000  # an 8-byte length, read over several chunks
+    stream.write(_client_frame(1, big.encode()))
+    assert await ws.read_message() == big
+    stream.write(_client_frame(1, b"y" * 200_001))  # over max_message_size: the server closes
+    assert await ws.read_message() is None
+    ws2 = await websocket_connect(url)
+    ws2.protocol.stream.write(_client_frame(1, b"x", rsv=0x40))  # an extension nobody agreed on
+    assert await ws2.read_message() is None
+    ws3 = await websocket_connect(url)
+    ws3.protocol.stream.write(_client_frame(0, b"x"))  # a continuation of nothing
+    assert await ws3.read_message() is None
+    ws4 = await websocket_connect(url)
+    ws4.close(1000)
+    for _ in range(200):
+        if 1000 in _Echo.closed:
+            break
+        await asyncio.sleep(0.01)
+    assert 1000 in _Echo.closed  # a close frame reaches on_close with its code
+    server.stop()
 
 
 class _Pinned(tornado_compat.RequestExceptionHook):

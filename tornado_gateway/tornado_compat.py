@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import tornado
 import tornado.web
+import tornado.websocket
 from tornado import httputil
 from tornado.http1connection import HTTP1Connection
 from tornado.httpclient import AsyncHTTPClient
@@ -20,9 +21,12 @@ from tornado.concurrent import future_add_done_callback
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.netutil import _client_ssl_defaults
 from tornado.options import OptionParser
+from tornado.util import _websocket_mask
+from tornado.websocket import _FRAME_YIELD_COST, _YIELD_THRESHOLD, WebSocketProtocol, WebSocketProtocol13
 
 #: The Tornado releases these details were checked against (setup.py pins the same range).
 SUPPORTED = ((6, 6), (7, 0))
+_READ_CHUNK = 65536  # what a websocket reads at once (the frames in it are handled together)
 
 
 def check_version(version: tuple[int, ...] = tornado.version_info[:2]) -> None:
@@ -225,3 +229,111 @@ def write_now(stream: IOStream, data: bytes) -> None:
             return
         data = data[sent:]
     stream.write(data)
+
+
+class _FastFrames(WebSocketProtocol13):
+    """Tornado's server websocket protocol, reading frames out of whole chunks.
+
+    ``_receive_frame_loop`` awaits up to four ``read_bytes`` per frame (head, length,
+    mask, payload: a Future each); this loop reads whatever arrived in one
+    ``read_bytes(partial=True)`` and takes every complete frame out of it, then hands
+    each message to Tornado's ``_handle_message`` as its own loop would (text decoding,
+    ping/pong, close). Same refusals as Tornado: reserved bits or a long control frame
+    abort, a fragmented control frame or a stray continuation abort, a message over
+    ``max_message_size`` closes with 1009. A compressed connection keeps Tornado's loop.
+    """
+
+    async def _receive_frame_loop(self) -> None:
+        if self._decompressor is not None:
+            await super()._receive_frame_loop()
+            return
+        buffer, need, work = b"", 0, 0
+        try:
+            while not self.client_terminated:
+                if buffer and need > len(buffer):  # the rest of a frame whose size is known: read just that
+                    chunk = await self.stream.read_bytes(need - len(buffer))
+                else:
+                    chunk = await self.stream.read_bytes(_READ_CHUNK, partial=True)
+                self._wire_bytes_in += len(chunk)
+                buffer = buffer + chunk if buffer else chunk
+                used, frames, need = await self._take_frames(buffer)
+                buffer = buffer[used:]
+                work += frames * _FRAME_YIELD_COST + len(chunk)
+                if work >= _YIELD_THRESHOLD:
+                    work = 0
+                    await asyncio.sleep(0)
+        except StreamClosedError:
+            self._abort()
+        finally:
+            self.handler.on_ws_connection_close(self.close_code, self.close_reason)
+
+    async def _take_frames(self, buffer: bytes) -> tuple[int, int, int]:
+        """Handle the complete frames at the start of ``buffer``: (bytes used, frames, bytes
+        the next frame needs from there, as far as its head tells)."""
+        pos, end, frames = 0, len(buffer), 0
+        max_size = self.params.max_message_size
+        while not self.client_terminated:
+            if end - pos < 2:
+                return pos, frames, 2
+            head, second = buffer[pos], buffer[pos + 1]
+            opcode = head & 0x0F
+            length = second & 0x7F
+            if head & 0x70 or (opcode & 0x8 and length >= 126):
+                self._abort()  # an extension nobody agreed on, or a long control frame
+                break
+            at = pos + 2
+            if length >= 126:
+                extra = 2 if length == 126 else 8
+                if end - at < extra:
+                    return pos, frames, 2 + extra
+                length = int.from_bytes(buffer[at:at + extra], "big")
+                at += extra
+            fragments = self._fragmented_message_buffer
+            if length + (len(fragments) if fragments is not None else 0) > max_size:
+                self.close(1009, "message too big")
+                self._abort()
+                break
+            mask_at = at
+            if second & 0x80:
+                at += 4
+            if end - at < length:
+                return pos, frames, at + length - pos
+            if second & 0x80:
+                data = _websocket_mask(buffer[mask_at:at], buffer[at:at + length])
+            else:
+                data = buffer[at:at + length]
+            pos = at + length
+            frames += 1
+            final = head & 0x80
+            if opcode & 0x8:
+                if not final:
+                    self._abort()  # control frames are never fragmented
+                    break
+            elif opcode == 0:
+                if fragments is None:
+                    self._abort()  # nothing to continue
+                    break
+                fragments.extend(data)
+                if final:
+                    opcode = cast(int, self._fragmented_message_opcode)
+                    data = bytes(fragments)
+                    self._fragmented_message_buffer = None
+            elif fragments is not None:
+                self._abort()  # a new message before the fragmented one ended
+                break
+            elif not final:
+                self._fragmented_message_opcode = opcode  # type: ignore[assignment]  # Tornado types it None
+                self._fragmented_message_buffer = bytearray(data)
+            if final:
+                handled = self._handle_message(opcode, data)
+                if handled is not None:
+                    await handled
+        return pos, frames, 0
+
+
+def fast_websocket_protocol(handler: tornado.websocket.WebSocketHandler) -> WebSocketProtocol | None:
+    """``get_websocket_protocol`` for a server handler: Tornado's protocol with the chunk reader."""
+    protocol = tornado.websocket.WebSocketHandler.get_websocket_protocol(handler)
+    if type(protocol) is WebSocketProtocol13:
+        protocol.__class__ = _FastFrames
+    return protocol

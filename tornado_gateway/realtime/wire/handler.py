@@ -76,6 +76,9 @@ def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
             tornado.websocket.WebSocketHandler.__init__(self, *args, **kwargs)
             self.allowed_origins = list(realtime.origins)
 
+        def get_websocket_protocol(self) -> Any:
+            return tornado_compat.fast_websocket_protocol(self)  # frames read a chunk at a time
+
         @property
         def receive_queue(self) -> asyncio.Queue:
             queue = self.__dict__.get("_receive_queue")
