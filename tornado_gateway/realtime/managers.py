@@ -38,6 +38,10 @@ class LocalManager(wire.RoomIndex, wire.FastDelivery, AsyncManager):
         """A room emit of namespace ``/`` without awaiting anything."""
         self.deliver_local(event, data, room, skip_sid)
 
+    def emit_each_now(self, event: str, items: list[tuple[Any, Any]]) -> None:
+        """``event`` once per ``(room, data)`` of ``items``, in order (a batch of receipts)."""
+        self.deliver_each(event, items)
+
 
 class RedisEmit(wire.RedisManagerBase):
     """The emit of both Redis managers: a room emit of namespace ``/`` without a callback
@@ -56,6 +60,18 @@ class RedisEmit(wire.RedisManagerBase):
             self.emit_now(event, data, room, skip_sid)
 
     def emit_now(self, event: str, data: Any, room: Any, skip_sid: Any = None) -> None:
+        """A room emit of namespace ``/``: local sockets now, other nodes through the outbox."""
+        self.deliver_local(event, data, room, skip_sid)
+        self.publish_emit(event, data, room, skip_sid)
+
+    def emit_each_now(self, event: str, items: list[tuple[Any, Any]]) -> None:
+        """``event`` once per ``(room, data)`` of ``items``, in order (a batch of receipts)."""
+        self.deliver_each(event, items)
+        for room, data in items:
+            self.publish_emit(event, data, room)
+
+    def publish_emit(self, event: str, data: Any, room: Any, skip_sid: Any = None) -> None:
+        """The other nodes' half of an emit (queued in the outbox)."""
         raise NotImplementedError
 
 
@@ -75,9 +91,7 @@ class RedisFanoutManager(RedisEmit):
         super().initialize()  # starts the listener (listen)
         self.outbox.start()
 
-    def emit_now(self, event: str, data: Any, room: Any, skip_sid: Any = None) -> None:
-        """A room emit of namespace ``/``: local sockets now, other nodes through the outbox."""
-        self.deliver_local(event, data, room, skip_sid)
+    def publish_emit(self, event: str, data: Any, room: Any, skip_sid: Any = None) -> None:
         if isinstance(room, str) and self.is_sid_room("/", room):
             return  # a local socket's own room: nothing for other nodes
         self._publish_later({"host_id": self.host_id, "method": "emit", "event": event, "data": data,

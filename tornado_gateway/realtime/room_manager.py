@@ -82,9 +82,8 @@ class RoomFanoutManager(wire.RoomHooks, RedisEmit):
 
     # -- emitting ---------------------------------------------------------------------
 
-    def emit_now(self, event: str, data: Any, room: Any, skip_sid: Any = None) -> None:
-        """Local sockets now; other nodes through the channels of the target rooms."""
-        self.deliver_local(event, data, room, skip_sid)
+    def publish_emit(self, event: str, data: Any, room: Any, skip_sid: Any = None) -> None:
+        """Other nodes hear an emit through the channels of its target rooms."""
         if isinstance(room, str) and self.is_sid_room("/", room):
             return  # a local socket's own room: nothing for other nodes
         rooms = [room] if isinstance(room, str) or room is None else list(room)

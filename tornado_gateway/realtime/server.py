@@ -375,11 +375,12 @@ class Realtime(OrderedDispatch):
                 batch, self._receipts = self._receipts, []
                 by_pair = {(m, r): (m, c, s, r) for m, c, s, r in batch}
                 at = iso_time()
+                receipts = []
                 for pair in await self.receipt_marks.first(list(by_pair)):
                     message_id, chat_id, sender, recipient = by_pair[pair]
-                    self.manager.emit_now("receipt:delivered", {
-                        "chatId": chat_id, "messageId": message_id, "userId": recipient,
-                        "at": at}, "user:" + sender)
+                    receipts.append(("user:" + sender, {"chatId": chat_id, "messageId": message_id,
+                                                        "userId": recipient, "at": at}))
+                self.manager.emit_each_now("receipt:delivered", receipts)
         except Exception:
             log.exception("delivered receipts failed")
         finally:

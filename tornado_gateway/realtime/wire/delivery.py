@@ -113,17 +113,37 @@ class FastDelivery:
             _write_frames(handler, frames)
 
     def deliver_local(self, event: str, data: Any, room: Any, skip_sid: Any = None) -> int:
-        """Send ``event`` to this node's sockets in ``room`` (a room or list of rooms).
+        """Send ``event`` to this node's sockets in ``room`` (a room or list of rooms)."""
+        participants = list(self.get_participants("/", room))
+        if not participants:
+            return 0
+        sent = self._deliver(event, data, participants, skip_sid)
+        if sent:
+            metrics.EVENTS_OUT.labels(event).inc(sent)
+        return sent
 
-        Encoded and framed once: the same websocket frame goes to every direct websocket,
+    def deliver_each(self, event: str, items: list[tuple[Any, Any]]) -> int:
+        """``event`` once per ``(room, data)`` of ``items``, in order; each room's sockets are
+        looked up once for the whole batch (a burst of delivered receipts to one sender)."""
+        sent = 0
+        rooms: dict = {}
+        for room, data in items:
+            participants = rooms.get(room)
+            if participants is None:
+                participants = rooms[room] = list(self.get_participants("/", room))
+            if participants:
+                sent += self._deliver(event, data, participants, None)
+        if sent:
+            metrics.EVENTS_OUT.labels(event).inc(sent)
+        return sent
+
+    def _deliver(self, event: str, data: Any, participants: list, skip_sid: Any) -> int:
+        """Encoded and framed once: the same websocket frame goes to every direct websocket,
         the same Engine.IO packet to every other socket. ``message:new`` carries ONE ack id,
         drawn from the node-wide counter, for all its recipients (an ack id need only be
         unique per socket); each recipient's pending acks get that id mapped to one shared
         :class:`SharedAck`, the newest ``ACK_WINDOW`` of them kept.
         """
-        participants = list(self.get_participants("/", room))
-        if not participants:
-            return 0
         on_ack = self.on_delivery_ack
         track = event == ACKED_EVENT and on_ack is not None
         body = _dumps([event, data])
@@ -167,8 +187,6 @@ class FastDelivery:
                     packet = eio_packet.Packet(eio_packet.MESSAGE, text)
                 socket.queue.put_nowait(packet)
             sent += 1
-        if sent:
-            metrics.EVENTS_OUT.labels(event).inc(sent)
         return sent
 
     def receive_fast(self, eio_sid: str, text: str) -> bool:
