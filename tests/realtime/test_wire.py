@@ -21,7 +21,8 @@ from tornado_gateway.realtime import wire
 async def test_ack_ids_come_from_generate_ack_id_and_leave_with_their_sid():
     # FastDelivery draws every ack id (python-socketio's callbacks and message:new's shared
     # one) from one node-wide counter by overriding _generate_ack_id, keeps them in
-    # callbacks[sid], and answers acks in trigger_callback; a disconnect drops callbacks[sid].
+    # callbacks[sid], and answers acks in trigger_callback; python-socketio's disconnect drops
+    # callbacks[sid] (wire.RoomIndex's basic_disconnect does the same).
     assert "self._generate_ack_id(sid, callback)" in inspect.getsource(AsyncManager.emit)
     assert "self.manager.trigger_callback(sid, id, data)" in inspect.getsource(
         socketio.AsyncServer._handle_ack)
