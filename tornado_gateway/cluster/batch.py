@@ -10,6 +10,7 @@ from typing import Any, Awaitable, Callable, Generic, Sequence, TypeVar
 
 from redis.exceptions import NoScriptError
 
+from tornado_gateway.cluster.pipelined import Script
 from tornado_gateway.cluster.redis_cluster import ShardScript
 
 T = TypeVar("T")
@@ -67,6 +68,7 @@ class KeyedScript:
         self.sha = hashlib.sha1(body.encode()).hexdigest()
         self.width = width
         self.sharded = ShardScript(body, width)
+        self.pipelined = Script(body)
 
     async def run(self, link: Any, keys: Sequence[str], per_key_args: Sequence[Sequence[Any]] = (),
                   shared_args: Sequence[Any] = ()) -> list:
@@ -74,6 +76,9 @@ class KeyedScript:
             return []
         if link.cluster is not None:
             return await self.sharded(link.cluster, keys, per_key_args, shared_args)
+        if link.fast is not None:  # cluster.pipelined
+            return await self.pipelined(link.fast, keys,
+                                        [*shared_args, *(a for per_key in per_key_args for a in per_key)])
         args = [*keys, *shared_args, *(a for per_key in per_key_args for a in per_key)]
         try:
             return await link.client.evalsha(self.sha, len(keys), *args)

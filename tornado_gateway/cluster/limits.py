@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from redis.exceptions import NoScriptError
 
 from tornado_gateway import metrics
+from tornado_gateway.cluster.pipelined import Script
 from tornado_gateway.cluster.redis_cluster import ShardScript
 from tornado_gateway.config import RateLimit, Settings
 from tornado_gateway.errors import GatewayError
@@ -54,6 +55,7 @@ return out
 """
 GCRA_SHA = hashlib.sha1(GCRA_SCRIPT.encode()).hexdigest()
 GCRA_PER_SHARD = ShardScript(GCRA_SCRIPT, width=4)  # on a Redis Cluster: one EVALSHA per master
+GCRA_PIPELINED = Script(GCRA_SCRIPT)  # on a plain Redis: through the link's pipelined connection
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,8 @@ class Limits:
         try:
             if self.redis.cluster is not None:
                 flat = await GCRA_PER_SHARD(self.redis.cluster, keys, [pair for _, pair, _ in batch])
+            elif self.redis.fast is not None:
+                flat = await GCRA_PIPELINED(self.redis.fast, keys, args)
             else:
                 try:
                     flat = await client.evalsha(GCRA_SHA, len(keys), *keys, *args)

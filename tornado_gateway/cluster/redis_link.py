@@ -20,6 +20,7 @@ from redis.exceptions import MaxConnectionsError
 from socketio.redis_manager import parse_redis_sentinel_url
 
 from tornado_gateway import metrics
+from tornado_gateway.cluster.pipelined import PipelinedRedis
 from tornado_gateway.cluster.redis_cluster import connect_cluster, is_cluster_url
 from typing import Any, Callable
 
@@ -115,7 +116,10 @@ def connection_lost(exc: BaseException) -> bool:
 
 
 class RedisLink:
-    """The shared client plus an up/down flag kept current by a watcher."""
+    """The shared client plus an up/down flag kept current by a watcher.
+
+    ``fast``: one pipelined connection (cluster.pipelined) for the small commands of the hot
+    path on a plain ``redis://`` or ``unix://`` URL, else None (use ``client``)."""
 
     PING_INTERVAL = 1.0
 
@@ -125,6 +129,9 @@ class RedisLink:
         self.client = connect(url, bounded_pool=True)
         # The cluster client on a Redis Cluster (sharded pub/sub, per-shard scripts), else None.
         self.cluster: RedisCluster | None = self.client if isinstance(self.client, RedisCluster) else None
+        self.fast: PipelinedRedis | None = None if self.cluster is not None else PipelinedRedis.for_url(
+            url, connect_timeout=CLIENT_OPTIONS["socket_connect_timeout"],
+            command_timeout=CLIENT_OPTIONS["socket_timeout"])
         self.up = False
         self.last_error: str | None = None
         self._watcher: asyncio.Task | None = None
@@ -219,6 +226,8 @@ class RedisLink:
                 await self._watcher  # let it finish before the client it pings goes away
             except asyncio.CancelledError:
                 pass
+        if self.fast is not None:
+            self.fast.close()
         try:
             await self.client.aclose()
         except Exception:

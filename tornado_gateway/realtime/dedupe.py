@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any, cast
 
+from tornado_gateway.cluster.pipelined import Script
 from tornado_gateway.cluster.redis_cluster import ShardScript
 from tornado_gateway.cluster.redis_link import RedisLink
 from tornado_gateway.codec import dumps, loads
@@ -58,6 +59,8 @@ end
 return won
 """
 FIRST_RECEIPTS_PER_SHARD = ShardScript(FIRST_RECEIPTS)  # on a Redis Cluster: one call per master
+# The same scripts through the link's pipelined connection (a plain Redis: cluster.pipelined).
+PIPELINED = {"reserve": Script(RESERVE), "complete": Script(COMPLETE), "receipts": Script(FIRST_RECEIPTS)}
 
 
 class _LocalTtlDict:
@@ -117,6 +120,11 @@ class SendRecords:
         return f"{len(chat_id)}:{chat_id}:{client_message_id}"
 
     def _script(self, name: str, text: str) -> Any:
+        """``script(keys=…, args=…)`` on the pipelined connection, else on the pooled client."""
+        fast = cast(RedisLink, self.redis).fast
+        if fast is not None:
+            pipelined = PIPELINED[name]
+            return lambda keys, args: pipelined(fast, keys, args)
         script = self._scripts.get(name)
         if script is None:
             script = self._scripts[name] = cast(RedisLink, self.redis).client.register_script(text)
@@ -213,6 +221,8 @@ class ReceiptMarks:
                 results = await FIRST_RECEIPTS_PER_SHARD(self.redis.cluster, names,
                                                          per_key_args=[[r] for _, r in fresh],
                                                          shared_args=[self.ttl])
+            elif self.redis.fast is not None:
+                results = await PIPELINED["receipts"](self.redis.fast, names, [self.ttl, *(r for _, r in fresh)])
             else:
                 if self._script is None:
                     self._script = self.redis.client.register_script(FIRST_RECEIPTS)

@@ -85,7 +85,10 @@ class Outbox:
         client = self.redis_link.client
         if len(by_channel) == 1 and not self.sharded:  # the common case: no pipeline needed
             ((channel, items),) = by_channel.items()
-            await client.publish(channel, self.batch_message(items))
+            if self.redis_link.fast is not None:
+                await self.redis_link.fast.execute("PUBLISH", channel, self.batch_message(items))
+            else:
+                await client.publish(channel, self.batch_message(items))
             return
         pipe = client.pipeline(transaction=False)
         for channel, items in by_channel.items():

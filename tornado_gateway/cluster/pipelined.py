@@ -1,0 +1,206 @@
+"""One multiplexed Redis connection for the hot path: commands are written as they come and
+answered in order (hiredis parses), instead of a pooled redis-py call each.
+
+Why: a redis-py command costs about 100-150 µs of CPU here, this about 15 (docs/benchmarks.md,
+"Redis commands"). Plain ``redis://`` and ``unix://`` URLs only; TLS, Sentinel and Cluster
+keep redis-py (``PipelinedRedis.for_url`` returns None for them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import time
+from typing import Any, Sequence
+from urllib.parse import urlsplit
+
+import hiredis
+from redis.asyncio.connection import parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+class _Protocol(asyncio.Protocol):
+    """The wire: replies are matched to waiters first in, first out."""
+
+    def __init__(self, owner: "PipelinedRedis") -> None:
+        self.owner = owner
+        self.reader = hiredis.Reader(replyError=ResponseError)
+        self.waiters: collections.deque[tuple[asyncio.Future, float]] = collections.deque()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        waiters = self.waiters
+        while True:
+            try:
+                reply = self.reader.gets()
+            except hiredis.ProtocolError as exc:
+                self.abort(RedisConnectionError(f"redis protocol error: {exc}"))
+                return
+            if reply is False:
+                return
+            if not waiters:  # a reply nobody asked for: the stream is out of step
+                self.abort(RedisConnectionError("redis sent an unexpected reply"))
+                return
+            future = waiters.popleft()[0]
+            if not future.done():
+                if isinstance(reply, ResponseError):
+                    future.set_exception(_error(reply))
+                else:
+                    future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(RedisConnectionError(f"connection to redis lost: {exc or 'closed by server'}"))
+
+    def fail(self, exc: Exception) -> None:
+        self.closed = True
+        while self.waiters:
+            future = self.waiters.popleft()[0]
+            if not future.done():
+                future.set_exception(exc)
+        self.owner._forget(self)
+
+    def abort(self, exc: Exception) -> None:
+        self.fail(exc)
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _error(reply: ResponseError) -> ResponseError:
+    if str(reply).startswith("NOSCRIPT"):
+        return NoScriptError(str(reply))
+    return reply
+
+
+class Script:
+    """A Lua script run with EVALSHA, loaded again when Redis forgot it (a restart)."""
+
+    def __init__(self, body: str) -> None:
+        self.body = body
+        self.sha = hashlib.sha1(body.encode()).hexdigest()
+
+    async def __call__(self, redis: "PipelinedRedis", keys: Sequence[Any] = (),
+                       args: Sequence[Any] = ()) -> Any:
+        try:
+            return await redis.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await redis.execute("SCRIPT", "LOAD", self.body)
+            return await redis.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+class PipelinedRedis:
+    """``await execute(*args)``: the raw reply (bytes, int, list, None), or the redis-py
+    exception a pooled client would raise (ConnectionError, TimeoutError, ResponseError)."""
+
+    def __init__(self, url: str, connect_timeout: float = 1.0, command_timeout: float = 2.0) -> None:
+        self.options = parse_url(url)
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Future | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def for_url(cls, url: str, **kwargs: Any) -> "PipelinedRedis | None":
+        """A pipelined connection for plain ``redis://`` and ``unix://`` URLs, else None."""
+        if urlsplit(url).scheme not in ("redis", "unix"):
+            return None
+        return cls(url, **kwargs)
+
+    async def execute(self, *args: Any) -> Any:
+        protocol = self._protocol
+        if protocol is None or protocol.closed or protocol.transport is None \
+                or protocol.transport.is_closing():
+            protocol = await self._connect()
+        return await self._send(protocol, args)
+
+    def _send(self, protocol: _Protocol, args: Sequence[Any]) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        try:
+            packed = hiredis.pack_command(tuple(args))
+        except Exception as exc:  # a value of a type Redis cannot take: the caller's error
+            future.set_exception(ResponseError(f"cannot encode the command: {exc}"))
+            return future
+        assert protocol.transport is not None
+        protocol.transport.write(packed)
+        protocol.waiters.append((future, time.monotonic()))
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self.command_timeout, self._check_overdue)
+        return future
+
+    def _check_overdue(self) -> None:
+        """One timer per connection instead of a timeout per command: a reply older than
+        ``command_timeout`` means Redis hangs, and every waiter fails with a TimeoutError."""
+        self._watchdog = None
+        protocol = self._protocol
+        if protocol is None or not protocol.waiters:
+            return
+        age = time.monotonic() - protocol.waiters[0][1]
+        if age >= self.command_timeout:
+            protocol.abort(RedisTimeoutError(f"redis did not answer within {self.command_timeout} s"))
+            return
+        self._watchdog = asyncio.get_running_loop().call_later(
+            self.command_timeout - age, self._check_overdue)
+
+    async def _connect(self) -> _Protocol:
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._open())
+        connecting = self._connecting
+        try:
+            return await asyncio.shield(connecting)
+        finally:
+            if connecting.done() and self._connecting is connecting:
+                self._connecting = None
+
+    async def _open(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        options = self.options
+        try:
+            if "path" in options:
+                connect = loop.create_unix_connection(lambda: _Protocol(self), options["path"])
+            else:
+                connect = loop.create_connection(lambda: _Protocol(self), options.get("host", "localhost"),
+                                                 int(options.get("port", 6379)))
+            _, protocol = await asyncio.wait_for(connect, self.connect_timeout)
+        except asyncio.TimeoutError:
+            raise RedisTimeoutError("timed out connecting to redis") from None
+        except OSError as exc:
+            raise RedisConnectionError(f"cannot connect to redis: {exc}") from exc
+        try:
+            setup: list[tuple[Any, ...]] = []
+            if options.get("password"):
+                setup.append(("AUTH", options["username"], options["password"]) if options.get("username")
+                             else ("AUTH", options["password"]))
+            if options.get("db"):
+                setup.append(("SELECT", int(options["db"])))
+            for command in setup:
+                await asyncio.wait_for(self._send(protocol, command), self.command_timeout)
+        except BaseException as exc:
+            protocol.abort(exc if isinstance(exc, Exception) else RedisConnectionError("cancelled"))
+            if isinstance(exc, asyncio.TimeoutError):
+                raise RedisTimeoutError("redis did not answer the connection set-up") from None
+            if isinstance(exc, ResponseError):  # a wrong password or database: no usable connection
+                raise AuthenticationError(f"redis refused the connection set-up: {exc}") from None
+            raise
+        self._protocol = protocol
+        return protocol
+
+    def _forget(self, protocol: _Protocol) -> None:
+        if self._protocol is protocol:
+            self._protocol = None
+
+    def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None:
+            protocol.abort(RedisConnectionError("connection closed by the gateway"))
