@@ -1,5 +1,5 @@
-"""One multiplexed Redis connection for the hot path: commands are written as they come and
-answered in order (hiredis parses), instead of a pooled redis-py call each.
+"""One multiplexed Redis connection for the hot path: the commands of a loop iteration are
+written together and answered in order (hiredis parses), instead of a pooled redis-py call each.
 
 Why: a redis-py command costs about 100-150 µs of CPU here, this about 15 (docs/benchmarks.md,
 "Redis commands"). Plain ``redis://`` and ``unix://`` URLs only; TLS, Sentinel and Cluster
@@ -31,6 +31,17 @@ class _Protocol(asyncio.Protocol):
         self.waiters: collections.deque[tuple[asyncio.Future, float]] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.outgoing: list[bytes] = []  # commands of this loop iteration, written together
+
+    def write(self, packed: bytes) -> None:
+        self.outgoing.append(packed)
+        if len(self.outgoing) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        outgoing, self.outgoing = self.outgoing, []
+        if self.transport is not None and not self.closed:
+            self.transport.write(b"".join(outgoing) if len(outgoing) > 1 else outgoing[0])
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -129,8 +140,7 @@ class PipelinedRedis:
         except Exception as exc:  # a value of a type Redis cannot take: the caller's error
             future.set_exception(ResponseError(f"cannot encode the command: {exc}"))
             return future
-        assert protocol.transport is not None
-        protocol.transport.write(packed)
+        protocol.write(packed)
         protocol.waiters.append((future, time.monotonic()))
         if self._watchdog is None:
             self._watchdog = loop.call_later(self.command_timeout, self._check_overdue)
