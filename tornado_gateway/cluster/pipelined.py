@@ -140,6 +140,9 @@ class PipelinedRedis:
         except Exception as exc:  # a value of a type Redis cannot take: the caller's error
             future.set_exception(ResponseError(f"cannot encode the command: {exc}"))
             return future
+        if protocol.closed:  # lost between the connect and this command
+            future.set_exception(RedisConnectionError("connection to redis lost"))
+            return future
         protocol.write(packed)
         protocol.waiters.append((future, time.monotonic()))
         if self._watchdog is None:
@@ -161,14 +164,18 @@ class PipelinedRedis:
             self.command_timeout - age, self._check_overdue)
 
     async def _connect(self) -> _Protocol:
-        if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._open())
         connecting = self._connecting
-        try:
-            return await asyncio.shield(connecting)
-        finally:
-            if connecting.done() and self._connecting is connecting:
-                self._connecting = None
+        if connecting is None:
+            connecting = self._connecting = asyncio.ensure_future(self._open())
+            connecting.add_done_callback(self._connected)
+        return await asyncio.shield(connecting)
+
+    def _connected(self, connecting: asyncio.Future) -> None:
+        """The attempt is over (whoever waited for it): the next command may try again."""
+        if self._connecting is connecting:
+            self._connecting = None
+        if not connecting.cancelled():
+            connecting.exception()  # retrieved: a failure nobody awaited is not logged
 
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
