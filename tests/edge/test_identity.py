@@ -215,3 +215,52 @@ def test_an_asymmetric_looking_secret_is_refused_on_every_token():
         with pytest.raises(jwt.InvalidKeyError):
             decoder.decode(jwt.encode({"sub": "u", "exp": int(time.time()) + 60}, "k" * 40), pem,
                            algorithms=["HS256"])
+
+
+def _segment_outcome(decode, segment: bytes):
+    try:
+        return ("ok", decode(segment, "payload"))
+    except jwt.DecodeError:
+        return ("refused", None)
+
+
+SEGMENT_CASES = [b"", b"e30", b"eyJhIjoxfQ", b"eyJhIjoxfQ==", b"eyJhIjoxfQ=", b"eyJhIjoxfQ===", b"e30=",
+                 b"a", b"ab", b"abc", b"abcd", b"abcde", b"abd", b"abf", b"ab==", b"abc=", b"a===", b"!!!!",
+                 b"ab+c", b"ab/c", b"ab c", b"ab\nc", b"ab.c", b"=", b"==", b"====", "é".encode(), b"\x00\x01"]
+
+
+@pytest.mark.parametrize("segment", SEGMENT_CASES)
+def test_pinned_segment_check_accepts_and_refuses_exactly_what_pyjwt_does(segment):
+    """PinnedJWS replaces PyJWS._decode_base64url_segment (a pyjwt private method, called by _load)."""
+    from tornado_gateway.edge.identity import PinnedJWS
+
+    original = jwt.PyJWS._decode_base64url_segment
+    assert _segment_outcome(PinnedJWS._decode_base64url_segment, segment) == _segment_outcome(original, segment)
+
+
+def test_pinned_segment_check_matches_pyjwt_on_random_segments():
+    from hypothesis import given, settings, strategies as st
+
+    from tornado_gateway.edge.identity import PinnedJWS
+
+    alphabet = st.sampled_from(list(b"ABCXYZabcxyz0189-_=+/. \n") + [0, 0xC3, 0xA9])
+
+    @settings(max_examples=2000, deadline=None, database=None)
+    @given(st.lists(alphabet, max_size=24).map(bytes))
+    def same(segment: bytes) -> None:
+        assert _segment_outcome(PinnedJWS._decode_base64url_segment, segment) == \
+            _segment_outcome(jwt.PyJWS._decode_base64url_segment, segment)
+
+    same()
+
+
+def test_the_pinned_segment_check_is_the_one_pyjwt_calls(monkeypatch):
+    from tornado_gateway.edge.identity import PinnedJWS, pinned_decoder
+
+    seen = []
+    fast = PinnedJWS.__dict__["_decode_base64url_segment"].__func__
+    monkeypatch.setattr(PinnedJWS, "_decode_base64url_segment",
+                        staticmethod(lambda segment, name: seen.append(name) or fast(segment, name)))
+    decoder = pinned_decoder(["HS256"], verify_aud=False)
+    assert decoder.decode(make_token("seg"), ACCESS_SECRET, algorithms=["HS256"])["sub"] == "seg"
+    assert seen == ["header", "payload", "crypto"]

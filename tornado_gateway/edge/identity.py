@@ -14,6 +14,7 @@ from typing import Any, Protocol, Sequence
 
 import jwt
 from jwt.algorithms import HMACAlgorithm
+from jwt.utils import base64url_decode, base64url_encode
 from tornado import httputil
 
 from tornado_gateway.config import Settings
@@ -97,16 +98,39 @@ class PreparedHMAC(HMACAlgorithm):
         return warning
 
 
+_BASE64URL = re.compile(rb"[A-Za-z0-9_-]*")
+
+
+class PinnedJWS(jwt.PyJWS):
+    """pyjwt's signature half; a token's segment is checked with one expression instead of
+    pyjwt's loop over its characters (half the cost of verifying a fresh token).
+
+    Only for a segment of base64url characters, no padding, a possible length, that
+    decodes and encodes back to itself: exactly those pyjwt accepts the same way (its
+    check: every character in the alphabet, length % 4 != 1, the canonical encoding). Any
+    other segment goes to pyjwt's own check, which accepts or refuses it as it always does.
+    """
+
+    @staticmethod
+    def _decode_base64url_segment(segment: bytes, name: str) -> bytes:
+        if len(segment) % 4 != 1 and _BASE64URL.fullmatch(segment) is not None:
+            decoded = base64url_decode(segment)
+            if base64url_encode(decoded) == segment:
+                return decoded
+        return jwt.PyJWS._decode_base64url_segment(segment, name)
+
+
 def pinned_decoder(algorithms: Sequence[str], verify_aud: bool) -> jwt.PyJWT:
     """One ``jwt.PyJWT`` for a verifier: options fixed once, only ``algorithms`` registered.
 
     Its signature half (``PyJWS``) knows no algorithm but the configured HMAC ones
     (not ``none``, no asymmetric one): a token naming another is refused by the
     allow-list and could not be verified anyway. pyjwt's own module-level functions are
-    a ``PyJWT`` whose ``_jws`` is replaced the same way (tests/edge/test_identity.py pins it).
+    a ``PyJWT`` whose ``_jws`` is replaced the same way (tests/edge/test_identity.py pins it
+    and PinnedJWS's segment check).
     """
     decoder = jwt.PyJWT({"require": ["exp"], "verify_aud": verify_aud})
-    jws = jwt.PyJWS(algorithms=[], options={"verify_signature": True, "enforce_minimum_key_length": False})
+    jws = PinnedJWS(algorithms=[], options={"verify_signature": True, "enforce_minimum_key_length": False})
     for name in algorithms:
         jws.register_algorithm(name, PreparedHMAC(HMAC_HASHES[name]))
     decoder._jws = jws
