@@ -1,8 +1,9 @@
 """Logs: one JSON object per line on stdout, with request context, never secrets.
 
-The access line is written without ``logging``; every line goes through one
-writer that buffers access lines (flushed per loop iteration, at exit, on a crash)
-and writes any other record at once, with what was buffered before it. Why it works
+The access line and a socket's lines (connected, refused, disconnected) are written
+without ``logging``; every line goes through one writer that buffers those (flushed
+per loop iteration, at exit, on a crash) and writes any other record at once, with
+what was buffered before it. Why it works
 this way: docs/design-notes.md ("Logs").
 """
 
@@ -195,10 +196,11 @@ def _timestamp(now: float) -> str:
     return f"{_stamp[1]}.{int((now - second) * 1000):03d}Z"
 
 
-class AccessLog:
-    """The access line of each HTTP request, written without ``logging`` (it is on every request)."""
+class _DirectLog:
+    """Lines written to the writer without ``logging`` (one or more come with every request or
+    socket); through ``logging`` until ``setup_logging`` gave a writer."""
 
-    LOGGER = "tornado_gateway.access"
+    LOGGER = "tornado_gateway"
     _LEVELS = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning",
                logging.ERROR: "error"}
 
@@ -211,6 +213,16 @@ class AccessLog:
         if self.writer is None:
             return logging.getLogger(self.LOGGER).isEnabledFor(level)
         return level >= self.threshold
+
+    def _head(self, level: int, message: str) -> str:
+        return (f'{{"time":"{_timestamp(time.time())}","level":"{self._LEVELS.get(level, "info")}",'
+                f'"logger":"{self.LOGGER}","message":{_quote(message)}')
+
+
+class AccessLog(_DirectLog):
+    """The access line of each HTTP request."""
+
+    LOGGER = "tornado_gateway.access"
 
     def write(self, level: int, method: str, path: str, status: int, duration: float,
               request_id: str | None, user_id: str | None, route: str, upstream: str | None,
@@ -229,8 +241,7 @@ class AccessLog:
             request_id = redactor(request_id) if request_id else request_id
             user_id = redactor(user_id) if user_id else user_id
         path_q = _quote(path)
-        line = (f'{{"time":"{_timestamp(time.time())}","level":"{self._LEVELS.get(level, "info")}",'
-                f'"logger":"{self.LOGGER}","message":{_quote(f"{method} {path} {status}")}')
+        line = self._head(level, f"{method} {path} {status}")
         if request_id:
             line += f',"request_id":{_quote(request_id)}'
         if user_id:
@@ -245,7 +256,38 @@ class AccessLog:
         self.writer.write(line + "}")
 
 
+class SocketLog(_DirectLog):
+    """A socket's lines: connected, authenticated, refused, disconnected (a storm writes thousands)."""
+
+    LOGGER = "tornado_gateway.realtime"
+
+    def write(self, level: int, message: str, event: str, sid: str | None, client_ip: str | None = None,
+              user_id: str | None = None, code: str | None = None) -> None:
+        """One line about one socket (the caller checked ``enabled_for(level)``); the fields of
+        the ``logging`` line it replaces, in the same order, redacted the same way."""
+        if self.writer is None:
+            logging.getLogger(self.LOGGER).log(level, "%s", message, extra={
+                "event": event, "sid": sid, "client_ip": client_ip, "user_id": user_id, "code": code})
+            return
+        redactor = self.redactor
+        if redactor.hit(f"{message} {user_id} {client_ip} {sid} {code}"):
+            message = redactor(message)
+            user_id, client_ip, sid, code = (redactor(v) if v else v for v in (user_id, client_ip, sid, code))
+        line = self._head(level, message)
+        if user_id:
+            line += f',"user_id":{_quote(user_id)}'
+        if client_ip:
+            line += f',"client_ip":{_quote(client_ip)}'
+        line += f',"event":{_quote(event)}'
+        if sid:
+            line += f',"sid":{_quote(sid)}'
+        if code:
+            line += f',"code":{_quote(code)}'
+        self.writer.write(line + "}")
+
+
 access = AccessLog()
+sockets = SocketLog()
 _writer: LineWriter | None = None
 
 
@@ -266,7 +308,8 @@ def setup_logging(level: str, secrets: Iterable[str] = (), stream: BinaryIO | No
     root = logging.getLogger()
     root.handlers[:] = [_WriterHandler(_writer, formatter)]
     root.setLevel(level.upper())
-    access.writer, access.redactor, access.threshold = _writer, formatter.redactor, root.level
+    for direct in (access, sockets):
+        direct.writer, direct.redactor, direct.threshold = _writer, formatter.redactor, root.level
     # Our own access log replaces tornado's; the libraries are chatty at info.
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
     for noisy in ("socketio", "engineio", "asyncio"):
@@ -311,5 +354,5 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-__all__ = ["AccessLog", "JsonFormatter", "LineWriter", "Redactor", "access", "flush", "redact",
-           "setup_logging"]
+__all__ = ["AccessLog", "JsonFormatter", "LineWriter", "Redactor", "SocketLog", "access", "flush", "redact",
+           "setup_logging", "sockets"]

@@ -97,6 +97,33 @@ async def test_a_burst_of_wants_is_one_subscribe_and_live_means_confirmed(redis_
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_live_answers_false_when_unconfirmed_dropped_or_cancelled_and_leaves_no_waiter(own_redis):
+    """``live`` waits on one loop timer: False once it fires, False at once on drop, nothing left behind."""
+    own_redis.stop()  # nothing listens: no subscription is ever confirmed
+    subs = ChannelSubscriptions(Inbox(), connect=lambda: aioredis.Redis.from_url(own_redis.url))
+    await subs.start()
+    try:
+        late, dropped, cancelled = (room_channel(uid("chat:c")) for _ in range(3))
+        for name in (late, dropped, cancelled):
+            subs.want(name)
+        assert await subs.live(late, 0.2) is False
+        assert subs._find(late).waiters == []
+        waiting = asyncio.ensure_future(subs.live(dropped, 60))
+        await asyncio.sleep(0)
+        subs.drop(dropped)
+        assert await waiting is False  # the drop answered, long before the 60 s timer
+        gone = asyncio.ensure_future(subs.live(cancelled, 60))
+        await asyncio.sleep(0)
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert all(w.done() for w in subs._find(cancelled).waiters)
+        assert await subs.live(uid("never-wanted"), 60) is False
+    finally:
+        await subs.close()
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_drop_unsubscribes_and_want_drop_want_ends_subscribed_once(redis_server):
     inbox = Inbox()
     subs = ChannelSubscriptions(inbox, connect=lambda: aioredis.Redis.from_url(redis_server.url))

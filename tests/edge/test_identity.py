@@ -2,15 +2,13 @@
 
 import json
 import time
-import warnings
 
 import jwt
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from forged_tokens import FORGED, WRONG_SECRET
 from harness import ACCESS_SECRET, REFRESH_SECRET, GatewayProcess, make_token
-
-WRONG_SECRET = "not-the-access-secret-0123456789abcdef0123"
 
 
 @pytest.fixture(scope="module")
@@ -32,28 +30,6 @@ async def call(gw, path, token=None, method="GET", headers=None, body=None):
 
 def error_code(response) -> str:
     return json.loads(response.body)["error"]["code"]
-
-
-def _forged_tokens() -> dict:
-    now = int(time.time())
-    warnings.simplefilter("ignore")  # PyJWT warns about the short HS512 key: that is the point
-    return {
-        "alg_none": jwt.encode({"sub": "u1", "exp": now + 600}, None, algorithm="none"),
-        "wrong_key": make_token("u1", secret=WRONG_SECRET),
-        "expired": make_token("u1", ttl=-3600),
-        "refresh_as_access": make_token("u1", type="refresh"),
-        "refresh_secret": make_token("u1", secret=REFRESH_SECRET),
-        "missing_exp": make_token("u1", exp=None),
-        "hs512_not_allowed": make_token("u1", algorithm="HS512"),
-        "nbf_in_the_future": make_token("u1", nbf=now + 3600),
-        "no_subject": make_token(None),
-        "garbage": "not-a-jwt",
-        "three_garbage_parts": "aaa.bbb.ccc",
-    }
-
-
-with warnings.catch_warnings():
-    FORGED = _forged_tokens()
 
 
 @pytest.mark.gen_test
@@ -196,3 +172,95 @@ def test_a_remembered_token_is_refused_once_it_expires():
     for _ in range(2):  # a refusal is never remembered as a success
         with pytest.raises(AuthError):
             verifier.verify_access(forged)
+
+
+def test_the_decoder_knows_only_the_configured_hmac_algorithms_and_prepares_each_secret_once(monkeypatch):
+    """pyjwt seam (edge/identity.pinned_decoder): PyJWT verifies signatures with its ``_jws``, as
+    pyjwt's own module-level functions do; the key checks of PreparedHMAC run once per secret."""
+    from jwt.algorithms import HMACAlgorithm
+
+    from tornado_gateway import config
+    from tornado_gateway.edge.identity import AuthError, PreparedHMAC, TokenVerifier
+
+    assert jwt.api_jwt._jwt_global_obj._jws is jwt.api_jws._jws_global_obj
+    tokens = [make_token(f"u{n}") for n in range(5)] + [make_token("after")]  # signing prepares keys too
+    prepared = []
+    original = HMACAlgorithm.prepare_key
+    monkeypatch.setattr(HMACAlgorithm, "prepare_key", lambda self, key: prepared.append(key) or original(self, key))
+    settings = config.load(["gw"], {"JWT_ACCESS_SECRET": ACCESS_SECRET, "REDIS_URL": "memory://"})
+    verifier = TokenVerifier(settings)
+    jws = verifier._decoder._jws
+    assert sorted(jws.get_algorithms()) == ["HS256"]
+    assert isinstance(jws.get_algorithm_by_name("HS256"), PreparedHMAC)
+    for n in range(5):
+        assert verifier.verify_access(tokens[n]).user_id == f"u{n}"
+    assert prepared == [ACCESS_SECRET]
+    for kind, token in sorted(FORGED.items()):
+        with pytest.raises(AuthError):
+            verifier.verify_access(token)
+    assert verifier.verify_access(tokens[-1]).user_id == "after"
+    assert prepared == [ACCESS_SECRET]
+    monkeypatch.undo()
+    with pytest.raises(jwt.InvalidAlgorithmError):  # the right key, an algorithm not configured
+        verifier._decoder.decode(make_token("u1", algorithm="HS512", secret=ACCESS_SECRET * 2),
+                                 ACCESS_SECRET * 2, algorithms=["HS512"])
+
+
+def test_an_asymmetric_looking_secret_is_refused_on_every_token():
+    from tornado_gateway.edge.identity import pinned_decoder
+
+    decoder = pinned_decoder(["HS256"], verify_aud=False)
+    pem = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----"
+    for _ in range(2):  # a refused key is never kept as prepared
+        with pytest.raises(jwt.InvalidKeyError):
+            decoder.decode(jwt.encode({"sub": "u", "exp": int(time.time()) + 60}, "k" * 40), pem,
+                           algorithms=["HS256"])
+
+
+def _segment_outcome(decode, segment: bytes):
+    try:
+        return ("ok", decode(segment, "payload"))
+    except jwt.DecodeError:
+        return ("refused", None)
+
+
+SEGMENT_CASES = [b"", b"e30", b"eyJhIjoxfQ", b"eyJhIjoxfQ==", b"eyJhIjoxfQ=", b"eyJhIjoxfQ===", b"e30=",
+                 b"a", b"ab", b"abc", b"abcd", b"abcde", b"abd", b"abf", b"ab==", b"abc=", b"a===", b"!!!!",
+                 b"ab+c", b"ab/c", b"ab c", b"ab\nc", b"ab.c", b"=", b"==", b"====", "é".encode(), b"\x00\x01"]
+
+
+@pytest.mark.parametrize("segment", SEGMENT_CASES)
+def test_pinned_segment_check_accepts_and_refuses_exactly_what_pyjwt_does(segment):
+    """PinnedJWS replaces PyJWS._decode_base64url_segment (a pyjwt private method, called by _load)."""
+    from tornado_gateway.edge.identity import PinnedJWS
+
+    original = jwt.PyJWS._decode_base64url_segment
+    assert _segment_outcome(PinnedJWS._decode_base64url_segment, segment) == _segment_outcome(original, segment)
+
+
+def test_pinned_segment_check_matches_pyjwt_on_random_segments():
+    from hypothesis import given, settings, strategies as st
+
+    from tornado_gateway.edge.identity import PinnedJWS
+
+    alphabet = st.sampled_from(list(b"ABCXYZabcxyz0189-_=+/. \n") + [0, 0xC3, 0xA9])
+
+    @settings(max_examples=2000, deadline=None, database=None)
+    @given(st.lists(alphabet, max_size=24).map(bytes))
+    def same(segment: bytes) -> None:
+        assert _segment_outcome(PinnedJWS._decode_base64url_segment, segment) == \
+            _segment_outcome(jwt.PyJWS._decode_base64url_segment, segment)
+
+    same()
+
+
+def test_the_pinned_segment_check_is_the_one_pyjwt_calls(monkeypatch):
+    from tornado_gateway.edge.identity import PinnedJWS, pinned_decoder
+
+    seen = []
+    fast = PinnedJWS.__dict__["_decode_base64url_segment"].__func__
+    monkeypatch.setattr(PinnedJWS, "_decode_base64url_segment",
+                        staticmethod(lambda segment, name: seen.append(name) or fast(segment, name)))
+    decoder = pinned_decoder(["HS256"], verify_aud=False)
+    assert decoder.decode(make_token("seg"), ACCESS_SECRET, algorithms=["HS256"])["sub"] == "seg"
+    assert seen == ["header", "payload", "crypto"]

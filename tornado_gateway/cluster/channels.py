@@ -243,14 +243,16 @@ class ChannelSubscriptions:
             return False
         if channel.live:
             return True
-        waiter = asyncio.get_running_loop().create_future()
+        # One loop timer answers False when the confirmation is late: wait_for(shield(...))
+        # made a task, a second future and callbacks on every connect of a storm.
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
         channel.waiters.append(waiter)
+        timer = loop.call_later(timeout, _give_up, channel, waiter)
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
-        except asyncio.TimeoutError:
-            if waiter in channel.waiters:
-                channel.waiters.remove(waiter)
-            return False
+            return await waiter
+        finally:
+            timer.cancel()
 
     def _counter(self, kind: str) -> Callable[[], float]:
         return lambda: float(self.counts()[kind])
@@ -349,6 +351,14 @@ class ChannelSubscriptions:
         for name, channel in link.channels.items():
             if channel.wanted and not channel.requested:
                 self._mark(link, name)
+
+
+def _give_up(channel: _Channel, waiter: asyncio.Future) -> None:
+    """``live``'s timeout: the waiter answers False and leaves the channel's list."""
+    if not waiter.done():
+        waiter.set_result(False)
+    if waiter in channel.waiters:
+        channel.waiters.remove(waiter)
 
 
 def _log_failure(task: asyncio.Future) -> None:

@@ -16,6 +16,7 @@ import time
 import socketio
 
 from tornado_gateway import metrics
+from tornado_gateway.logs import sockets as socket_log
 from tornado_gateway.edge.identity import Identity, AuthError, bearer_token, check_access_token
 from tornado_gateway.realtime.services import ChatServices
 from tornado_gateway.realtime.dedupe import ReceiptMarks, SendRecords
@@ -135,8 +136,9 @@ class Realtime(OrderedDispatch):
         except socketio.exceptions.ConnectionRefusedError as exc:
             data = exc.error_args.get("data") if isinstance(exc.error_args, dict) else None
             code = data.get("code") if isinstance(data, dict) else None
-            log.info("socket refused: %s (%s)", code, exc.error_args.get("message"),
-                     extra={"event": "connect", "code": code, "client_ip": ip, "sid": sid})
+            if socket_log.enabled_for(logging.INFO):
+                socket_log.write(logging.INFO, f"socket refused: {code} ({exc.error_args.get('message')})",
+                                 "connect", sid, client_ip=ip, code=code)
             raise
 
     async def _admit(self, sid: str, environ: dict, auth: Any, ip: str) -> bool:
@@ -167,9 +169,10 @@ class Realtime(OrderedDispatch):
         self.sockets_of_ip[ip] = self.sockets_of_ip.get(ip, 0) + 1
         metrics.OPEN_SOCKETS.inc()
         transport = "websocket" if getattr(handler, "ws_connection", None) else "polling"
-        log.info("socket connected (%s)%s", transport, "" if identity else ", awaiting auth:hello",
-                 extra={"event": "connect", "sid": sid, "client_ip": ip,
-                        "user_id": identity.user_id if identity else None})
+        if socket_log.enabled_for(logging.INFO):
+            socket_log.write(logging.INFO, f"socket connected ({transport})" if identity else
+                             f"socket connected ({transport}), awaiting auth:hello", "connect", sid,
+                             client_ip=ip, user_id=identity.user_id if identity else None)
         if getattr(handler, "lean_socket", None) is not None:
             handler.socket_client_ip = ip  # a second connect of "/" on this socket finds it here
             wire.slim_environ(self.sio, self.manager.eio_sid_from_sid(sid, "/"), environ)
@@ -188,8 +191,9 @@ class Realtime(OrderedDispatch):
             self.manager.forget_websocket(eio_sid)
         if state is None:
             return
-        log.info("socket disconnected: %s", state.close_reason or reason or "unknown",
-                 extra={"event": "disconnect", "sid": sid, "client_ip": state.ip, "user_id": state.user_id})
+        if socket_log.enabled_for(logging.INFO):
+            socket_log.write(logging.INFO, f"socket disconnected: {state.close_reason or reason or 'unknown'}",
+                             "disconnect", sid, client_ip=state.ip, user_id=state.user_id)
         state.closing = True
         metrics.OPEN_SOCKETS.dec()
         if state.timer is not None:
@@ -268,8 +272,9 @@ class Realtime(OrderedDispatch):
             if state.timer is not None:
                 state.timer.cancel()
             await self._authenticate(state, identity)
-            log.info("socket authenticated (auth:hello)",
-                     extra={"event": "auth:hello", "sid": state.sid, "user_id": identity.user_id})
+            if socket_log.enabled_for(logging.INFO):
+                socket_log.write(logging.INFO, "socket authenticated (auth:hello)", "auth:hello", state.sid,
+                                 user_id=identity.user_id)
         elif identity.user_id != state.identity.user_id:
             raise EventError("FORBIDDEN", "auth:hello may only refresh the token of the same user")
         else:
