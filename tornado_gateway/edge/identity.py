@@ -5,7 +5,6 @@ Why it works this way: docs/design-notes.md.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 import warnings
@@ -13,8 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
 import jwt
-from jwt.algorithms import HMACAlgorithm
-from jwt.utils import base64url_decode, base64url_encode
 from tornado import httputil
 
 from tornado_gateway.config import Settings
@@ -64,79 +61,6 @@ ACCESS_CACHE_SIZE = 4096  # verified access tokens remembered
 CACHEABLE_TOKEN_CHARS = 2048  # longer tokens are verified every time (bounds the cache's memory)
 
 
-HMAC_HASHES = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
-
-
-class PreparedHMAC(HMACAlgorithm):
-    """pyjwt's HMAC, whose checks of the key run once per secret instead of once per token.
-
-    ``prepare_key`` refuses an empty secret and one shaped like an asymmetric key
-    (PEM, SSH, DER, a JWK): the same answer for the same secret, so it is kept
-    (a refused key is not kept: every token is refused again). The gateway has two
-    secrets; the cache holds a few keys at most.
-    """
-
-    def __init__(self, hash_alg: Any) -> None:
-        super().__init__(hash_alg)
-        self._prepared: dict[str | bytes, bytes] = {}
-        self._length_warning: dict[bytes, str | None] = {}
-
-    def prepare_key(self, key: str | bytes) -> bytes:
-        prepared = self._prepared.get(key)
-        if prepared is None:
-            prepared = super().prepare_key(key)  # raises for an unusable key: nothing kept
-            if len(self._prepared) < 8:
-                self._prepared[key] = prepared
-        return prepared
-
-    def check_key_length(self, key: bytes) -> str | None:
-        if key in self._length_warning:
-            return self._length_warning[key]
-        warning = super().check_key_length(key)
-        if len(self._length_warning) < 8:
-            self._length_warning[key] = warning
-        return warning
-
-
-_BASE64URL = re.compile(rb"[A-Za-z0-9_-]*")
-
-
-class PinnedJWS(jwt.PyJWS):
-    """pyjwt's signature half; a token's segment is checked with one expression instead of
-    pyjwt's loop over its characters (half the cost of verifying a fresh token).
-
-    Only for a segment of base64url characters, no padding, a possible length, that
-    decodes and encodes back to itself: exactly those pyjwt accepts the same way (its
-    check: every character in the alphabet, length % 4 != 1, the canonical encoding). Any
-    other segment goes to pyjwt's own check, which accepts or refuses it as it always does.
-    """
-
-    @staticmethod
-    def _decode_base64url_segment(segment: bytes, name: str) -> bytes:
-        if len(segment) % 4 != 1 and _BASE64URL.fullmatch(segment) is not None:
-            decoded = base64url_decode(segment)
-            if base64url_encode(decoded) == segment:
-                return decoded
-        return jwt.PyJWS._decode_base64url_segment(segment, name)
-
-
-def pinned_decoder(algorithms: Sequence[str], verify_aud: bool) -> jwt.PyJWT:
-    """One ``jwt.PyJWT`` for a verifier: options fixed once, only ``algorithms`` registered.
-
-    Its signature half (``PyJWS``) knows no algorithm but the configured HMAC ones
-    (not ``none``, no asymmetric one): a token naming another is refused by the
-    allow-list and could not be verified anyway. pyjwt's own module-level functions are
-    a ``PyJWT`` whose ``_jws`` is replaced the same way (tests/edge/test_identity.py pins it
-    and PinnedJWS's segment check).
-    """
-    decoder = jwt.PyJWT({"require": ["exp"], "verify_aud": verify_aud})
-    jws = PinnedJWS(algorithms=[], options={"verify_signature": True, "enforce_minimum_key_length": False})
-    for name in algorithms:
-        jws.register_algorithm(name, PreparedHMAC(HMAC_HASHES[name]))
-    decoder._jws = jws
-    return decoder
-
-
 class TokenVerifier:
     """Verifies access and refresh tokens with the configured secrets."""
 
@@ -148,7 +72,6 @@ class TokenVerifier:
         self.leeway = settings.jwt_leeway
         self.issuer = settings.jwt_issuer or None
         self.audience = settings.jwt_audience or None
-        self._decoder = pinned_decoder(self.algorithms, verify_aud=self.audience is not None)
 
     def verify_access(self, token: str) -> Identity:
         identity = self._access_cache.get(token)
@@ -167,11 +90,13 @@ class TokenVerifier:
     def _verify(self, token: str, secret: str, kind: str) -> Identity:
         if not secret:
             raise AuthError("INVALID_TOKEN", f"{kind} tokens cannot be verified: no secret configured")
-        try:  # exp required, nbf/iat/exp with the leeway, iss/aud when configured: pinned_decoder's options
-            claims = self._decoder.decode(
+        options: Any = {"require": ["exp"], "verify_aud": self.audience is not None}
+        try:
+            claims = jwt.decode(
                 token,
                 secret,
                 algorithms=self.algorithms,
+                options=options,
                 leeway=self.leeway,
                 issuer=self.issuer,
                 audience=self.audience,
