@@ -1,4 +1,5 @@
-"""Instructions per connect-storm client, counted by valgrind's callgrind (steady from run to run).
+"""Instructions per connect-storm client (or per fan-out delivery), counted by valgrind's callgrind
+(steady from run to run).
 
 One gateway process runs under callgrind in the production configuration (NODE_ENV=production,
 LOG_LEVEL=info, a redis-server of its own, bench/socket_stub.py as the chats service) while
@@ -10,6 +11,11 @@ so the figure is the instructions of storms 2..K over their clients: start-up, t
 storm and shut-down are not in it.
 
     .venv/bin/python bench/storm_instructions.py [--clients 150] [--storms 3] [--log-level info]
+
+``--fanout R``: instead of storms, each run is one sender and R receivers in one chat, the
+sender keeping 32 ``message:send`` in flight until ``--messages`` (200) are acked and every
+``message:new`` arrived (socket_fanout.js's soak mode); the figure is instructions per
+delivery and per message of runs 2..K (connects and closes of the R + 1 sockets included).
 
 Needs valgrind (apt-get install valgrind), redis-server and node (tests/js's socket.io-client,
 installed with ``npm ci`` on first use).
@@ -84,12 +90,27 @@ def storm(args: argparse.Namespace, port: int, chat: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def fanout(args: argparse.Namespace, port: int, prefix: str) -> dict:
+    options = {"url": f"http://127.0.0.1:{port}", "origin": ORIGIN, "secret": ACCESS_SECRET,
+               "prefix": prefix, "chats": 1, "members": args.fanout + 1, "messages": args.messages,
+               "inflight": 32}
+    out = subprocess.run(["node", CLIENT, "soak", json.dumps(options)], capture_output=True, text=True,
+                         timeout=1800, check=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    if result["errors"] or result["duplicates"] or result["deliveries"] != args.messages * args.fanout:
+        raise RuntimeError(f"fan-out run not exactly once: {result}")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=150, help="clients per storm")
     parser.add_argument("--storms", type=int, default=3, help="storms; the first one is the warm-up")
     parser.add_argument("--log-level", default=os.environ.get("BENCH_LOG_LEVEL", "info"))
     parser.add_argument("--keep", action="store_true", help="keep the work directory (callgrind files)")
+    parser.add_argument("--fanout", type=int, default=0, metavar="R",
+                        help="fan-out runs to R receivers instead of storms (0: storms)")
+    parser.add_argument("--messages", type=int, default=200, help="messages per fan-out run")
     args = parser.parse_args()
     if args.log_level.lower() not in ("debug", "info"):
         parser.error("the disconnect lines at info are how the script knows a storm is over")
@@ -119,13 +140,20 @@ def main() -> None:
         disconnects = 0
         results = []
         for i in range(args.storms):
-            result = storm(args, port, f"si{os.getpid()}-{i}")
+            if args.fanout:
+                result = fanout(args, port, f"fi{os.getpid()}-{i}")
+                disconnects = wait_disconnects(log_path, disconnects + args.fanout + 1, 900)
+                print(f"fan-out {i + 1}/{args.storms}: {result['deliveries']} deliveries in "
+                      f"{result['seconds']} s (under callgrind); load {os.getloadavg()[0]:.2f}", flush=True)
+            else:
+                result = storm(args, port, f"si{os.getpid()}-{i}")
+                if result.get("failures"):
+                    raise RuntimeError(f"storm {i + 1}: {result['failures']} failures: "
+                                       f"{result.get('firstFailures')}")
+                disconnects = wait_disconnects(log_path, disconnects + args.clients, 900)
+                print(f"storm {i + 1}/{args.storms}: {result['joined']} joined in {result['seconds']} s "
+                      f"(under callgrind); load {os.getloadavg()[0]:.2f}", flush=True)
             results.append(result)
-            if result.get("failures"):
-                raise RuntimeError(f"storm {i + 1}: {result['failures']} failures: {result.get('firstFailures')}")
-            disconnects = wait_disconnects(log_path, disconnects + args.clients, 900)
-            print(f"storm {i + 1}/{args.storms}: {result['joined']} joined in {result['seconds']} s "
-                  f"(under callgrind); load {os.getloadavg()[0]:.2f}", flush=True)
             if i == 0:
                 callgrind_control(gateway.pid, "--zero")
         callgrind_control(gateway.pid, "--dump")
@@ -137,11 +165,18 @@ def main() -> None:
         for path in dumps:  # the dump of storms 2..K (one file per thread, if any)
             with open(path) as f:
                 total += next(int(line.split()[1]) for line in f if line.startswith("summary:"))
-        clients = args.clients * (args.storms - 1)
-        print(f"NODE_ENV={os.environ.get('BENCH_NODE_ENV', 'production')} LOG_LEVEL={args.log_level}: "
-              f"{total:,} instructions over {clients} storm clients "
-              f"({args.storms - 1} storms of {args.clients} after a warm-up storm)")
-        print(f"instructions per storm client: {total / clients / 1e6:.3f} M")
+        level = f"NODE_ENV={os.environ.get('BENCH_NODE_ENV', 'production')} LOG_LEVEL={args.log_level}"
+        if args.fanout:
+            messages = args.messages * (args.storms - 1)
+            print(f"{level}: {total:,} instructions over {messages} messages to {args.fanout} receivers "
+                  f"({args.storms - 1} runs after a warm-up run)")
+            print(f"instructions per delivery: {total / (messages * args.fanout):,.0f}; "
+                  f"per message: {total / messages / 1e6:.3f} M")
+        else:
+            clients = args.clients * (args.storms - 1)
+            print(f"{level}: {total:,} instructions over {clients} storm clients "
+                  f"({args.storms - 1} storms of {args.clients} after a warm-up storm)")
+            print(f"instructions per storm client: {total / clients / 1e6:.3f} M")
         if args.keep:
             print(f"work directory: {work}")
     finally:
