@@ -8,7 +8,6 @@ import time
 from typing import Any, Callable
 
 from tornado import httputil
-from tornado.http1connection import HTTP1ConnectionParameters
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream, StreamClosedError
@@ -18,6 +17,7 @@ from tornado.tcpclient import TCPClient
 
 
 from tornado_gateway import tornado_compat
+from tornado_gateway.upstream import wire
 from tornado_gateway.upstream.exchange import Exchange
 from tornado_gateway.upstream.pool import HostPool, LiteralFirstResolver, Target, remaining, ssl_options
 
@@ -25,7 +25,6 @@ from tornado_gateway.upstream.pool import HostPool, LiteralFirstResolver, Target
 #: redirects and compressed bodies through untouched.
 PROXY_DEFAULTS = {"follow_redirects": False, "decompress_response": False,
                   "allow_nonstandard_methods": True}
-CHUNK_SIZE = 64 * 1024
 
 
 class UpstreamRequest(HTTPRequest):
@@ -57,8 +56,7 @@ class PooledHTTPClient(AsyncHTTPClient):
         self.idle_timeout = idle_timeout
         self.max_buffer_size = max_buffer_size  # body limit when not streaming
         self.max_body_size = max_body_size  # None: unlimited when streaming
-        self.connection_params = HTTP1ConnectionParameters(
-            chunk_size=CHUNK_SIZE, max_header_size=max_header_size)
+        self.max_header_size = max_header_size or wire.MAX_HEAD
         self.own_resolver = resolver is None
         self.resolver = resolver or LiteralFirstResolver()
         self.tcp_client = TCPClient(resolver=self.resolver)
@@ -127,11 +125,8 @@ class PooledHTTPClient(AsyncHTTPClient):
             pool.discard(None)
             raise
         self.connections_opened += 1
-        stream.set_nodelay(True)
-        # HTTP1Connection turns Nagle back on after every message and off again in
-        # finish(): two setsockopt calls per request. An upstream connection keeps
-        # TCP_NODELAY for its whole life instead.
-        stream.set_nodelay = _keep_nodelay  # type: ignore[method-assign]
+        stream.set_nodelay(True)  # for the connection's whole life (wire.py writes whole messages)
+        stream.read_chunk_size = min(wire.READ_SIZE, stream.max_buffer_size // 2)
         return stream
 
     def ssl_options_for(self, key: tuple, request: HTTPRequest) -> ssl.SSLContext | dict:
@@ -150,9 +145,5 @@ class PooledHTTPClient(AsyncHTTPClient):
         older_than = time.monotonic() - self.idle_timeout
         for pool in self.pools.values():
             pool.evict_idle(older_than)
-
-
-def _keep_nodelay(value: bool) -> None:
-    """Stands in for ``IOStream.set_nodelay`` on pooled connections (always on)."""
 
 
