@@ -15,6 +15,7 @@ from typing import Any, Awaitable, Callable, Coroutine, NoReturn, Sequence
 
 from tornado import httputil
 from tornado.httpserver import HTTPServer
+from tornado.iostream import IOStream
 from tornado.netutil import bind_sockets
 
 from tornado_gateway import config, tornado_compat
@@ -25,6 +26,10 @@ from tornado_gateway.logs import setup_logging
 
 log = logging.getLogger("tornado_gateway")
 IDLE_CONNECTION_TIMEOUT = 75.0  # longer than common client/proxy keep-alive timeouts
+# What a client connection reads per recv. Every read allocates and zeroes a buffer of this
+# size (IOStream.read_chunk_size, Tornado's default 64 KiB): a request head fits in far less.
+# A request with a body switches its connection to UPLOAD_READ_SIZE (proxy.exchange).
+PUBLIC_READ_SIZE = 16 * 1024
 FULL_COLLECTION_EVERY = 100  # generation-1 collections per full one (CPython's default: 10)
 
 
@@ -113,6 +118,10 @@ class DrainableHTTPServer(HTTPServer):
     _busy: set | None = None
     _draining = False
     _all_closed: asyncio.Event | None = None
+
+    def handle_stream(self, stream: IOStream, address: tuple) -> None:
+        stream.read_chunk_size = min(PUBLIC_READ_SIZE, stream.max_buffer_size // 2)
+        super().handle_stream(stream, address)
 
     def start_request(self, server_conn: Any, request_conn: Any) -> httputil.HTTPMessageDelegate:
         busy = self._busy_set()

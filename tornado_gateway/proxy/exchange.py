@@ -22,8 +22,8 @@ from tornado_gateway.edge.responses import answer_before_body, has_body, make_re
 from tornado_gateway.edge.paths import PathError, Resolved, check_query, class_key, resolve
 from tornado_gateway.upstream.client import UpstreamRequest
 
-from tornado_gateway.proxy.body import (BODY_METHODS, DROP_BODY_MAX, OVERSIZE_DRAIN, Abandoned,
-                                        BodyPipe, framing)
+from tornado_gateway.proxy.body import (BODY_METHODS, DROP_BODY_MAX, OVERSIZE_DRAIN,
+                                        UPLOAD_READ_SIZE, Abandoned, BodyPipe, framing)
 from tornado_gateway.proxy.circuit import is_connect_failure
 from tornado_gateway.proxy.headers import upstream_headers
 from tornado_gateway.proxy.request import ProxyRequest
@@ -190,6 +190,9 @@ class ProxyExchange(ClientResponse, httputil.HTTPMessageDelegate):
             self._discarding = True
         elif body:
             self._pipe = BodyPipe()
+            stream = getattr(self.connection, "stream", None)
+            if stream is not None:  # a body is read in larger pieces than a head (server.py)
+                stream.read_chunk_size = min(UPLOAD_READ_SIZE, stream.max_buffer_size // 2)
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         self._received += len(chunk)
