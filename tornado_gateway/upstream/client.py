@@ -19,6 +19,7 @@ from tornado.tcpclient import TCPClient
 from tornado_gateway import tornado_compat
 from tornado_gateway.upstream import wire
 from tornado_gateway.upstream.exchange import Exchange
+from tornado_gateway.upstream.forward import ForwardExchange, ForwardRequest, target_for
 from tornado_gateway.upstream.pool import HostPool, LiteralFirstResolver, Target, remaining, ssl_options
 
 #: Defaults every request gets unless it says otherwise: a proxy passes
@@ -82,7 +83,30 @@ class PooledHTTPClient(AsyncHTTPClient):
             self.resolver.close()
 
     def fetch_impl(self, request: HTTPRequest, callback: Callable[[HTTPResponse], None]) -> None:
-        task = asyncio.ensure_future(Exchange(self, request, callback).run())
+        self._run(Exchange(self, request, callback))
+
+    def forward(self, request: ForwardRequest) -> "asyncio.Future[None]":
+        """A proxied request (forward.py): ``fetch(request, raise_error=False)`` for a proxy.
+
+        The future's result is None once the response went through ``head_callback`` and
+        ``streaming_callback``; it fails with the exceptions ``fetch`` raises."""
+        if tornado_compat.http_client_closed(self):
+            raise RuntimeError("forward() called on closed AsyncHTTPClient")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def settle(outcome: BaseException | None) -> None:
+            if future.cancelled():
+                return
+            if outcome is None:
+                future.set_result(None)
+            else:
+                future.set_exception(outcome)
+
+        self._run(ForwardExchange(self, request, settle, target_for(request)))
+        return future
+
+    def _run(self, exchange: Exchange) -> None:
+        task = asyncio.ensure_future(exchange.run())
         self._running.add(task)  # asyncio keeps only weak references to tasks
         task.add_done_callback(self._running.discard)
 

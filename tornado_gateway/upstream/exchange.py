@@ -49,11 +49,14 @@ class ConnectionSource(Protocol):
 class Exchange:
     """One fetch: get a connection, send the request, read the response, settle once."""
 
-    def __init__(self, client: ConnectionSource, request: HTTPRequest,
-                 callback: Callable[[HTTPResponse], None]) -> None:
+    def __init__(self, client: ConnectionSource, request: Any,
+                 callback: Callable[[Any], None], target: Target | None = None) -> None:
+        """``request``: an HTTPRequest (or forward.ForwardRequest); ``callback`` gets the
+        HTTPResponse; ``target``: where it goes, when the caller parsed that already."""
         self.client = client
         self.request = request
-        self.callback: Callable[[HTTPResponse], None] | None = callback
+        self.callback: Callable[[Any], None] | None = callback
+        self.target = target
         self.io_loop = IOLoop.current()
         self.start_time = self.io_loop.time()
         self.start_wall_time = time.time()
@@ -77,7 +80,7 @@ class Exchange:
 
     async def run(self) -> None:
         try:
-            target = Target(self.request)
+            target = self.target or Target(self.request)
             if target.ssl_key is not None:
                 target.ssl_options = self.client.ssl_options_for(target.ssl_key, self.request)
             pool = self.client.pool_for(target.pool_key)
@@ -314,7 +317,7 @@ class Exchange:
             self.request, 599, error=exc, request_time=self.io_loop.time() - self.start_time,
             start_time=self.start_wall_time))
 
-    def _settle(self, response: HTTPResponse) -> None:
+    def _settle(self, response: HTTPResponse | BaseException | None) -> None:
         callback, self.callback = self.callback, None
         assert callback is not None  # settled once
         if self.timeout_handle is not None:

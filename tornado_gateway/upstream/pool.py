@@ -148,7 +148,7 @@ class Target:
 
     __slots__ = ("scheme", "host", "port", "netloc", "path", "userinfo", "ssl_key", "ssl_options")
 
-    def __init__(self, request: HTTPRequest) -> None:
+    def __init__(self, request: Any) -> None:  # an HTTPRequest or a forward.ForwardRequest
         parsed = urllib.parse.urlsplit(request.url)
         if parsed.scheme not in ("http", "https"):
             raise ValueError(f"Unsupported url scheme: {request.url}")
@@ -161,6 +161,14 @@ class Target:
         self.path = (parsed.path or "/") + ("?" + parsed.query if parsed.query else "")
         self.ssl_key = _ssl_key(request) if parsed.scheme == "https" else None
         self.ssl_options: ssl.SSLContext | dict | None = None  # filled in by the client, per ssl_key
+
+    def with_path(self, path: str) -> "Target":
+        """This target with another path (and query): a copy, the URL is not parsed again."""
+        target = Target.__new__(Target)
+        for name in Target.__slots__:
+            setattr(target, name, getattr(self, name))
+        target.path = path
+        return target
 
     @property
     def pool_key(self) -> tuple:
