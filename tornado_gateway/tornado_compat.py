@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Any, Callable, cast
+from typing import Any, cast
 
 import tornado
 import tornado.web
@@ -48,16 +48,6 @@ def option_named(parser: OptionParser, dashed: str) -> Any | None:
 
 
 # -- HTTP/1.1 connections ------------------------------------------------------------------
-
-class HeadParsingConnection(HTTP1Connection):
-    """An ``HTTP1Connection`` whose response heads are parsed by ``parse_head``
-    (Tornado's own private hook ``_parse_headers``)."""
-
-    parse_head: Callable[[bytes], tuple[str, httputil.HTTPHeaders]]
-
-    def _parse_headers(self, data: bytes) -> tuple[str, httputil.HTTPHeaders]:
-        return self.parse_head(data)
-
 
 def answer_without_reading_body(connection: HTTP1Connection) -> None:
     """Let ``connection.finish()`` end a response while the request body is unread,
@@ -171,30 +161,6 @@ def write_response_head(connection: HTTP1Connection, start_line: httputil.Respon
     else:
         connection._expected_content_remaining = content_length
     data = b"HTTP/1.1 %d %s\r\n%s%s\r\n" % (code, start_line.reason.encode("latin-1"), head, extra)
-    return _write_head(connection, data, chunk)
-
-
-def write_request_head(connection: HTTP1Connection, start_line: httputil.RequestStartLine,
-                       headers: httputil.HTTPHeaders, chunk: bytes | None = None) -> "asyncio.Future[None]":
-    """``HTTP1Connection.write_headers`` of a client request, with the header lines joined and
-    checked for CR/LF in one pass over the block instead of one regular expression per line.
-    Sets the state ``write_headers`` sets: chunked output for POST/PUT/PATCH without
-    Content-Length, the expected body length."""
-    chunking = start_line.method in ("POST", "PUT", "PATCH") and "Content-Length" not in headers
-    connection._request_start_line = start_line
-    connection._chunking_output = chunking
-    first = f"{start_line.method} {start_line.path} HTTP/1.1"
-    lines = [f"{name}: {value}" for name, value in headers.get_all()]
-    if chunking:
-        lines.append("Transfer-Encoding: chunked")
-    text = "\r\n" + "\r\n".join(lines) if lines else ""
-    if text.count("\n") != len(lines) or text.count("\r") != len(lines) or "\r" in first or "\n" in first:
-        raise ValueError("Illegal characters (CR or LF) in header")
-    if "Content-Length" in headers:
-        connection._expected_content_remaining = int(headers["Content-Length"])
-    else:
-        connection._expected_content_remaining = None
-    data = first.encode("utf-8") + text.encode("latin-1") + b"\r\n\r\n"
     return _write_head(connection, data, chunk)
 
 

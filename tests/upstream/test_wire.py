@@ -276,3 +276,51 @@ def test_request_head_refuses_line_breaks():
     for headers, path in (({"A": "b\r\nX: y"}, "/"), ({"A\n": "b"}, "/"), ({}, "/\r\nX: y")):
         with pytest.raises(ValueError):
             request_head("GET", path, headers, False)
+
+
+async def _tornado_request_bytes(method: str, headers: dict, chunk: bytes | None) -> bytes:
+    """What Tornado's own HTTP1Connection sends for this request (the former writer)."""
+    from tornado import httputil
+    from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
+    from tornado.iostream import IOStream
+
+    left, right = socket.socketpair()
+    client, server = IOStream(left), IOStream(right)
+    connection = HTTP1Connection(client, True, HTTP1ConnectionParameters())
+    connection.write_headers(httputil.RequestStartLine(method, "/p?q=1", ""), httputil.HTTPHeaders(headers),
+                             chunk)
+    connection.finish()
+    await asyncio.sleep(0.05)
+    client.close()
+    return await server.read_until_close()
+
+
+async def _wire_request_bytes(method: str, headers: dict, chunk: bytes | None) -> bytes:
+    from tornado.iostream import IOStream
+
+    from tornado_gateway.upstream.wire import BodyWriter, send
+
+    left, right = socket.socketpair()
+    client, server = IOStream(left), IOStream(right)
+    chunked = method in ("POST", "PUT", "PATCH") and "Content-Length" not in headers
+    send(client, request_head(method, "/p?q=1", headers, chunked))
+    length = headers.get("Content-Length")
+    writer = BodyWriter(client, chunked, int(length) if length is not None else None)
+    if chunk:
+        writer.write(chunk)
+    writer.finish()
+    await asyncio.sleep(0.05)
+    client.close()
+    return await server.read_until_close()
+
+
+@pytest.mark.parametrize("method, headers, chunk", [
+    ("GET", {"Host": "u:1", "X-Request-ID": "r1", "Cookie": "a=1; b=2"}, None),
+    ("POST", {"Host": "u:1", "Content-Length": "2"}, b"ok"),
+    ("POST", {"Host": "u:1"}, b"streamed"),  # no Content-Length: chunked
+    ("PUT", {"Host": "u:1", "Content-Length": "0"}, None),
+    ("DELETE", {"Host": "u:1"}, None),
+])
+@pytest.mark.gen_test
+async def test_the_request_goes_out_as_tornados_writer_sent_it(method, headers, chunk):
+    assert await _wire_request_bytes(method, headers, chunk) == await _tornado_request_bytes(method, headers, chunk)

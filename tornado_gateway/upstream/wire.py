@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from functools import lru_cache
 from typing import Awaitable, Protocol
 
 from tornado import httputil
@@ -49,8 +50,10 @@ class ResponseDelegate(Protocol):
 def request_head(method: str, path: str, headers: httputil.HTTPHeaders | dict[str, str],
                  chunked: bool) -> bytes:
     """The request head as bytes; ValueError when a line holds CR or LF (header injection)."""
-    pairs = headers.get_all() if isinstance(headers, httputil.HTTPHeaders) else headers.items()
-    lines = [f"\r\n{name}: {value}" for name, value in pairs]
+    if isinstance(headers, httputil.HTTPHeaders):
+        lines = [f"\r\n{name}: {value}" for name, value in headers.get_all()]
+    else:  # names spelled as an HTTPHeaders copy would spell them (X-Request-ID -> X-Request-Id)
+        lines = [f"\r\n{field_name(name)}: {value}" for name, value in headers.items()]
     if chunked:
         lines.append("\r\nTransfer-Encoding: chunked")
     first = f"{method} {path} HTTP/1.1"
@@ -60,6 +63,12 @@ def request_head(method: str, path: str, headers: httputil.HTTPHeaders | dict[st
         raise ValueError("Illegal characters (CR or LF) in header")
     # As Tornado's write_headers: the request line in UTF-8, the field lines in Latin-1.
     return first.encode("utf-8") + text.encode("latin-1") + b"\r\n\r\n"
+
+
+@lru_cache(1000)
+def field_name(name: str) -> str:
+    """A header name in Http-Header-Case, as Tornado's HTTPHeaders spells it."""
+    return "-".join([word.capitalize() for word in name.split("-")])
 
 
 def send(stream: IOStream, data: bytes) -> None:
