@@ -151,6 +151,7 @@ class PooledHTTPClient(AsyncHTTPClient):
         self.connections_opened += 1
         stream.set_nodelay(True)  # for the connection's whole life (wire.py writes whole messages)
         stream.read_chunk_size = min(wire.READ_SIZE, stream.max_buffer_size // 2)
+        pool.adopt(stream)
         return stream
 
     def ssl_options_for(self, key: tuple, request: HTTPRequest) -> ssl.SSLContext | dict:

@@ -55,7 +55,6 @@ class HostPool:
         """
         while self.idle:
             stream, _ = self.idle.pop()
-            stream.set_close_callback(None)
             if stream.closed() or (look and _peer_closed(stream)):
                 self._discard(stream)
                 continue
@@ -79,6 +78,13 @@ class HostPool:
                 turn.set_result(stream)
                 return
         self.idle.append((stream, time.monotonic()))
+        # The close callback set by adopt() forgets it if it closes while idle.
+
+    def adopt(self, stream: IOStream) -> None:
+        """A new connection of this pool: when it closes while idle, it is forgotten.
+
+        Set once for the connection's life (``IOStream.set_close_callback`` updates the
+        event loop's interest each time it is called); in use, the callback finds nothing."""
         stream.set_close_callback(lambda: self._forget_idle(stream))
 
     def discard(self, stream: IOStream | None) -> None:
