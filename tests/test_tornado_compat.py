@@ -301,3 +301,27 @@ async def test_write_response_head_answers_as_write_headers_does(request_head, c
         return lines[0], sorted(lines[1:]), rest
 
     assert parts(got) == parts(expected)
+
+
+@pytest.mark.gen_test
+async def test_write_response_head_sent_at_once_is_done_at_once():
+    """A head the socket takes whole is written without IOStream.write: its future is done
+    when write_response_head returns and finish() ends the request then and there."""
+    client, server = _stream_pair()
+    connection = HTTP1Connection(server, False, HTTP1ConnectionParameters())
+    outcome: dict = {}
+
+    class Answer(httputil.HTTPMessageDelegate):
+        def finish(self) -> None:
+            start = httputil.ResponseStartLine("HTTP/1.1", 200, "OK")
+            written = tornado_compat.write_response_head(connection, start, b"X-Pin: yes\r\n", 2, False, b"ok")
+            outcome["done"] = written.done() and written.exception() is None
+            connection.finish()
+
+    reading = asyncio.ensure_future(connection.read_response(Answer()))
+    await client.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert await reading
+    assert outcome["done"]
+    assert await client.read_until(b"ok") == b"HTTP/1.1 200 OK\r\nX-Pin: yes\r\n\r\nok"
+    connection.close()
+    client.close()

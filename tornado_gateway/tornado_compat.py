@@ -174,7 +174,12 @@ def _write_head(connection: HTTP1Connection, data: bytes, chunk: bytes | None) -
         return future
     if chunk:
         data += connection._format_chunk(chunk)
-    connection._pending_write = connection.stream.write(data)
+    rest = _send_now(connection.stream, data)
+    if not rest:  # all of it in one send: the write is over (``_on_write_complete``'s part)
+        connection._write_future = None
+        future.set_result(None)
+        return future
+    connection._pending_write = connection.stream.write(rest)
     future_add_done_callback(connection._pending_write, connection._on_write_complete)
     return future
 
@@ -184,6 +189,14 @@ def write_now(stream: IOStream, data: bytes) -> None:
     queued before it (``_write_buffer``, ``_connecting``, ``socket``): one ``send``; what the
     kernel did not take, and every other case, goes through ``IOStream.write`` (in order,
     errors and closing handled there; a closed stream raises ``StreamClosedError``)."""
+    rest = _send_now(stream, data)
+    if rest:
+        stream.write(rest)
+
+
+def _send_now(stream: IOStream, data: bytes) -> bytes:
+    """One ``send`` of ``data`` when nothing is queued before it on a plain IOStream; what
+    is left to write (all of ``data`` when it could not be tried)."""
     sock = stream.socket
     if type(stream) is IOStream and sock is not None and not stream._write_buffer \
             and not stream._connecting:
@@ -191,10 +204,8 @@ def write_now(stream: IOStream, data: bytes) -> None:
             sent = sock.send(data)
         except OSError:  # EAGAIN, or an error IOStream.write meets again and handles
             sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    stream.write(data)
+        return data[sent:] if sent else data
+    return data
 
 
 class _FastFrames(WebSocketProtocol13):
