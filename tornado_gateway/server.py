@@ -134,6 +134,11 @@ class DrainableHTTPServer(HTTPServer):
 
     def handle_stream(self, stream: IOStream, address: tuple) -> None:
         stream.read_chunk_size = min(PUBLIC_READ_SIZE, stream.max_buffer_size // 2)
+        # HTTP1Connection turns Nagle off when a response finishes and on again after it:
+        # two setsockopt calls per request. Responses go out as whole writes (the head with
+        # the first body chunk), so a client connection keeps TCP_NODELAY for its whole life.
+        stream.set_nodelay(True)
+        stream.set_nodelay = _keep_nodelay  # type: ignore[method-assign]
         super().handle_stream(stream, address)
 
     def start_request(self, server_conn: Any, request_conn: Any) -> httputil.HTTPMessageDelegate:
@@ -199,6 +204,10 @@ class DrainableHTTPServer(HTTPServer):
         await self.close_all_connections()
         self.stop_sweeping()
         return cut
+
+
+def _keep_nodelay(value: bool) -> None:
+    """Stands in for ``IOStream.set_nodelay`` on client connections (always on)."""
 
 
 class _MarkBusy(DelegateRelay):
