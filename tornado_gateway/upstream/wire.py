@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Awaitable, Protocol
 
 from tornado import httputil
-from tornado.iostream import IOStream, StreamClosedError, UnsatisfiableReadError
+from tornado.iostream import IOStream, StreamClosedError
 
 from tornado_gateway import tornado_compat
 from tornado_gateway.upstream.head import parse_response_head
@@ -111,8 +111,9 @@ async def read_response(stream: IOStream, delegate: ResponseDelegate, method: st
                         max_body: int, max_head: int = MAX_HEAD) -> bool:
     """Read one response into ``delegate``; True when it ended on its framing (not by a close).
 
-    Raises ``HTTPInputError`` (bad framing, a head over ``max_head``, a body over
-    ``max_body``) and ``StreamClosedError`` (the connection died before the end).
+    Raises ``HTTPInputError`` (bad framing, a body over ``max_body``) and
+    ``StreamClosedError`` (the connection died before the end; also a head over
+    ``max_head`` or a chunk line over CHUNK_LINE_MAX: IOStream closes the stream then).
     """
     for _ in range(MAX_1XX + 1):
         start_line, headers = await _read_head(stream, max_head)
@@ -131,10 +132,7 @@ async def read_response(stream: IOStream, delegate: ResponseDelegate, method: st
 
 async def _read_head(stream: IOStream, max_head: int) -> tuple[httputil.ResponseStartLine,
                                                                 httputil.HTTPHeaders]:
-    try:
-        data = await stream.read_until_regex(HEAD_END, max_bytes=max_head)
-    except UnsatisfiableReadError:
-        raise httputil.HTTPInputError(f"response head over {max_head} bytes") from None
+    data = await stream.read_until_regex(HEAD_END, max_bytes=max_head)
     start, headers = parse_response_head(data)
     return httputil.parse_response_start_line(start), headers
 
@@ -275,7 +273,4 @@ async def _read(read: Awaitable[bytes], pending: bytearray, delegate: ResponseDe
         data = bytes(pending)
         pending.clear()
         await _deliver(delegate, data)
-    try:
-        return await read
-    except UnsatisfiableReadError:
-        raise httputil.HTTPInputError("chunk line over the limit") from None
+    return await read
