@@ -44,50 +44,6 @@ def _stream_pair() -> tuple[IOStream, IOStream]:
     return IOStream(left), IOStream(right)
 
 
-class _Recorder(httputil.HTTPMessageDelegate):
-    def __init__(self) -> None:
-        self.head: tuple | None = None
-        self.body = b""
-
-    def headers_received(self, start_line, headers):  # type: ignore[no-untyped-def]
-        self.head = (start_line, headers)
-
-    def data_received(self, chunk: bytes) -> None:
-        self.body += chunk
-
-
-@pytest.mark.gen_test
-async def test_head_parsing_connection_parses_response_heads_with_its_hook():
-    seen: list[bytes] = []
-
-    def parse(data: bytes) -> tuple[str, httputil.HTTPHeaders]:
-        seen.append(data)
-        return _tornado_parse(data)
-
-    class Connection(tornado_compat.HeadParsingConnection):
-        parse_head = staticmethod(parse)
-
-    client, server = _stream_pair()
-    connection = Connection(client, True, HTTP1ConnectionParameters())
-    connection.write_headers(httputil.RequestStartLine("GET", "/", "HTTP/1.1"),
-                             httputil.HTTPHeaders({"Host": "x"}))
-    connection.finish()
-    await server.read_until(b"\r\n\r\n")
-    await server.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Pin: yes\r\n\r\nok")
-    recorder = _Recorder()
-    assert await connection.read_response(recorder)
-    assert len(seen) == 1 and seen[0].startswith(b"HTTP/1.1 200 OK")
-    assert recorder.head[1]["X-Pin"] == "yes" and recorder.body == b"ok"
-    client.close()
-    server.close()
-
-
-def _tornado_parse(data: bytes) -> tuple[str, httputil.HTTPHeaders]:
-    text = data.decode("latin1").lstrip("\r\n")
-    eol = text.find("\n")
-    return text[:eol].rstrip("\r"), httputil.HTTPHeaders.parse(text[eol:])
-
-
 def test_finish_decides_by_the_two_flags_answer_without_reading_body_sets():
     client, server = socket.socketpair()
     connection = HTTP1Connection(IOStream(server), False)
@@ -347,38 +303,25 @@ async def test_write_response_head_answers_as_write_headers_does(request_head, c
     assert parts(got) == parts(expected)
 
 
-async def _request_bytes(raw: bool, method: str, headers: dict, chunk: bytes | None) -> bytes:
-    client, server = _stream_pair()
-    connection = HTTP1Connection(client, True, HTTP1ConnectionParameters())
-    start = httputil.RequestStartLine(method, "/p?q=1", "")
-    if raw:
-        tornado_compat.write_request_head(connection, start, httputil.HTTPHeaders(headers), chunk)
-    else:
-        connection.write_headers(start, httputil.HTTPHeaders(headers), chunk)
-    connection.finish()
-    await asyncio.sleep(0.05)
-    client.close()
-    return await server.read_until_close()
-
-
-@pytest.mark.parametrize("method, headers, chunk", [
-    ("GET", {"Host": "u:1", "X-Request-ID": "r1", "Cookie": "a=1; b=2"}, None),
-    ("POST", {"Host": "u:1", "Content-Length": "2"}, b"ok"),
-    ("POST", {"Host": "u:1"}, b"streamed"),  # no Content-Length: chunked
-    ("PUT", {"Host": "u:1", "Content-Length": "0"}, None),
-])
 @pytest.mark.gen_test
-async def test_write_request_head_sends_what_write_headers_sends(method, headers, chunk):
-    expected = await _request_bytes(False, method, headers, chunk)
-    assert await _request_bytes(True, method, headers, chunk) == expected
-
-
-def test_write_request_head_refuses_a_header_with_a_line_break():
+async def test_write_response_head_sent_at_once_is_done_at_once():
+    """A head the socket takes whole is written without IOStream.write: its future is done
+    when write_response_head returns and finish() ends the request then and there."""
     client, server = _stream_pair()
-    connection = HTTP1Connection(client, True, HTTP1ConnectionParameters())
-    for value in ("a\r\nX-Injected: 1", "a\nb", "a\rb"):
-        with pytest.raises(ValueError):
-            tornado_compat.write_request_head(connection, httputil.RequestStartLine("GET", "/", ""),
-                                              httputil.HTTPHeaders({"Host": "u", "Idempotency-Key": value}))
+    connection = HTTP1Connection(server, False, HTTP1ConnectionParameters())
+    outcome: dict = {}
+
+    class Answer(httputil.HTTPMessageDelegate):
+        def finish(self) -> None:
+            start = httputil.ResponseStartLine("HTTP/1.1", 200, "OK")
+            written = tornado_compat.write_response_head(connection, start, b"X-Pin: yes\r\n", 2, False, b"ok")
+            outcome["done"] = written.done() and written.exception() is None
+            connection.finish()
+
+    reading = asyncio.ensure_future(connection.read_response(Answer()))
+    await client.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert await reading
+    assert outcome["done"]
+    assert await client.read_until(b"ok") == b"HTTP/1.1 200 OK\r\nX-Pin: yes\r\n\r\nok"
+    connection.close()
     client.close()
-    server.close()

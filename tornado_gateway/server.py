@@ -11,10 +11,13 @@ import logging
 import signal
 import socket
 import sys
+import time
 from typing import Any, Awaitable, Callable, Coroutine, NoReturn, Sequence
 
 from tornado import httputil
 from tornado.httpserver import HTTPServer
+from tornado.ioloop import PeriodicCallback
+from tornado.iostream import IOStream
 from tornado.netutil import bind_sockets
 
 from tornado_gateway import config, tornado_compat
@@ -25,6 +28,11 @@ from tornado_gateway.logs import setup_logging
 
 log = logging.getLogger("tornado_gateway")
 IDLE_CONNECTION_TIMEOUT = 75.0  # longer than common client/proxy keep-alive timeouts
+IDLE_SWEEPS = 8  # sweeps for idle connections per IDLE_CONNECTION_TIMEOUT
+# What a client connection reads per recv. Every read allocates and zeroes a buffer of this
+# size (IOStream.read_chunk_size, Tornado's default 64 KiB): a request head fits in far less.
+# A request with a body switches its connection to UPLOAD_READ_SIZE (proxy.exchange).
+PUBLIC_READ_SIZE = 16 * 1024
 FULL_COLLECTION_EVERY = 100  # generation-1 collections per full one (CPython's default: 10)
 
 
@@ -113,19 +121,61 @@ class DrainableHTTPServer(HTTPServer):
     _busy: set | None = None
     _draining = False
     _all_closed: asyncio.Event | None = None
+    _waiting: dict | None = None  # connection -> when it started waiting for a request's head
+    _sweeper: PeriodicCallback | None = None
+
+    def initialize(self, *args: Any, **kwargs: Any) -> None:
+        """HTTPServer's, but a connection waiting too long for a request's head is closed by
+        one periodic sweep (``_close_idle``) instead of Tornado's ``header_timeout``, which
+        wraps every head read in ``gen.with_timeout`` (a timer and two futures per request)."""
+        super().initialize(*args, **kwargs)
+        self.idle_timeout = float(self.conn_params.header_timeout or IDLE_CONNECTION_TIMEOUT)
+        self.conn_params.header_timeout = None
+
+    def handle_stream(self, stream: IOStream, address: tuple) -> None:
+        stream.read_chunk_size = min(PUBLIC_READ_SIZE, stream.max_buffer_size // 2)
+        # HTTP1Connection turns Nagle off when a response finishes and on again after it:
+        # two setsockopt calls per request. Responses go out as whole writes (the head with
+        # the first body chunk), so a client connection keeps TCP_NODELAY for its whole life.
+        stream.set_nodelay(True)
+        stream.set_nodelay = _keep_nodelay  # type: ignore[method-assign]
+        super().handle_stream(stream, address)
 
     def start_request(self, server_conn: Any, request_conn: Any) -> httputil.HTTPMessageDelegate:
         busy = self._busy_set()
         busy.discard(server_conn)  # the previous response (if any) is done
         if self._draining:
             asyncio.ensure_future(server_conn.close())
-        return _MarkBusy(super().start_request(server_conn, request_conn), busy, server_conn)
+        waiting = self._waiting_since()
+        waiting[server_conn] = time.monotonic()
+        return _MarkBusy(super().start_request(server_conn, request_conn), busy, server_conn, waiting)
 
     def on_close(self, server_conn: Any) -> None:
         self._busy_set().discard(server_conn)
+        self._waiting_since().pop(server_conn, None)
         super().on_close(server_conn)
         if self._all_closed is not None and not tornado_compat.server_connections(self):
             self._all_closed.set()
+
+    def _waiting_since(self) -> dict:
+        if self._waiting is None:
+            self._waiting = {}
+            self._sweeper = PeriodicCallback(self._close_idle, self.idle_timeout * 1000 / IDLE_SWEEPS)
+            self._sweeper.start()
+        return self._waiting
+
+    def _close_idle(self) -> None:
+        """Close the connections that waited longer than the idle timeout for a request's head
+        (between idle_timeout and idle_timeout * (1 + 1/IDLE_SWEEPS) after their last response)."""
+        older_than = time.monotonic() - self.idle_timeout
+        for server_conn, since in list(self._waiting_since().items()):
+            if since < older_than:
+                del self._waiting_since()[server_conn]
+                asyncio.ensure_future(server_conn.close())
+
+    def stop_sweeping(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.stop()
 
     def _busy_set(self) -> set:
         if self._busy is None:
@@ -152,20 +202,28 @@ class DrainableHTTPServer(HTTPServer):
             pass
         cut = len(tornado_compat.server_connections(self))
         await self.close_all_connections()
+        self.stop_sweeping()
         return cut
+
+
+def _keep_nodelay(value: bool) -> None:
+    """Stands in for ``IOStream.set_nodelay`` on client connections (always on)."""
 
 
 class _MarkBusy(DelegateRelay):
     """Passes a request through, marking its connection busy once headers arrived."""
 
-    def __init__(self, delegate: httputil.HTTPMessageDelegate, busy: set, server_conn: Any) -> None:
+    def __init__(self, delegate: httputil.HTTPMessageDelegate, busy: set, server_conn: Any,
+                 waiting: dict) -> None:
         self.delegate = delegate
         self.busy = busy
         self.server_conn = server_conn
+        self.waiting = waiting
 
     def headers_received(self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
                          headers: httputil.HTTPHeaders) -> Awaitable[None] | None:
         self.busy.add(self.server_conn)
+        self.waiting.pop(self.server_conn, None)
         return self.delegate.headers_received(start_line, headers)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Any, Callable, cast
+from typing import Any, cast
 
 import tornado
 import tornado.web
@@ -48,16 +48,6 @@ def option_named(parser: OptionParser, dashed: str) -> Any | None:
 
 
 # -- HTTP/1.1 connections ------------------------------------------------------------------
-
-class HeadParsingConnection(HTTP1Connection):
-    """An ``HTTP1Connection`` whose response heads are parsed by ``parse_head``
-    (Tornado's own private hook ``_parse_headers``)."""
-
-    parse_head: Callable[[bytes], tuple[str, httputil.HTTPHeaders]]
-
-    def _parse_headers(self, data: bytes) -> tuple[str, httputil.HTTPHeaders]:
-        return self.parse_head(data)
-
 
 def answer_without_reading_body(connection: HTTP1Connection) -> None:
     """Let ``connection.finish()`` end a response while the request body is unread,
@@ -174,30 +164,6 @@ def write_response_head(connection: HTTP1Connection, start_line: httputil.Respon
     return _write_head(connection, data, chunk)
 
 
-def write_request_head(connection: HTTP1Connection, start_line: httputil.RequestStartLine,
-                       headers: httputil.HTTPHeaders, chunk: bytes | None = None) -> "asyncio.Future[None]":
-    """``HTTP1Connection.write_headers`` of a client request, with the header lines joined and
-    checked for CR/LF in one pass over the block instead of one regular expression per line.
-    Sets the state ``write_headers`` sets: chunked output for POST/PUT/PATCH without
-    Content-Length, the expected body length."""
-    chunking = start_line.method in ("POST", "PUT", "PATCH") and "Content-Length" not in headers
-    connection._request_start_line = start_line
-    connection._chunking_output = chunking
-    first = f"{start_line.method} {start_line.path} HTTP/1.1"
-    lines = [f"{name}: {value}" for name, value in headers.get_all()]
-    if chunking:
-        lines.append("Transfer-Encoding: chunked")
-    text = "\r\n" + "\r\n".join(lines) if lines else ""
-    if text.count("\n") != len(lines) or text.count("\r") != len(lines) or "\r" in first or "\n" in first:
-        raise ValueError("Illegal characters (CR or LF) in header")
-    if "Content-Length" in headers:
-        connection._expected_content_remaining = int(headers["Content-Length"])
-    else:
-        connection._expected_content_remaining = None
-    data = first.encode("utf-8") + text.encode("latin-1") + b"\r\n\r\n"
-    return _write_head(connection, data, chunk)
-
-
 def _write_head(connection: HTTP1Connection, data: bytes, chunk: bytes | None) -> "asyncio.Future[None]":
     """The end of ``write_headers``: the head (and a first chunk) written, its future tracked."""
     future: asyncio.Future[None] = asyncio.Future()
@@ -208,7 +174,12 @@ def _write_head(connection: HTTP1Connection, data: bytes, chunk: bytes | None) -
         return future
     if chunk:
         data += connection._format_chunk(chunk)
-    connection._pending_write = connection.stream.write(data)
+    rest = _send_now(connection.stream, data)
+    if not rest:  # all of it in one send: the write is over (``_on_write_complete``'s part)
+        connection._write_future = None
+        future.set_result(None)
+        return future
+    connection._pending_write = connection.stream.write(rest)
     future_add_done_callback(connection._pending_write, connection._on_write_complete)
     return future
 
@@ -218,6 +189,14 @@ def write_now(stream: IOStream, data: bytes) -> None:
     queued before it (``_write_buffer``, ``_connecting``, ``socket``): one ``send``; what the
     kernel did not take, and every other case, goes through ``IOStream.write`` (in order,
     errors and closing handled there; a closed stream raises ``StreamClosedError``)."""
+    rest = _send_now(stream, data)
+    if rest:
+        stream.write(rest)
+
+
+def _send_now(stream: IOStream, data: bytes) -> bytes:
+    """One ``send`` of ``data`` when nothing is queued before it on a plain IOStream; what
+    is left to write (all of ``data`` when it could not be tried)."""
     sock = stream.socket
     if type(stream) is IOStream and sock is not None and not stream._write_buffer \
             and not stream._connecting:
@@ -225,10 +204,8 @@ def write_now(stream: IOStream, data: bytes) -> None:
             sent = sock.send(data)
         except OSError:  # EAGAIN, or an error IOStream.write meets again and handles
             sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    stream.write(data)
+        return data[sent:] if sent else data
+    return data
 
 
 class _FastFrames(WebSocketProtocol13):

@@ -100,3 +100,29 @@ async def test_repeated_request_headers_reach_the_upstream_combined(proxy_gw, st
     assert names.count("accept") == 1 and names.count("cookie") == 1
     assert record.headers["accept"] == "text/plain, application/json"  # RFC 9110 §5.3
     assert record.headers["cookie"] == "a=1; b=2"  # one Cookie header (RFC 6265 §5.4)
+
+
+@pytest.mark.parametrize("upstream_lines", [
+    [("Content-Type", "application/json"), ("Content-Length", "2")],
+    [("Vary", "Accept"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")],
+    [("Cross-Origin-Resource-Policy", "cross-origin"), ("Content-Length", "0")],  # relaxes one
+    [("X-Frame-Options", "SAMEORIGIN"), ("Connection", "close, X-Frame-Options")],
+    [],
+])
+def test_preformatted_security_block_gives_the_same_head_as_line_by_line(upstream_lines):
+    from tornado import httputil
+
+    from tornado_gateway.edge.security_headers import SECURITY_HEADERS
+    from tornado_gateway.proxy.headers import response_head
+
+    upstream = httputil.HTTPHeaders()
+    for name, value in upstream_lines:
+        upstream.add(name, value)
+    ours = [("Date", "Sat, 05 Dec 2026 07:00:00 GMT"), ("X-Request-ID", "r1"), ("Vary", "Origin"),
+            ("RateLimit", "limit=5")]
+    line_by_line = response_head([ours[0], *SECURITY_HEADERS, *ours[1:]], upstream)
+    assert response_head(ours, upstream, SECURITY_HEADERS, at=1) == line_by_line
+    # a default naming one of the constant headers: the general merge, the same bytes
+    clash = [*ours, ("X-Frame-Options", "DENY")]
+    assert (response_head(clash, upstream, SECURITY_HEADERS, at=1)
+            == response_head([clash[0], *SECURITY_HEADERS, *clash[1:]], upstream))

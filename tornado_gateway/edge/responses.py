@@ -95,8 +95,12 @@ def default_headers(gateway: GatewayParts, request_id: str,
     """(name, value) pairs every public response starts from: the security floor, the
     request id and the CORS headers for ``origin``."""
     yield from gateway.security_headers
-    yield "X-Request-ID", request_id
-    yield from gateway.cors.response_headers(origin)
+    yield from request_headers(gateway, request_id, origin)
+
+
+def request_headers(gateway: GatewayParts, request_id: str, origin: str | None) -> list[tuple[str, str]]:
+    """The part of :func:`default_headers` after the security floor: what varies by request."""
+    return [("X-Request-ID", request_id), *gateway.cors.response_headers(origin)]
 
 
 async def _linger(stream: IOStream) -> None:

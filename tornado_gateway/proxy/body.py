@@ -13,6 +13,7 @@ from tornado.http1connection import is_transfer_encoding_chunked
 from tornado_gateway.errors import GatewayError
 
 BODY_METHODS = ("POST", "PUT", "PATCH")  # the upstream client frames chunked bodies only for these
+UPLOAD_READ_SIZE = 64 * 1024  # what a client connection reads per recv once a body is piped
 PIPE_DEPTH = 4  # request chunks (each <= 64 KiB) buffered between client and upstream
 # A refused request's body up to this size is read and dropped before the answer (the
 # connection stays open); a larger or unknown one gets the answer at once and a lingering close.

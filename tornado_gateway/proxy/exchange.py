@@ -20,10 +20,10 @@ from tornado_gateway.config import Route
 from tornado_gateway.errors import GatewayError
 from tornado_gateway.edge.responses import answer_before_body, has_body, make_request_id
 from tornado_gateway.edge.paths import PathError, Resolved, check_query, class_key, resolve
-from tornado_gateway.upstream.client import UpstreamRequest
+from tornado_gateway.upstream.forward import ForwardRequest
 
-from tornado_gateway.proxy.body import (BODY_METHODS, DROP_BODY_MAX, OVERSIZE_DRAIN, Abandoned,
-                                        BodyPipe, framing)
+from tornado_gateway.proxy.body import (BODY_METHODS, DROP_BODY_MAX, OVERSIZE_DRAIN,
+                                        UPLOAD_READ_SIZE, Abandoned, BodyPipe, framing)
 from tornado_gateway.proxy.circuit import is_connect_failure
 from tornado_gateway.proxy.headers import upstream_headers
 from tornado_gateway.proxy.request import ProxyRequest
@@ -190,6 +190,9 @@ class ProxyExchange(ClientResponse, httputil.HTTPMessageDelegate):
             self._discarding = True
         elif body:
             self._pipe = BodyPipe()
+            stream = getattr(self.connection, "stream", None)
+            if stream is not None:  # a body is read in larger pieces than a head (server.py)
+                stream.read_chunk_size = min(UPLOAD_READ_SIZE, stream.max_buffer_size // 2)
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         self._received += len(chunk)
@@ -279,15 +282,14 @@ class ProxyExchange(ClientResponse, httputil.HTTPMessageDelegate):
     def _forward(self) -> None:
         """Send one attempt upstream; :meth:`_settle` takes its outcome.
 
-        No task of its own: ``fetch`` runs the exchange, and its future's
+        No task of its own: ``forward`` runs the exchange, and its future's
         done-callback finishes the answer, retries, or sends the error.
         """
         self._attempts += 1
         self._response_started = False
         self._attempt_started = time.monotonic()
         try:
-            fetched = self.gateway.http_client.fetch(self._upstream_request(cast(Resolved, self._resolved)),
-                                                     raise_error=False)
+            fetched = self.gateway.http_client.forward(self._upstream_request(cast(Resolved, self._resolved)))
         except Exception:
             log.exception("starting the upstream request failed", extra={"request_id": self.request_id})
             self.send_gateway_error(GatewayError("INTERNAL", "internal error"))
@@ -320,7 +322,7 @@ class ProxyExchange(ClientResponse, httputil.HTTPMessageDelegate):
         Raises the GatewayError the client gets when the upstream failed.
         """
         try:
-            response = fetched.result()
+            fetched.result()
         except (Abandoned, asyncio.CancelledError):
             return False
         except (HTTPTimeoutError, TimeoutError):
@@ -343,10 +345,7 @@ class ProxyExchange(ClientResponse, httputil.HTTPMessageDelegate):
         metrics.child(metrics.CIRCUIT_OPEN, route.service).set(0)
         if self._finished or self._client_gone:
             return False
-        if self._head is None:  # no head_callback: take the head from the response
-            self._on_head(httputil.ResponseStartLine("HTTP/1.1", response.code, response.reason),
-                          response.headers)
-        self._finish_response()
+        self._finish_response()  # the head came through head_callback (_on_head)
         return False
 
     def _upstream_failed(self, route: Route, breaker: CircuitBreaker, kind: str, count: bool) -> None:
@@ -355,27 +354,18 @@ class ProxyExchange(ClientResponse, httputil.HTTPMessageDelegate):
             breaker.record_failure()
             metrics.child(metrics.CIRCUIT_OPEN, route.service).set(1 if breaker.is_open else 0)
 
-    def _upstream_request(self, resolved: Resolved) -> UpstreamRequest:
+    def _upstream_request(self, resolved: Resolved) -> ForwardRequest:
         route = resolved.route
-        url = route.upstream + resolved.upstream_path
+        tail = resolved.upstream_path
         if self.request.query:
-            url += "?" + self.request.query
+            tail += "?" + self.request.query
         method = self.request.method
         body = None
         if self._pipe is None and method in BODY_METHODS:
             body = b""
-        return UpstreamRequest(
-            url,
-            method=method,
-            headers=upstream_headers(self.request, route.upstream, self.gateway.forwarding,
-                                     self.request_id, self.identity),
-            body=body,
-            body_producer=self._pipe.produce if self._pipe is not None else None,
-            connect_timeout=route.connect_timeout,
-            request_timeout=route.timeout,
-            follow_redirects=False,
-            decompress_response=False,
-            allow_nonstandard_methods=True,
-            head_callback=self._on_head,
-            streaming_callback=self._on_chunk,
-        )
+        return ForwardRequest(
+            route.upstream, tail, method,
+            upstream_headers(self.request, route.upstream, self.gateway.forwarding,
+                             self.request_id, self.identity),
+            body, self._pipe.produce if self._pipe is not None else None,
+            route.connect_timeout, route.timeout, self._on_head, self._on_chunk)

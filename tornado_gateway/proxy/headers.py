@@ -65,12 +65,19 @@ def merge_response_headers(headers: httputil.HTTPHeaders, upstream: httputil.HTT
         headers["Vary"] = f"{headers['Vary']}, {ours_vary}"
 
 
-def response_head(defaults: list[tuple[str, str]], upstream: httputil.HTTPHeaders) -> tuple[bytes, int | None, bool] | None:
+def response_head(defaults: list[tuple[str, str]], upstream: httputil.HTTPHeaders,
+                  constant: tuple[tuple[str, str], ...] = (), at: int = 0,
+                  ) -> tuple[bytes, int | None, bool] | None:
     """The header block of a proxied response as bytes, the upstream's end-to-end headers over
     the gateway's ``defaults`` (as :func:`merge_response_headers` would put them), with its
     Content-Length and whether it says ``Connection: close``; None when the upstream's head
     needs the general path (repeated or unreadable Content-Length). The upstream's values
-    passed its head parser (no CR/LF); the defaults are the gateway's own."""
+    passed its head parser (no CR/LF); the defaults are the gateway's own.
+
+    ``constant``: defaults that never change (the security headers), standing after the first
+    ``at`` of ``defaults``: they go out as one block formatted once (:func:`preformatted`)
+    unless a name in them is also the upstream's or another default's (then line by line,
+    the same bytes either way)."""
     dropped = connection_named(upstream.get_list("Connection")) if "Connection" in upstream else ()
     lines: list[str] = []
     seen: set[str] = set()
@@ -91,13 +98,33 @@ def response_head(defaults: list[tuple[str, str]], upstream: httputil.HTTPHeader
     ours: dict[str, tuple[str, str]] = {}
     for name, value in defaults:  # a later default of the same name wins, as in HTTPHeaders
         ours[name.lower()] = (name, value)
-    for lower, (name, value) in ours.items():
+    block, names = preformatted(constant)
+    if block and (len(ours) != len(defaults) or not names.isdisjoint(seen)
+                  or not names.isdisjoint(ours)):
+        return response_head([*defaults[:at], *constant, *defaults[at:]], upstream)
+    for index, (lower, (name, value)) in enumerate(ours.items()):
+        if index == at and block:
+            lines.append(block)
         if lower not in seen:
             lines.append(f"{name}: {value}\r\n")
         elif lower == "vary" and vary_at >= 0:  # both vary: the upstream's reasons, then ours
             lines[vary_at] = f"{lines[vary_at][:-2]}, {value}\r\n"
+    if block and at >= len(ours):
+        lines.append(block)
     closes = "connection" in ours and ours["connection"][1].lower() == "close"
     return "".join(lines).encode("latin-1"), content_length, closes
+
+
+_blocks: dict[int, tuple[tuple, str, frozenset[str]]] = {}
+
+
+def preformatted(constant: tuple[tuple[str, str], ...]) -> tuple[str, frozenset[str]]:
+    """``constant``'s field lines as one string and its lower-case names, made once per tuple."""
+    entry = _blocks.get(id(constant))
+    if entry is None or entry[0] is not constant:
+        block = "".join(f"{name}: {value}\r\n" for name, value in constant)
+        entry = _blocks[id(constant)] = (constant, block, frozenset(n.lower() for n, _ in constant))
+    return entry[1], entry[2]
 
 
 def upstream_headers(request: Any, upstream: str, forwarding: Any, request_id: str,

@@ -11,7 +11,7 @@ from tornado import httputil
 from tornado.iostream import StreamClosedError
 
 from tornado_gateway import metrics, tornado_compat
-from tornado_gateway.edge.responses import default_headers, log_request
+from tornado_gateway.edge.responses import default_headers, log_request, request_headers
 from tornado_gateway.errors import JSON_CONTENT_TYPE, GatewayError, error_body
 from tornado_gateway.proxy.body import Abandoned
 from tornado_gateway.proxy.headers import http_date, merge_response_headers, response_head
@@ -48,7 +48,9 @@ class ClientResponse:
         self.status = start_line.code
         start = httputil.ResponseStartLine("HTTP/1.1", start_line.code, start_line.reason
                                            or httputil.responses.get(start_line.code, "Unknown"))
-        raw = response_head(self._default_pairs(), upstream)
+        # The security floor goes in as one block formatted once (headers.preformatted).
+        pairs = self._default_pairs(with_security=False)
+        raw = response_head(pairs, upstream, self.gateway.security_headers, at=1)
         if raw is not None:  # the usual case: written as bytes, no HTTPHeaders on the way out
             self._head = (start, raw)
             return
@@ -95,10 +97,15 @@ class ClientResponse:
             self._write_head()
         self._end()
 
-    def _default_pairs(self) -> list[tuple[str, str]]:
-        """What every answer starts from (an upstream's own headers then override these)."""
+    def _default_pairs(self, with_security: bool = True) -> list[tuple[str, str]]:
+        """What every answer starts from (an upstream's own headers then override these);
+        without the security headers (the Date's follower) when not ``with_security``."""
         pairs = [("Date", http_date())]
-        pairs.extend(default_headers(self.gateway, self.request_id, self.request.headers.get("Origin")))
+        origin = self.request.headers.get("Origin")
+        if with_security:
+            pairs.extend(default_headers(self.gateway, self.request_id, origin))
+        else:
+            pairs.extend(request_headers(self.gateway, self.request_id, origin))
         pairs.extend(self.extra_headers.items())
         if self.gateway.draining:
             # Decided when the headers go out: a response that started before SIGTERM

@@ -1,1 +1,1 @@
-"""The upstream HTTP client: pooled keep-alive connections on Tornado's own HTTP/1.1 code."""
+"""The upstream HTTP client: pooled keep-alive connections, HTTP/1.1 read and written by wire.py."""

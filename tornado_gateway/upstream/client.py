@@ -8,7 +8,6 @@ import time
 from typing import Any, Callable
 
 from tornado import httputil
-from tornado.http1connection import HTTP1ConnectionParameters
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream, StreamClosedError
@@ -18,14 +17,15 @@ from tornado.tcpclient import TCPClient
 
 
 from tornado_gateway import tornado_compat
+from tornado_gateway.upstream import wire
 from tornado_gateway.upstream.exchange import Exchange
+from tornado_gateway.upstream.forward import ForwardExchange, ForwardRequest, target_for
 from tornado_gateway.upstream.pool import HostPool, LiteralFirstResolver, Target, remaining, ssl_options
 
 #: Defaults every request gets unless it says otherwise: a proxy passes
 #: redirects and compressed bodies through untouched.
 PROXY_DEFAULTS = {"follow_redirects": False, "decompress_response": False,
                   "allow_nonstandard_methods": True}
-CHUNK_SIZE = 64 * 1024
 
 
 class UpstreamRequest(HTTPRequest):
@@ -57,8 +57,7 @@ class PooledHTTPClient(AsyncHTTPClient):
         self.idle_timeout = idle_timeout
         self.max_buffer_size = max_buffer_size  # body limit when not streaming
         self.max_body_size = max_body_size  # None: unlimited when streaming
-        self.connection_params = HTTP1ConnectionParameters(
-            chunk_size=CHUNK_SIZE, max_header_size=max_header_size)
+        self.max_header_size = max_header_size or wire.MAX_HEAD
         self.own_resolver = resolver is None
         self.resolver = resolver or LiteralFirstResolver()
         self.tcp_client = TCPClient(resolver=self.resolver)
@@ -84,7 +83,30 @@ class PooledHTTPClient(AsyncHTTPClient):
             self.resolver.close()
 
     def fetch_impl(self, request: HTTPRequest, callback: Callable[[HTTPResponse], None]) -> None:
-        task = asyncio.ensure_future(Exchange(self, request, callback).run())
+        self._run(Exchange(self, request, callback))
+
+    def forward(self, request: ForwardRequest) -> "asyncio.Future[None]":
+        """A proxied request (forward.py): ``fetch(request, raise_error=False)`` for a proxy.
+
+        The future's result is None once the response went through ``head_callback`` and
+        ``streaming_callback``; it fails with the exceptions ``fetch`` raises."""
+        if tornado_compat.http_client_closed(self):
+            raise RuntimeError("forward() called on closed AsyncHTTPClient")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def settle(outcome: BaseException | None) -> None:
+            if future.cancelled():
+                return
+            if outcome is None:
+                future.set_result(None)
+            else:
+                future.set_exception(outcome)
+
+        self._run(ForwardExchange(self, request, settle, target_for(request)))
+        return future
+
+    def _run(self, exchange: Exchange) -> None:
+        task = asyncio.ensure_future(exchange.run())
         self._running.add(task)  # asyncio keeps only weak references to tasks
         task.add_done_callback(self._running.discard)
 
@@ -127,11 +149,9 @@ class PooledHTTPClient(AsyncHTTPClient):
             pool.discard(None)
             raise
         self.connections_opened += 1
-        stream.set_nodelay(True)
-        # HTTP1Connection turns Nagle back on after every message and off again in
-        # finish(): two setsockopt calls per request. An upstream connection keeps
-        # TCP_NODELAY for its whole life instead.
-        stream.set_nodelay = _keep_nodelay  # type: ignore[method-assign]
+        stream.set_nodelay(True)  # for the connection's whole life (wire.py writes whole messages)
+        stream.read_chunk_size = min(wire.READ_SIZE, stream.max_buffer_size // 2)
+        pool.adopt(stream)
         return stream
 
     def ssl_options_for(self, key: tuple, request: HTTPRequest) -> ssl.SSLContext | dict:
@@ -150,9 +170,5 @@ class PooledHTTPClient(AsyncHTTPClient):
         older_than = time.monotonic() - self.idle_timeout
         for pool in self.pools.values():
             pool.evict_idle(older_than)
-
-
-def _keep_nodelay(value: bool) -> None:
-    """Stands in for ``IOStream.set_nodelay`` on pooled connections (always on)."""
 
 

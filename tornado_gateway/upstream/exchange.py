@@ -6,13 +6,13 @@ from asyncio import Future
 
 import asyncio
 import base64
+import logging
 import ssl
 import time
 from io import BytesIO
 from typing import Any, Awaitable, Callable, Protocol
 
 from tornado import httputil
-from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
 from tornado.httpclient import HTTPRequest, HTTPResponse
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
@@ -20,16 +20,19 @@ from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError
 
 
 from tornado_gateway import tornado_compat
-from tornado_gateway.upstream.head import UpstreamConnection
+from tornado_gateway.upstream import wire
 from tornado_gateway.upstream.pool import HostPool, Target
 
+log = logging.getLogger("tornado_gateway.upstream")
+
 UNLIMITED = 1 << 62
+CHUNKED_METHODS = ("POST", "PUT", "PATCH")  # a body of unknown length is chunked for these
 
 
 class ConnectionSource(Protocol):
     """What an exchange needs of its client (``PooledHTTPClient``)."""
 
-    connection_params: HTTP1ConnectionParameters
+    max_header_size: int
     max_body_size: int | None
     max_buffer_size: int
 
@@ -43,14 +46,17 @@ class ConnectionSource(Protocol):
     async def open(self, pool: HostPool, target: Target, deadline: float | None) -> IOStream: ...
 
 
-class Exchange(httputil.HTTPMessageDelegate):
+class Exchange:
     """One fetch: get a connection, send the request, read the response, settle once."""
 
-    def __init__(self, client: ConnectionSource, request: HTTPRequest,
-                 callback: Callable[[HTTPResponse], None]) -> None:
+    def __init__(self, client: ConnectionSource, request: Any,
+                 callback: Callable[[Any], None], target: Target | None = None) -> None:
+        """``request``: an HTTPRequest (or forward.ForwardRequest); ``callback`` gets the
+        HTTPResponse; ``target``: where it goes, when the caller parsed that already."""
         self.client = client
         self.request = request
-        self.callback: Callable[[HTTPResponse], None] | None = callback
+        self.callback: Callable[[Any], None] | None = callback
+        self.target = target
         self.io_loop = IOLoop.current()
         self.start_time = self.io_loop.time()
         self.start_wall_time = time.time()
@@ -74,7 +80,7 @@ class Exchange(httputil.HTTPMessageDelegate):
 
     async def run(self) -> None:
         try:
-            target = Target(self.request)
+            target = self.target or Target(self.request)
             if target.ssl_key is not None:
                 target.ssl_options = self.client.ssl_options_for(target.ssl_key, self.request)
             pool = self.client.pool_for(target.pool_key)
@@ -103,11 +109,17 @@ class Exchange(httputil.HTTPMessageDelegate):
             pool.give_back(stream)
             return True
         self.stream = stream
-        connection = UpstreamConnection(stream, True, self.client.connection_params)
-        connection.set_max_body_size(self._body_limit())
         try:
-            await self._send(connection, target, headers)
-            await connection.read_response(self)
+            await self._send(stream, target, headers)
+            await wire.read_response(stream, self, self.request.method, self._body_limit(),
+                                     self.client.max_header_size)
+            self.complete = True
+        except httputil.HTTPInputError as exc:  # bad framing: the connection is unusable
+            pool.discard(stream)
+            log.info("Malformed HTTP response from %s: %s", target.netloc, exc)
+            if self.callback_error is not None:
+                raise self.callback_error from None
+            raise HTTPStreamClosedError("Connection closed before the response was complete") from None
         except Exception as exc:
             pool.discard(stream)
             if self.callback_error is not None:
@@ -121,35 +133,38 @@ class Exchange(httputil.HTTPMessageDelegate):
             raise
         finally:
             self.stream = None
-        if self.callback_error is not None or not self.complete:
+        if self.callback_error is not None:
             pool.discard(stream)
-            if self.callback_error is not None:
-                raise self.callback_error
-            raise HTTPStreamClosedError("Connection closed before the response was complete")
+            raise self.callback_error
         if self._reusable(stream, headers):
             pool.give_back(stream)
         else:
             pool.discard(stream)
         return True
 
-    async def _send(self, connection: HTTP1Connection, target: Target,
-                    headers: httputil.HTTPHeaders) -> None:
-        start_line = httputil.RequestStartLine(self.request.method, target.path, "")
-        body = self.request.body
+    async def _send(self, stream: IOStream, target: Target, headers: httputil.HTTPHeaders) -> None:
+        """The request head, with its body when there is one, in one write; a produced body after it."""
+        request = self.request
+        method = request.method
+        chunked = method in CHUNKED_METHODS and "Content-Length" not in headers
+        head = wire.request_head(method, target.path, headers, chunked)
+        body = request.body
         if body is not None:
-            tornado_compat.write_request_head(connection, start_line, headers, body or None)
-        else:
-            tornado_compat.write_request_head(connection, start_line, headers)
-            producer = self.request.body_producer
-            if producer is not None:
-                await self._produce_body(producer, connection)
-        connection.finish()
+            wire.send(stream, head + body if body else head)
+            return
+        wire.send(stream, head)
+        length = headers.get("Content-Length")
+        writer = wire.BodyWriter(stream, chunked, int(length) if length is not None else None)
+        producer = request.body_producer
+        if producer is not None:
+            await self._produce_body(producer, writer)
+        writer.finish()
 
     async def _produce_body(self, producer: Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]],
-                            connection: HTTP1Connection) -> None:
+                            writer: wire.BodyWriter) -> None:
         def write(chunk: bytes) -> Future[None]:
             self.body_started = True
-            return connection.write(chunk)
+            return writer.write(chunk)
 
         try:
             result = producer(write)
@@ -235,11 +250,10 @@ class Exchange(httputil.HTTPMessageDelegate):
             return HTTPStreamClosedError(message)
         return exc
 
-    # -- HTTPMessageDelegate ----------------------------------------------------
+    # -- wire.ResponseDelegate ----------------------------------------------------
 
-    def headers_received(self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
-                         headers: httputil.HTTPHeaders) -> Awaitable[None] | None:
-        assert isinstance(start_line, httputil.ResponseStartLine)  # a client reads responses
+    def headers_received(self, start_line: httputil.ResponseStartLine,
+                         headers: httputil.HTTPHeaders) -> None:
         self.start_line = start_line
         self.headers = headers
         if self.head_callback is not None:
@@ -256,7 +270,6 @@ class Exchange(httputil.HTTPMessageDelegate):
                 self.header_callback("\r\n")
             except Exception as exc:
                 self._abort(exc)
-        return None
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         self.body_size += len(chunk)
@@ -279,12 +292,6 @@ class Exchange(httputil.HTTPMessageDelegate):
             await result
         except Exception as exc:
             self._abort(exc)
-
-    def finish(self) -> None:
-        self.complete = True
-
-    def on_connection_close(self) -> None:
-        pass  # read_response raises or returns; run() looks at self.complete
 
     def _abort(self, exc: BaseException) -> None:
         """A callback failed: stop reading, and make fetch raise its exception."""
@@ -310,7 +317,7 @@ class Exchange(httputil.HTTPMessageDelegate):
             self.request, 599, error=exc, request_time=self.io_loop.time() - self.start_time,
             start_time=self.start_wall_time))
 
-    def _settle(self, response: HTTPResponse) -> None:
+    def _settle(self, response: HTTPResponse | BaseException | None) -> None:
         callback, self.callback = self.callback, None
         assert callback is not None  # settled once
         if self.timeout_handle is not None:

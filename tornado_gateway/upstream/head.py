@@ -6,7 +6,6 @@ import re
 
 from tornado import httputil
 
-from tornado_gateway import tornado_compat
 
 # One header field line (RFC 9110 §5.5, RFC 9112 §5): a token, ":", optional whitespace, then
 # a value that is empty or starts and ends with a visible (or obs-text) character; no
@@ -38,10 +37,3 @@ def parse_response_head(data: bytes) -> tuple[str, httputil.HTTPHeaders]:
         else:
             headers[name] = value
     return lines[0].rstrip("\r"), headers
-
-
-
-class UpstreamConnection(tornado_compat.HeadParsingConnection):
-    """The client side of one exchange: Tornado's HTTP1Connection with the faster head parser."""
-
-    parse_head = staticmethod(parse_response_head)

@@ -55,7 +55,6 @@ class HostPool:
         """
         while self.idle:
             stream, _ = self.idle.pop()
-            stream.set_close_callback(None)
             if stream.closed() or (look and _peer_closed(stream)):
                 self._discard(stream)
                 continue
@@ -79,6 +78,13 @@ class HostPool:
                 turn.set_result(stream)
                 return
         self.idle.append((stream, time.monotonic()))
+        # The close callback set by adopt() forgets it if it closes while idle.
+
+    def adopt(self, stream: IOStream) -> None:
+        """A new connection of this pool: when it closes while idle, it is forgotten.
+
+        Set once for the connection's life (``IOStream.set_close_callback`` updates the
+        event loop's interest each time it is called); in use, the callback finds nothing."""
         stream.set_close_callback(lambda: self._forget_idle(stream))
 
     def discard(self, stream: IOStream | None) -> None:
@@ -148,7 +154,7 @@ class Target:
 
     __slots__ = ("scheme", "host", "port", "netloc", "path", "userinfo", "ssl_key", "ssl_options")
 
-    def __init__(self, request: HTTPRequest) -> None:
+    def __init__(self, request: Any) -> None:  # an HTTPRequest or a forward.ForwardRequest
         parsed = urllib.parse.urlsplit(request.url)
         if parsed.scheme not in ("http", "https"):
             raise ValueError(f"Unsupported url scheme: {request.url}")
@@ -161,6 +167,14 @@ class Target:
         self.path = (parsed.path or "/") + ("?" + parsed.query if parsed.query else "")
         self.ssl_key = _ssl_key(request) if parsed.scheme == "https" else None
         self.ssl_options: ssl.SSLContext | dict | None = None  # filled in by the client, per ssl_key
+
+    def with_path(self, path: str) -> "Target":
+        """This target with another path (and query): a copy, the URL is not parsed again."""
+        target = Target.__new__(Target)
+        for name in Target.__slots__:
+            setattr(target, name, getattr(self, name))
+        target.path = path
+        return target
 
     @property
     def pool_key(self) -> tuple:
