@@ -7,7 +7,6 @@ import ssl
 import time
 from typing import Any, Callable
 
-from tornado import httputil
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream, StreamClosedError
@@ -26,17 +25,6 @@ from tornado_gateway.upstream.pool import HostPool, LiteralFirstResolver, Target
 #: redirects and compressed bodies through untouched.
 PROXY_DEFAULTS = {"follow_redirects": False, "decompress_response": False,
                   "allow_nonstandard_methods": True}
-
-
-class UpstreamRequest(HTTPRequest):
-    """An ``HTTPRequest`` with ``head_callback`` (see the module docstring)."""
-
-    def __init__(self, url: str, head_callback: Callable[[httputil.ResponseStartLine,
-                                                          httputil.HTTPHeaders], None] | None = None,
-                 **kwargs: Any) -> None:
-        super().__init__(url, **kwargs)
-        self.head_callback = head_callback
-
 
 
 class PooledHTTPClient(AsyncHTTPClient):
