@@ -121,10 +121,10 @@ async def test_burst_split_across_two_nodes_is_limited_as_one(nodes):
     ip = fresh_ip()
     responses = await asyncio.gather(*(get(nodes[i % 2], "/api/auth/session", ip)
                                        for i in range(30)))
+    # Each node got 15 and would pass 10 on its own (20 in all): 10 in all is one shared limit.
+    # Which node served them depends on whose batch reached Redis first (both, or one alone).
     assert sum(r.code == 200 for r in responses) == 10
     assert sum(r.code == 429 for r in responses) == 20
-    served_by = {i % 2 for i, r in enumerate(responses) if r.code == 200}
-    assert served_by == {0, 1}
 
 
 @pytest.mark.gen_test
