@@ -10,7 +10,8 @@ import time
 import uuid
 from urllib.parse import quote
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado import httputil
+from tornado.httpclient import HTTPClientError
 
 from tornado_gateway import metrics
 from tornado_gateway.codec import JSONRefused, dumps_bytes, loads
@@ -18,6 +19,8 @@ from tornado_gateway.edge.paths import PathError, resolve
 from tornado_gateway.realtime.payloads import EventError
 from tornado_gateway.edge.identity import Identity
 from tornado_gateway.parts import GatewayParts
+from tornado_gateway.upstream.client import PooledHTTPClient
+from tornado_gateway.upstream.forward import ForwardRequest
 from typing import Any
 
 log = logging.getLogger("tornado_gateway.realtime")
@@ -35,7 +38,7 @@ class ChatServices:
         self._members: dict[tuple[str, str], float] = {}
 
     @property
-    def http_client(self) -> AsyncHTTPClient:
+    def http_client(self) -> PooledHTTPClient:
         return self.gateway.http_client
 
     # -- the calls of SPEC §5 -------------------------------------------------
@@ -101,21 +104,24 @@ class ChatServices:
         if body is not None:
             headers["Content-Type"] = "application/json"
         headers.update(extra_headers or {})
-        request = HTTPRequest(
-            route.upstream + resolved.upstream_path, method=method, headers=headers,
-            body=dumps_bytes(body) if body is not None else None,
-            allow_nonstandard_methods=True, follow_redirects=False,
-            connect_timeout=route.connect_timeout, request_timeout=route.timeout,
-        )
+        answer = _Answer(self.http_client.max_buffer_size)
+        payload = dumps_bytes(body) if body is not None else (b"" if method in ("POST", "PUT", "PATCH") else None)
+        request = ForwardRequest(route.upstream, resolved.upstream_path, method, headers, payload, None,
+                                 route.connect_timeout, route.timeout, answer.head, answer.chunk)
         started = time.monotonic()
         try:
-            response = await self.http_client.fetch(request, raise_error=False)
+            await self.http_client.forward(request)
         except HTTPClientError as exc:  # 599: timeout or connection closed
             metrics.UPSTREAM_ERRORS.labels(service, "timeout" if "imeout" in str(exc) else "connect").inc()
             raise EventError("UPSTREAM_UNAVAILABLE", f"{service} service unavailable") from None
         except OSError:
             metrics.UPSTREAM_ERRORS.labels(service, "connect").inc()
             raise EventError("UPSTREAM_UNAVAILABLE", f"{service} service unavailable") from None
+        except _TooLarge:
+            metrics.UPSTREAM_ERRORS.labels(service, "status").inc()
+            raise EventError("UPSTREAM_ERROR", f"{service} service answered more than "
+                                               f"{answer.limit} bytes") from None
+        response = answer
         metrics.UPSTREAM_LATENCY.labels(service).observe(time.monotonic() - started)
         if 200 <= response.code < 300:
             if not response.body:
@@ -131,6 +137,36 @@ class ChatServices:
             raise EventError("VALIDATION_FAILED", message)
         metrics.UPSTREAM_ERRORS.labels(service, "status").inc()
         raise EventError("UPSTREAM_ERROR", f"{service} service answered {response.code}")
+
+
+class _TooLarge(Exception):
+    """A service's answer went past the client's buffer limit."""
+
+
+class _Answer:
+    """A service's status and body, read through ``PooledHTTPClient.forward`` (the proxy's
+    path: no HTTPRequest or HTTPResponse per call), the body capped as ``fetch`` caps it."""
+
+    __slots__ = ("code", "chunks", "size", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.code = 0
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.limit = limit
+
+    def head(self, start_line: httputil.ResponseStartLine, headers: httputil.HTTPHeaders) -> None:
+        self.code = start_line.code
+
+    def chunk(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise _TooLarge()
+        self.chunks.append(chunk)
+
+    @property
+    def body(self) -> bytes:
+        return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
 
 
 def _unwrap(data: Any, name: str) -> dict:
