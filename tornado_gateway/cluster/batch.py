@@ -5,10 +5,8 @@ Redis Cluster (KeyedScript). Why: docs/design-notes.md ("Connect storms")."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from typing import Any, Awaitable, Callable, Generic, Sequence, TypeVar
 
-from redis.exceptions import NoScriptError
 
 from tornado_gateway.cluster.pipelined import Script
 from tornado_gateway.cluster.redis_cluster import ShardScript
@@ -64,11 +62,9 @@ class KeyedScript:
     master on a cluster (ShardScript), loaded again when Redis forgot it."""
 
     def __init__(self, body: str, width: int = 1) -> None:
-        self.body = body
-        self.sha = hashlib.sha1(body.encode()).hexdigest()
         self.width = width
         self.sharded = ShardScript(body, width)
-        self.pipelined = Script(body)
+        self.script = Script(body)
 
     async def run(self, link: Any, keys: Sequence[str], per_key_args: Sequence[Sequence[Any]] = (),
                   shared_args: Sequence[Any] = ()) -> list:
@@ -76,12 +72,5 @@ class KeyedScript:
             return []
         if link.cluster is not None:
             return await self.sharded(link.cluster, keys, per_key_args, shared_args)
-        if link.fast is not None:  # cluster.pipelined
-            return await self.pipelined(link.fast, keys,
-                                        [*shared_args, *(a for per_key in per_key_args for a in per_key)])
-        args = [*keys, *shared_args, *(a for per_key in per_key_args for a in per_key)]
-        try:
-            return await link.client.evalsha(self.sha, len(keys), *args)
-        except NoScriptError:  # a restarted Redis forgot it
-            await link.client.script_load(self.body)
-            return await link.client.evalsha(self.sha, len(keys), *args)
+        return await self.script.run(link, keys,
+                                     [*shared_args, *(a for per_key in per_key_args for a in per_key)])

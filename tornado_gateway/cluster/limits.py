@@ -6,13 +6,11 @@ Why it works this way: docs/design-notes.md.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import time
 from dataclasses import dataclass
 
-from redis.exceptions import NoScriptError
 
 from tornado_gateway import metrics
 from tornado_gateway.cluster.pipelined import Script
@@ -53,9 +51,8 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
-GCRA_SHA = hashlib.sha1(GCRA_SCRIPT.encode()).hexdigest()
 GCRA_PER_SHARD = ShardScript(GCRA_SCRIPT, width=4)  # on a Redis Cluster: one EVALSHA per master
-GCRA_PIPELINED = Script(GCRA_SCRIPT)  # on a plain Redis: through the link's pipelined connection
+GCRA = Script(GCRA_SCRIPT)  # on a single Redis (pipelined connection or redis-py client)
 
 
 @dataclass(frozen=True)
@@ -188,19 +185,12 @@ class Limits:
     async def _run_batch(self, batch: list) -> None:
         keys = [bucket for bucket, _, _ in batch]
         args = [arg for _, pair, _ in batch for arg in pair]
-        client = self.redis.client
         replies: list[list | None]
         try:
             if self.redis.cluster is not None:
                 flat = await GCRA_PER_SHARD(self.redis.cluster, keys, [pair for _, pair, _ in batch])
-            elif self.redis.fast is not None:
-                flat = await GCRA_PIPELINED(self.redis.fast, keys, args)
             else:
-                try:
-                    flat = await client.evalsha(GCRA_SHA, len(keys), *keys, *args)
-                except NoScriptError:  # a restarted Redis has forgotten the script: load it, redo
-                    await client.script_load(GCRA_SCRIPT)
-                    flat = await client.evalsha(GCRA_SHA, len(keys), *keys, *args)
+                flat = await GCRA.run(self.redis, keys, args)
             replies = [flat[i:i + 4] for i in range(0, len(flat), 4)]
         except Exception as exc:
             self.redis.note_failure(exc)

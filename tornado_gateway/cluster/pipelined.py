@@ -12,7 +12,7 @@ import asyncio
 import collections
 import hashlib
 import time
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 from urllib.parse import urlsplit
 
 import hiredis
@@ -90,12 +90,31 @@ def _error(reply: ResponseError) -> ResponseError:
     return reply
 
 
+class ScriptHost(Protocol):
+    """What ``Script.run`` needs of a link (``RedisLink``)."""
+
+    fast: "PipelinedRedis | None"
+    client: Any
+
+
 class Script:
     """A Lua script run with EVALSHA, loaded again when Redis forgot it (a restart)."""
 
     def __init__(self, body: str) -> None:
         self.body = body
         self.sha = hashlib.sha1(body.encode()).hexdigest()
+
+    async def run(self, link: ScriptHost, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+        """On the link's pipelined connection when it has one, else on its redis-py client (a
+        cluster client routes by the keys, which must then share a slot)."""
+        if link.fast is not None:
+            return await self(link.fast, keys, args)
+        client = link.client
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await client.script_load(self.body)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
 
     async def __call__(self, redis: "PipelinedRedis", keys: Sequence[Any] = (),
                        args: Sequence[Any] = ()) -> Any:

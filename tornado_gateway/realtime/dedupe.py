@@ -59,8 +59,7 @@ end
 return won
 """
 FIRST_RECEIPTS_PER_SHARD = ShardScript(FIRST_RECEIPTS)  # on a Redis Cluster: one call per master
-# The same scripts through the link's pipelined connection (a plain Redis: cluster.pipelined).
-PIPELINED = {"reserve": Script(RESERVE), "complete": Script(COMPLETE), "receipts": Script(FIRST_RECEIPTS)}
+RESERVE_SCRIPT, COMPLETE_SCRIPT, FIRST_RECEIPTS_SCRIPT = Script(RESERVE), Script(COMPLETE), Script(FIRST_RECEIPTS)
 
 
 class _LocalTtlDict:
@@ -111,24 +110,12 @@ class SendRecords:
         self.redis = redis_link
         self.local = _LocalTtlDict(SEND_LOCAL_BYTES)
         self._writes: set = set()
-        self._scripts: dict[str, Any] = {}
 
     @staticmethod
     def field(chat_id: str, client_message_id: str) -> str:
         """The record's field in the user's day hash, scoped to the chat (SPEC §5): the same
         clientMessageId in another chat is another message (length-prefixed: no ambiguity)."""
         return f"{len(chat_id)}:{chat_id}:{client_message_id}"
-
-    def _script(self, name: str, text: str) -> Any:
-        """``script(keys=…, args=…)`` on the pipelined connection, else on the pooled client."""
-        fast = cast(RedisLink, self.redis).fast
-        if fast is not None:
-            pipelined = PIPELINED[name]
-            return lambda keys, args: pipelined(fast, keys, args)
-        script = self._scripts.get(name)
-        if script is None:
-            script = self._scripts[name] = cast(RedisLink, self.redis).client.register_script(text)
-        return script
 
     async def reserve(self, user_id: str, chat_id: str, client_message_id: str) -> dict | None:
         """None: this call owns the send. A dict: the message of an earlier identical send."""
@@ -148,8 +135,8 @@ class SendRecords:
     async def _reserve_once(self, user_id: str, field: str) -> str | None:
         if self._redis_usable():
             try:
-                stored = await self._script("reserve", RESERVE)(
-                    keys=list(_day_keys(user_id)), args=[field, PENDING_TTL * 1000, 2 * SEND_RECORD_TTL])
+                stored = await RESERVE_SCRIPT.run(cast(RedisLink, self.redis), _day_keys(user_id),
+                                                  [field, PENDING_TTL * 1000, 2 * SEND_RECORD_TTL])
                 if stored is None:
                     return None
                 return stored.decode() if isinstance(stored, bytes) else str(stored)
@@ -173,8 +160,8 @@ class SendRecords:
 
     async def _store(self, user_id: str, field: str, value: str) -> None:
         try:
-            await self._script("complete", COMPLETE)(keys=list(_day_keys(user_id)),
-                                                     args=[field, value, 2 * SEND_RECORD_TTL])
+            await COMPLETE_SCRIPT.run(cast(RedisLink, self.redis), _day_keys(user_id),
+                                      [field, value, 2 * SEND_RECORD_TTL])
         except Exception as exc:
             self._failed(exc)
 
@@ -204,7 +191,6 @@ class ReceiptMarks:
         self.redis = redis_link
         self.ttl = int(ttl)
         self.local = _LocalTtlDict(RECEIPT_LOCAL_BYTES)
-        self._script: Any = None
 
     async def first(self, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
         fresh = []
@@ -221,12 +207,8 @@ class ReceiptMarks:
                 results = await FIRST_RECEIPTS_PER_SHARD(self.redis.cluster, names,
                                                          per_key_args=[[r] for _, r in fresh],
                                                          shared_args=[self.ttl])
-            elif self.redis.fast is not None:
-                results = await PIPELINED["receipts"](self.redis.fast, names, [self.ttl, *(r for _, r in fresh)])
             else:
-                if self._script is None:
-                    self._script = self.redis.client.register_script(FIRST_RECEIPTS)
-                results = await self._script(keys=names, args=[self.ttl, *(r for _, r in fresh)])
+                results = await FIRST_RECEIPTS_SCRIPT.run(self.redis, names, [self.ttl, *(r for _, r in fresh)])
         except Exception as exc:
             log.warning("receipt dedupe falls back to local memory: %s", exc)
             self.redis.note_failure(exc)
