@@ -121,22 +121,21 @@ class ChatServices:
             metrics.UPSTREAM_ERRORS.labels(service, "status").inc()
             raise EventError("UPSTREAM_ERROR", f"{service} service answered more than "
                                                f"{answer.limit} bytes") from None
-        response = answer
         metrics.UPSTREAM_LATENCY.labels(service).observe(time.monotonic() - started)
-        if 200 <= response.code < 300:
-            if not response.body:
+        if 200 <= answer.code < 300:
+            if not answer.body:
                 return {}
             try:
-                return loads(response.body, max_depth=None)
+                return loads(answer.body, max_depth=None)
             except JSONRefused:
                 raise EventError("UPSTREAM_ERROR", f"{service} service answered with invalid JSON") from None
-        message = _upstream_message(response.body) or f"{service} service answered {response.code}"
-        if response.code in _CODE_OF_STATUS:
-            raise EventError(_CODE_OF_STATUS[response.code], message)
-        if 400 <= response.code < 500:
+        message = _upstream_message(answer.body) or f"{service} service answered {answer.code}"
+        if answer.code in _CODE_OF_STATUS:
+            raise EventError(_CODE_OF_STATUS[answer.code], message)
+        if 400 <= answer.code < 500:
             raise EventError("VALIDATION_FAILED", message)
         metrics.UPSTREAM_ERRORS.labels(service, "status").inc()
-        raise EventError("UPSTREAM_ERROR", f"{service} service answered {response.code}")
+        raise EventError("UPSTREAM_ERROR", f"{service} service answered {answer.code}")
 
 
 class _TooLarge(Exception):

@@ -197,9 +197,7 @@ async def _read_fixed(stream: IOStream, delegate: ResponseDelegate, length: int)
     while length > 0:
         chunk = await stream.read_bytes(min(BODY_READ, length), partial=True)
         length -= len(chunk)
-        result = delegate.data_received(chunk)
-        if result is not None:
-            await result
+        await _deliver(delegate, chunk)
         work += len(chunk)
         if work >= YIELD_EVERY:
             work = 0
