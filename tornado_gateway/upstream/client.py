@@ -19,6 +19,7 @@ from tornado_gateway import tornado_compat
 from tornado_gateway.upstream import wire
 from tornado_gateway.upstream.exchange import Exchange
 from tornado_gateway.upstream.forward import ForwardExchange, ForwardRequest, target_for
+from tornado_gateway.upstream.pipeline import PipelinedExchange
 from tornado_gateway.upstream.pool import HostPool, LiteralFirstResolver, Target, remaining, ssl_options
 
 #: Defaults every request gets unless it says otherwise: a proxy passes
@@ -78,22 +79,28 @@ class PooledHTTPClient(AsyncHTTPClient):
 
         The future's result is None once the response went through ``head_callback`` and
         ``streaming_callback``; it fails with the exceptions ``fetch`` raises."""
-        if tornado_compat.http_client_closed(self):
-            raise RuntimeError("forward() called on closed AsyncHTTPClient")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def settle(outcome: BaseException | None) -> None:
-            if future.cancelled():
-                return
-            if outcome is None:
-                future.set_result(None)
-            else:
-                future.set_exception(outcome)
-
+        self._check_open()
+        future, settle = _settler()
         self._run(ForwardExchange(self, request, settle, target_for(request)))
         return future
 
-    def _run(self, exchange: Exchange) -> None:
+    def forward_in_order(self, requests: list[ForwardRequest]) -> "list[asyncio.Future[None]]":
+        """Replayable requests to one upstream, pipelined on one connection (pipeline.py): the
+        upstream gets them in this order. One future per request, as ``forward``'s."""
+        self._check_open()
+        futures, exchanges = [], []
+        for request in requests:
+            future, settle = _settler()
+            futures.append(future)
+            exchanges.append(ForwardExchange(self, request, settle, target_for(request)))
+        self._run(PipelinedExchange(self, exchanges))
+        return futures
+
+    def _check_open(self) -> None:
+        if tornado_compat.http_client_closed(self):
+            raise RuntimeError("forward() called on closed AsyncHTTPClient")
+
+    def _run(self, exchange: Exchange | PipelinedExchange) -> None:
         task = asyncio.ensure_future(exchange.run())
         self._running.add(task)  # asyncio keeps only weak references to tasks
         task.add_done_callback(self._running.discard)
@@ -160,3 +167,18 @@ class PooledHTTPClient(AsyncHTTPClient):
             pool.evict_idle(older_than)
 
 
+
+
+def _settler() -> "tuple[asyncio.Future[None], Callable[[BaseException | None], None]]":
+    """A future, and the exchange callback that settles it (None: success)."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def settle(outcome: BaseException | None) -> None:
+        if future.cancelled():
+            return
+        if outcome is None:
+            future.set_result(None)
+        else:
+            future.set_exception(outcome)
+
+    return future, settle

@@ -84,9 +84,9 @@ class Exchange:
             if target.ssl_key is not None:
                 target.ssl_options = self.client.ssl_options_for(target.ssl_key, self.request)
             pool = self.client.pool_for(target.pool_key)
-            headers = self._request_headers(target)
+            headers = self.request_headers(target)
             stream, reused = await self.client.acquire(
-                pool, target, self._connect_deadline(), self.request.body_producer is None)
+                pool, target, self.connect_deadline(), self.request.body_producer is None)
             self._start_request_timer()
             if not await self._send_and_read(pool, stream, reused, target, headers):
                 # The reused connection was dead: once more on a new one (may exceed the cap by one).
@@ -111,9 +111,7 @@ class Exchange:
         self.stream = stream
         try:
             await self._send(stream, target, headers)
-            await wire.read_response(stream, self, self.request.method, self._body_limit(),
-                                     self.client.max_header_size)
-            self.complete = True
+            await self.read_from(stream)
         except httputil.HTTPInputError as exc:  # bad framing: the connection is unusable
             pool.discard(stream)
             log.info("Malformed HTTP response from %s: %s", target.netloc, exc)
@@ -127,7 +125,7 @@ class Exchange:
             if reused and self._may_retry(stream, exc):
                 self._reset_response()
                 return False
-            raise self._as_stream_error(exc) from None
+            raise self.as_stream_error(exc) from None
         except BaseException:  # cancelled by close()
             pool.discard(stream)
             raise
@@ -136,11 +134,18 @@ class Exchange:
         if self.callback_error is not None:
             pool.discard(stream)
             raise self.callback_error
-        if self._reusable(stream, headers):
+        if self.reusable(stream, headers):
             pool.give_back(stream)
         else:
             pool.discard(stream)
         return True
+
+    async def read_from(self, stream: IOStream) -> None:
+        """Read this exchange's response on ``stream``, where its request was sent."""
+        self.stream = stream
+        await wire.read_response(stream, self, self.request.method, self._body_limit(),
+                                 self.client.max_header_size)
+        self.complete = True
 
     async def _send(self, stream: IOStream, target: Target, headers: httputil.HTTPHeaders) -> None:
         """The request head, with its body when there is one, in one write; a produced body after it."""
@@ -178,7 +183,7 @@ class Exchange:
 
     # -- request details -----------------------------------------------------
 
-    def _request_headers(self, target: Target) -> httputil.HTTPHeaders:
+    def request_headers(self, target: Target) -> httputil.HTTPHeaders:
         request = self.request
         headers = request.headers
         if "Host" not in headers:
@@ -202,7 +207,7 @@ class Exchange:
             return self.client.max_body_size or UNLIMITED
         return min(self.client.max_body_size or UNLIMITED, self.client.max_buffer_size)
 
-    def _connect_deadline(self) -> float | None:
+    def connect_deadline(self) -> float | None:
         connect, total = self.request.connect_timeout, self.request.request_timeout
         timeout = min(connect, total) if connect and total else connect or total
         return self.start_time + timeout if timeout else None
@@ -231,7 +236,7 @@ class Exchange:
             and self.callback is not None
         )
 
-    def _reusable(self, stream: IOStream, request_headers: httputil.HTTPHeaders) -> bool:
+    def reusable(self, stream: IOStream, request_headers: httputil.HTTPHeaders) -> bool:
         if stream.closed() or tornado_compat.http_client_closed(self.client):
             return False
         if request_headers.get("Connection", "").lower() == "close":
@@ -243,7 +248,7 @@ class Exchange:
         return connection_header == "keep-alive"
 
     @staticmethod
-    def _as_stream_error(exc: Exception) -> Exception:
+    def as_stream_error(exc: Exception) -> Exception:
         if isinstance(exc, (StreamClosedError, OSError)):
             real = getattr(exc, "real_error", None) or (exc if isinstance(exc, OSError) else None)
             message = f"Connection closed ({real})" if real else "Connection closed"

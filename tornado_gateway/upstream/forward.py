@@ -102,3 +102,14 @@ class ForwardExchange(Exchange):
         if self.callback is None:
             return
         self._settle(exc)
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """Settle from outside ``run`` (pipeline.py reads the responses itself)."""
+        if error is None:
+            self._settle_response()
+        else:
+            self._settle_error(error)
+
+    def unread(self) -> None:
+        """Forget a partly read response: the request goes out again (pipeline.py)."""
+        self._reset_response()
