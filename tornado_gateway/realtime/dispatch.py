@@ -10,7 +10,7 @@ from tornado_gateway import metrics
 from tornado_gateway.codec import Refused
 from tornado_gateway.edge.identity import Identity
 from tornado_gateway.realtime import wire
-from tornado_gateway.realtime.events import KNOWN_EVENTS, RealtimeEvents
+from tornado_gateway.realtime.events import KNOWN_EVENTS, PreparedSend, RealtimeEvents
 from tornado_gateway.realtime.payloads import EventError
 from tornado_gateway.realtime.sessions import Authenticated, SocketState
 
@@ -59,6 +59,11 @@ class OrderedDispatch:
     async def _run_pending(self, state: SocketState) -> None:
         try:
             while state.pending and not state.closing:
+                sends = self._fresh_sends(state)
+                if len(sends) > 1:
+                    del state.pending[:len(sends)]
+                    await self._handle_sends(state, sends)
+                    continue
                 data, ack_id, early = state.pending.pop(0)
                 await self._handle(state, data, ack_id, early)
         finally:
@@ -88,17 +93,42 @@ class OrderedDispatch:
                     self.events.abandon(early)
                     raise
                 result = await self.events.dispatch(cast(Authenticated, state), event, payload, early)
-            reply: dict = {"ok": True, "data": {} if result is None else result}
-        except EventError as exc:
-            reply = _failure(exc.code, exc.message)
-            if exc.code == "TOKEN_REVOKED":
-                state.closing = True
-        except Exception:
-            log.exception("socket event %s failed", event, extra={"event": event, "sid": state.sid})
-            reply = _failure("INTERNAL", "internal error")
+            reply = self._reply_of(state, event, {} if result is None else result)
+        except Exception as exc:
+            reply = self._reply_of(state, event, exc)
         await self._reply(state, event, ack_id, reply)
         if state.closing and state.sid in self.states:
             await self.disconnect(state.sid, f"closed after {event}: {reply.get('error', {}).get('code')}")
+
+    def _fresh_sends(self, state: SocketState) -> list[tuple[Any, asyncio.Task, PreparedSend]]:
+        """The new message:send at the head of the queue whose early part is done."""
+        sends = []
+        for data, ack_id, early in state.pending:
+            prepared = self.events.fresh_send(_event_name(data), early)
+            if prepared is None:
+                break
+            sends.append((ack_id, early, prepared))
+        return sends
+
+    async def _handle_sends(self, state: SocketState,
+                            sends: list[tuple[Any, asyncio.Task, PreparedSend]]) -> None:
+        """New messages of one socket, their POSTs pipelined (events.send_in_order); each is
+        acked as its answer comes, in order."""
+        metrics.EVENTS_IN.labels("message:send", "socket").inc(len(sends))
+        done = 0
+        try:
+            await self._check_authenticated(state)
+            async for result in self.events.send_in_order(cast(Authenticated, state),
+                                                          [prepared for _, _, prepared in sends]):
+                await self._reply(state, "message:send", sends[done][0],
+                                  self._reply_of(state, "message:send", result))
+                done += 1
+        except Exception as exc:
+            for ack_id, early, _ in sends[done:]:
+                self.events.abandon(early)
+                await self._reply(state, "message:send", ack_id, self._reply_of(state, "message:send", exc))
+        if state.closing and state.sid in self.states:
+            await self.disconnect(state.sid, "closed after message:send: token revoked")
 
     async def _check_authenticated(self, state: SocketState) -> None:
         if state.identity is None:
@@ -107,6 +137,19 @@ class OrderedDispatch:
             raise EventError("TOKEN_EXPIRED", "token expired; send auth:hello with a new token")
         if await self._revoked(state.identity):
             raise EventError("TOKEN_REVOKED", "token revoked")
+
+    @staticmethod
+    def _reply_of(state: SocketState, event: str, result: dict | Exception) -> dict:
+        """The ack envelope of an event's result or error (a revoked token closes the socket)."""
+        if isinstance(result, EventError):
+            if result.code == "TOKEN_REVOKED":
+                state.closing = True
+            return _failure(result.code, result.message)
+        if isinstance(result, Exception):
+            log.error("socket event %s failed", event, exc_info=result,
+                      extra={"event": event, "sid": state.sid})
+            return _failure("INTERNAL", "internal error")
+        return {"ok": True, "data": result}
 
     async def _reply(self, state: SocketState, event: str, ack_id: Any, reply: dict) -> None:
         """The ack envelope, or an ``error`` event when the client asked for no ack."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Coroutine
+from typing import TYPE_CHECKING, Any, AsyncIterator, Coroutine
 
 from tornado_gateway.realtime.payloads import (
     EventError,
@@ -158,19 +158,55 @@ class RealtimeEvents:
         """The in-order part of message:send: the upstream call, then the fan-out."""
         if prepared.earlier is not None:
             return {"message": prepared.earlier}  # a retry: same message, no second message:new
-        body, identity, sends = prepared.body, state.identity, self.realtime.sends
+        body = prepared.body
         try:
-            message = await self.services.send_message(identity, body, body["clientMessageId"])
+            message = await self.services.send_message(state.identity, body, body["clientMessageId"])
         except BaseException:
-            await sends.release(identity.user_id, body["chatId"], body["clientMessageId"])
+            await self.realtime.sends.release(state.user_id, body["chatId"], body["clientMessageId"])
             raise
+        return await self._sent(state, prepared, message)
+
+    async def send_in_order(self, state: Authenticated,
+                            batch: list["PreparedSend"]) -> AsyncIterator[dict | Exception]:
+        """Fresh message:send of one socket (reserved, none sent before), their upstream POSTs
+        pipelined (services.send_messages); each one's ack data or error in order, each
+        fanned out as its answer comes, in order."""
+        answers = self.services.send_messages(state.identity, [prepared.body for prepared in batch])
+        for prepared, answer in zip(batch, answers):
+            body = prepared.body
+            result: dict | Exception
+            try:
+                message = await answer
+            except Exception as exc:
+                await self.realtime.sends.release(state.user_id, body["chatId"], body["clientMessageId"])
+                result = exc
+            else:
+                try:
+                    result = await self._sent(state, prepared, message)
+                except Exception as exc:
+                    result = exc
+            yield result
+
+    async def _sent(self, state: Authenticated, prepared: "PreparedSend", message: dict) -> dict:
+        """The messages service took the message: remember it for retries, fan it out."""
+        body = prepared.body
         message.setdefault("chatId", body["chatId"])
-        message.setdefault("senderId", identity.user_id)
+        message.setdefault("senderId", state.user_id)
         message.setdefault("clientMessageId", body["clientMessageId"])
-        await sends.complete(identity.user_id, body["chatId"], body["clientMessageId"], message)
+        await self.realtime.sends.complete(state.user_id, body["chatId"], body["clientMessageId"], message)
         await self.realtime.broadcast("message:new", {"message": message}, "chat:" + body["chatId"],
                                       skip_sid=state.sid)
         return {"message": message}
+
+    @staticmethod
+    def fresh_send(event: str, early: asyncio.Task | None) -> "PreparedSend | None":
+        """The prepared message:send of an event whose early part is done, when it is a new
+        message (not a retry): such sends may go to the messages service pipelined."""
+        if event != "message:send" or early is None or not early.done() or early.cancelled() \
+                or early.exception() is not None:
+            return None
+        prepared = early.result()
+        return prepared if isinstance(prepared, PreparedSend) and prepared.earlier is None else None
 
     async def message_read(self, state: Authenticated, payload: Any) -> dict:
         body = check_message_read(payload)

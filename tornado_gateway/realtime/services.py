@@ -21,7 +21,7 @@ from tornado_gateway.edge.identity import Identity
 from tornado_gateway.parts import GatewayParts
 from tornado_gateway.upstream.client import PooledHTTPClient
 from tornado_gateway.upstream.forward import ForwardRequest
-from typing import Any
+from typing import Any, Awaitable
 
 log = logging.getLogger("tornado_gateway.realtime")
 _CODE_OF_STATUS = {401: "INVALID_TOKEN", 403: "FORBIDDEN", 404: "NOT_FOUND", 429: "RATE_LIMITED"}
@@ -64,10 +64,7 @@ class ChatServices:
     async def send_message(self, identity: Identity, body: dict, idempotency_key: str) -> dict:
         data = await self.call("POST", "/api/messages", identity, body,
                                {"Idempotency-Key": idempotency_key})
-        message = _unwrap(data, "message")
-        if message.get("id") is None:
-            raise EventError("UPSTREAM_ERROR", "messages service returned a message without an id")
-        return message
+        return _message_of(data)
 
     async def mark_read(self, identity: Identity, chat_id: str, message_ids: list[str]) -> None:
         await self.call("POST", "/api/messages/read", identity,
@@ -87,6 +84,27 @@ class ChatServices:
                    extra_headers: dict | None = None) -> Any:
         """``method public_path`` as the proxy would send it (route table, prefix replaced): a
         service sees one path layout for HTTP and sockets (SPEC §5)."""
+        request, answer, service = self._request(method, public_path, identity, body, extra_headers)
+        started = time.monotonic()
+        try:
+            await self.http_client.forward(request)
+        except Exception as exc:
+            return _outcome(service, answer, started, exc)
+        return _outcome(service, answer, started)
+
+    def send_messages(self, identity: Identity, bodies: list[dict]) -> list[Awaitable[dict]]:
+        """Several ``send_message`` of one socket, their POSTs pipelined on one connection to
+        the messages service (upstream/pipeline.py): it gets them in this order without a round
+        trip between them (replaying one is safe: each has its Idempotency-Key)."""
+        prepared = [self._request("POST", "/api/messages", identity, body,
+                                  {"Idempotency-Key": body["clientMessageId"]}) for body in bodies]
+        started = time.monotonic()
+        futures = self.http_client.forward_in_order([request for request, _, _ in prepared])
+        return [_sent_message(future, service, answer, started)
+                for future, (_, answer, service) in zip(futures, prepared)]
+
+    def _request(self, method: str, public_path: str, identity: Identity, body: dict | None,
+                 extra_headers: dict | None) -> tuple[ForwardRequest, "_Answer", str]:
         try:
             resolved = resolve(self.routes, public_path)
         except PathError:
@@ -94,7 +112,6 @@ class ChatServices:
         if resolved is None:
             raise EventError("UPSTREAM_UNAVAILABLE", f"no route for {public_path}")
         route = resolved.route
-        service = route.service
         headers = {
             "X-User-Id": identity.user_id,
             "X-Request-ID": uuid.uuid4().hex,
@@ -108,34 +125,52 @@ class ChatServices:
         payload = dumps_bytes(body) if body is not None else (b"" if method in ("POST", "PUT", "PATCH") else None)
         request = ForwardRequest(route.upstream, resolved.upstream_path, method, headers, payload, None,
                                  route.connect_timeout, route.timeout, answer.head, answer.chunk)
-        started = time.monotonic()
-        try:
-            await self.http_client.forward(request)
-        except HTTPClientError as exc:  # 599: timeout or connection closed
-            metrics.UPSTREAM_ERRORS.labels(service, "timeout" if "imeout" in str(exc) else "connect").inc()
-            raise EventError("UPSTREAM_UNAVAILABLE", f"{service} service unavailable") from None
-        except OSError:
-            metrics.UPSTREAM_ERRORS.labels(service, "connect").inc()
-            raise EventError("UPSTREAM_UNAVAILABLE", f"{service} service unavailable") from None
-        except _TooLarge:
-            metrics.UPSTREAM_ERRORS.labels(service, "status").inc()
-            raise EventError("UPSTREAM_ERROR", f"{service} service answered more than "
-                                               f"{answer.limit} bytes") from None
-        metrics.UPSTREAM_LATENCY.labels(service).observe(time.monotonic() - started)
-        if 200 <= answer.code < 300:
-            if not answer.body:
-                return {}
-            try:
-                return loads(answer.body, max_depth=None)
-            except JSONRefused:
-                raise EventError("UPSTREAM_ERROR", f"{service} service answered with invalid JSON") from None
-        message = _upstream_message(answer.body) or f"{service} service answered {answer.code}"
-        if answer.code in _CODE_OF_STATUS:
-            raise EventError(_CODE_OF_STATUS[answer.code], message)
-        if 400 <= answer.code < 500:
-            raise EventError("VALIDATION_FAILED", message)
+        return request, answer, route.service
+
+
+def _outcome(service: str, answer: "_Answer", started: float, error: BaseException | None = None) -> Any:
+    """The service's answer as JSON data, or the EventError it means."""
+    if isinstance(error, HTTPClientError):  # 599: timeout or connection closed
+        metrics.UPSTREAM_ERRORS.labels(service, "timeout" if "imeout" in str(error) else "connect").inc()
+        raise EventError("UPSTREAM_UNAVAILABLE", f"{service} service unavailable")
+    if isinstance(error, OSError):
+        metrics.UPSTREAM_ERRORS.labels(service, "connect").inc()
+        raise EventError("UPSTREAM_UNAVAILABLE", f"{service} service unavailable")
+    if isinstance(error, _TooLarge):
         metrics.UPSTREAM_ERRORS.labels(service, "status").inc()
-        raise EventError("UPSTREAM_ERROR", f"{service} service answered {answer.code}")
+        raise EventError("UPSTREAM_ERROR", f"{service} service answered more than {answer.limit} bytes")
+    if error is not None:
+        raise error
+    metrics.UPSTREAM_LATENCY.labels(service).observe(time.monotonic() - started)
+    if 200 <= answer.code < 300:
+        if not answer.body:
+            return {}
+        try:
+            return loads(answer.body, max_depth=None)
+        except JSONRefused:
+            raise EventError("UPSTREAM_ERROR", f"{service} service answered with invalid JSON") from None
+    message = _upstream_message(answer.body) or f"{service} service answered {answer.code}"
+    if answer.code in _CODE_OF_STATUS:
+        raise EventError(_CODE_OF_STATUS[answer.code], message)
+    if 400 <= answer.code < 500:
+        raise EventError("VALIDATION_FAILED", message)
+    metrics.UPSTREAM_ERRORS.labels(service, "status").inc()
+    raise EventError("UPSTREAM_ERROR", f"{service} service answered {answer.code}")
+
+
+async def _sent_message(future: Awaitable[None], service: str, answer: "_Answer", started: float) -> dict:
+    try:
+        await future
+    except Exception as exc:
+        return _message_of(_outcome(service, answer, started, exc))
+    return _message_of(_outcome(service, answer, started))
+
+
+def _message_of(data: Any) -> dict:
+    message = _unwrap(data, "message")
+    if message.get("id") is None:
+        raise EventError("UPSTREAM_ERROR", "messages service returned a message without an id")
+    return message
 
 
 class _TooLarge(Exception):
