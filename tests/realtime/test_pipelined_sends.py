@@ -87,6 +87,16 @@ async def burst(start_gateway, stubs, service: MessagesService, count: int):
     return a, b, keys, acks
 
 
+async def nothing_delivered_twice(a, b, chat: str, count: int) -> None:
+    """A marker sent after the burst is the next message:new b gets (no message came twice)."""
+    marker = await a.call("message:send", {"chatId": chat, "clientMessageId": uid("c"), "text": "marker"})
+    assert marker["ok"]
+    after = await b.next("message:new", count=count + 1)
+    assert [m["message"]["text"] for m in after][count:] == ["marker"]
+    await a.close()
+    await b.close()
+
+
 @pytest.mark.gen_test(timeout=30)
 async def test_a_burst_is_pipelined_and_arrives_in_order(start_gateway, stubs):
     service = await MessagesService().start()
@@ -98,13 +108,7 @@ async def test_a_burst_is_pipelined_and_arrives_in_order(start_gateway, stubs):
         assert [key for _, key in service.received] == keys  # in order, each once
         assert {conn for conn, _ in service.received} == {1}
         assert service.most_unanswered >= 2  # the burst was written without waiting for answers
-        marker = await a.call("message:send", {"chatId": got[0]["message"]["chatId"],
-                                               "clientMessageId": uid("c"), "text": "marker"})
-        assert marker["ok"]
-        after = await b.next("message:new", count=9)
-        assert [m["message"]["text"] for m in after][8:] == ["marker"]  # nothing delivered twice
-        await a.close()
-        await b.close()
+        await nothing_delivered_twice(a, b, got[0]["message"]["chatId"], 8)
     finally:
         await service.close()
 
@@ -122,13 +126,7 @@ async def test_a_service_crashing_midway_loses_nothing_and_duplicates_nothing(st
         assert first_arrivals == keys
         assert len(service.received) > len(keys)  # the unanswered ones went again (same keys)
         assert {conn for conn, _ in service.received} == {1, 2}
-        marker = await a.call("message:send", {"chatId": got[0]["message"]["chatId"],
-                                               "clientMessageId": uid("c"), "text": "marker"})
-        assert marker["ok"]
-        after = await b.next("message:new", count=9)
-        assert [m["message"]["text"] for m in after][8:] == ["marker"]  # nothing delivered twice
-        await a.close()
-        await b.close()
+        await nothing_delivered_twice(a, b, got[0]["message"]["chatId"], 8)
     finally:
         await service.close()
 

@@ -184,13 +184,6 @@ def reset(conn):
 OK_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
-@pytest.fixture
-def client(io_loop):
-    client = PooledHTTPClient(force_instance=True)
-    yield client
-    client.close()
-
-
 # -- keep-alive -----------------------------------------------------------------
 
 @pytest.mark.gen_test

@@ -50,13 +50,6 @@ class Answers:
                 for result, got in zip(results, self.outcomes)]
 
 
-@pytest.fixture
-def client(io_loop):
-    client = PooledHTTPClient(force_instance=True)
-    yield client
-    client.close()
-
-
 @pytest.mark.gen_test
 async def test_every_request_is_written_before_the_first_answer_and_answers_come_in_order(client):
     seen = []

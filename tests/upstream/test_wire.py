@@ -73,13 +73,6 @@ def answers(*responses, close=False):
     return script
 
 
-@pytest.fixture
-def client(io_loop):
-    client = PooledHTTPClient(force_instance=True)
-    yield client
-    client.close()
-
-
 async def serve(*responses, close=False) -> Raw:
     return await Raw(answers(*responses, close=close)).start()
 
