@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,8 +40,12 @@ class DevstackProcess:
                 self.env[key] = str(value)
         self.args = ["--devstack", *(args or [])]
         self.proc: subprocess.Popen | None = None
-        self.out_path = tempfile.mktemp(prefix="devstack-", suffix=".out")
-        self.err_path = tempfile.mktemp(prefix="devstack-", suffix=".err")
+        # the outputs live in a directory of this process's own, removed by stop() (what they
+        # held is kept in memory for the assertions made after it)
+        self._dir = tempfile.mkdtemp(prefix="devstack-")
+        self.out_path = os.path.join(self._dir, "stdout")
+        self.err_path = os.path.join(self._dir, "stderr")
+        self._kept: dict[str, str] = {}
 
     @property
     def base(self) -> str:
@@ -65,11 +70,15 @@ class DevstackProcess:
         return self
 
     def stdout(self) -> str:
-        with open(self.out_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
+        return self._read(self.out_path)
 
     def stderr(self) -> str:
-        with open(self.err_path, "rb") as f:
+        return self._read(self.err_path)
+
+    def _read(self, path: str) -> str:
+        if path in self._kept:
+            return self._kept[path]
+        with open(path, "rb") as f:
             return f.read().decode("utf-8", "replace")
 
     def banner_line(self, label: str) -> str:
@@ -98,8 +107,12 @@ class DevstackProcess:
 
     def stop(self) -> int | None:
         if self.proc is None:
+            shutil.rmtree(self._dir, ignore_errors=True)
             return None
         code = terminate(self.proc, 20)
         self._out.close()
         self._err.close()
+        for path in (self.out_path, self.err_path):
+            self._kept[path] = self._read(path)
+        shutil.rmtree(self._dir, ignore_errors=True)
         return code
