@@ -184,11 +184,16 @@ def fanout(target: Target, args: argparse.Namespace, chat: str, stub_pid: int) -
     return result
 
 
-def storm(target: Target, n: int, chat: str, chat_size: int) -> dict:
-    cpu_before = cpu_seconds(target.pid)
+def storm(target: Target, n: int, chat: str, chat_size: int, stub_pid: int) -> dict:
+    redis_pid = target.redis.proc.pid if target.redis.proc else None
+    cpu_before, stub_before = cpu_seconds(target.pid), cpu_seconds(stub_pid)
+    redis_before = cpu_seconds(redis_pid) if redis_pid else 0.0
     result = run_client("storm", target.client_options(chat=chat, connections=n, chatSize=chat_size),
                         timeout=300)
     result["serverCpuSeconds"] = round(cpu_seconds(target.pid) - cpu_before, 2)
+    # the rest of the machine's CPU the storm cost: this target's redis-server and the shared stub
+    result["redisCpuSeconds"] = round(cpu_seconds(redis_pid) - redis_before, 2) if redis_pid else None
+    result["stubCpuSeconds"] = round(cpu_seconds(stub_pid) - stub_before, 2)
     time.sleep(2)  # the storm's sockets close
     return result
 
@@ -308,7 +313,7 @@ def main() -> None:
                 keep(kind, "CPU us/delivery", result["serverCpuMicrosPerDelivery"])
                 keep(kind, "exactly once", result["exactlyOnce"])
             for kind in order if args.storm else ():
-                result = storm(targets[kind], args.storm, f"storm-{round_}-{kind}", args.storm_chat_size)
+                result = storm(targets[kind], args.storm, f"storm-{round_}-{kind}", args.storm_chat_size, stub.pid)
                 print(f"storm    {kind:8} load {load():5}: {json.dumps(result)}")
                 keep(kind, "handshakes/s", result["handshakesPerSecond"])
                 keep(kind, "storm failures", result["failures"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import unittest.mock
 
 import pytest
 import tornado.web
@@ -325,3 +326,73 @@ async def test_write_response_head_sent_at_once_is_done_at_once():
     assert await client.read_until(b"ok") == b"HTTP/1.1 200 OK\r\nX-Pin: yes\r\n\r\nok"
     connection.close()
     client.close()
+
+
+class _Upgrade(_Echo):
+    """An echo websocket whose 101 answer is written by finish_switching (``lean``) or by
+    Tornado's own finish."""
+
+    lean = True
+    finished: list = []
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("Content-Type", "text/html")  # dropped from a 1xx, as Tornado drops it
+
+    def finish(self, chunk=None):  # type: ignore[no-untyped-def]
+        if self.lean and chunk is None and self.get_status() == 101:
+            return tornado_compat.finish_switching(self)
+        return super().finish(chunk)
+
+    def on_finish(self) -> None:
+        _Upgrade.finished.append(self.get_status())
+
+
+async def _upgrade(lean: bool) -> tuple[bytes, list]:
+    """The raw 101 answer of a websocket upgrade, and the access log's statuses; then one echo."""
+    logged: list = []
+    sock, port = bind_unused_port()
+    app = tornado.web.Application([("/ws", type("Upgrade", (_Upgrade,), {"lean": lean}))],
+                                  log_function=lambda handler: logged.append(handler.get_status()))
+    server = HTTPServer(app)
+    server.add_sockets([sock])
+    stream = IOStream(socket.socket())
+    await stream.connect(("127.0.0.1", port))
+    await stream.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                       b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    head = await stream.read_until(b"\r\n\r\n")
+    await stream.write(_client_frame(1, b"after"))
+    echo = await stream.read_bytes(7)
+    assert echo == b"\x81\x05after"  # the websocket runs on the connection the 101 left
+    stream.close()
+    server.stop()
+    return head, logged
+
+
+@pytest.mark.gen_test
+async def test_finish_switching_answers_the_upgrade_as_finish_does():
+    _Upgrade.finished.clear()
+    expected, expected_log = await _upgrade(lean=False)
+    got, got_log = await _upgrade(lean=True)
+
+    def parts(data: bytes) -> tuple:
+        lines = data.split(b"\r\n")
+        return lines[0], sorted(line for line in lines[1:] if not line.startswith(b"Date:"))
+
+    assert parts(got) == parts(expected)
+    assert b"Content-Type" not in got and b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in got  # RFC 6455's example key
+    assert got_log == expected_log == [101]  # one access log line each
+    assert _Upgrade.finished == [101, 101]  # on_finish ran in both
+
+
+def test_finish_switching_refuses_a_header_with_a_line_break():
+    # the check comes before anything is written: a stand-in connection that must stay untouched
+    connection = unittest.mock.Mock(spec=HTTP1Connection)
+    request = httputil.HTTPServerRequest(start_line=httputil.RequestStartLine("GET", "/ws", "HTTP/1.1"),
+                                         headers=httputil.HTTPHeaders({"Host": "x"}), connection=connection)
+    handler = tornado.web.RequestHandler(tornado.web.Application(), request)
+    tornado_compat.response_headers(handler)["X-Bad"] = "a\r\nInjected: yes"
+    handler.set_status(101)
+    with pytest.raises(ValueError, match="CR or LF"):
+        tornado_compat.finish_switching(handler)
+    assert not connection.finish.called and not tornado_compat.headers_written(handler)

@@ -164,6 +164,33 @@ def write_response_head(connection: HTTP1Connection, start_line: httputil.Respon
     return _write_head(connection, data, chunk)
 
 
+_SWITCHING = httputil.ResponseStartLine("HTTP/1.1", 101, "Switching Protocols")
+
+
+def finish_switching(handler: tornado.web.RequestHandler) -> "asyncio.Future[None]":
+    """``RequestHandler.finish()`` of a bodyless 101 answer (a websocket upgrade): the head
+    made in one pass over the handler's headers and written by ``write_response_head``,
+    then what ``finish`` does after its ``flush`` (connection finished, access log,
+    ``on_finish``). The representation headers are dropped as Tornado drops them on a 1xx."""
+    headers = handler._headers
+    for name in ("Content-Encoding", "Content-Language", "Content-Type"):
+        if name in headers:
+            del headers[name]
+    lines = [f"{name}: {value}\r\n" for name, value in headers.get_all()]
+    text = "".join(lines)
+    if text.count("\n") != len(lines) or text.count("\r") != len(lines):
+        raise ValueError("Illegal characters (CR or LF) in a header of a 101 answer")
+    handler._headers_written = True
+    connection = cast(HTTP1Connection, handler.request.connection)
+    connection.set_close_callback(None)
+    future = write_response_head(connection, _SWITCHING, text.encode("latin-1"), None, closes=False)
+    connection.finish()
+    handler._log()
+    handler._finished = True
+    handler.on_finish()
+    return future
+
+
 def _write_head(connection: HTTP1Connection, data: bytes, chunk: bytes | None) -> "asyncio.Future[None]":
     """The end of ``write_headers``: the head (and a first chunk) written, its future tracked."""
     future: asyncio.Future[None] = asyncio.Future()

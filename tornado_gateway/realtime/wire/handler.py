@@ -76,6 +76,11 @@ def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
             tornado.websocket.WebSocketHandler.__init__(self, *args, **kwargs)
             self.allowed_origins = list(realtime.origins)
 
+        def finish(self, chunk: Any = None) -> Any:
+            if chunk is None and self.get_status() == 101 and not tornado_compat.headers_written(self):
+                return tornado_compat.finish_switching(self)  # the upgrade's answer, in one write
+            return super().finish(chunk)
+
         def get_websocket_protocol(self) -> Any:
             return tornado_compat.fast_websocket_protocol(self)  # frames read a chunk at a time
 
