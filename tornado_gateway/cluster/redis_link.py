@@ -34,6 +34,11 @@ CLIENT_OPTIONS = {
     "socket_timeout": 2.0,
     "socket_keepalive": True,
     "health_check_interval": 10,
+    # RESP2, whichever redis-py is installed (8.x speaks RESP3 unless told): the same replies
+    # across the supported range, no HELLO round trip per connection, and pub/sub messages
+    # as plain replies instead of RESP3 pushes, each of which redis-py 8 runs through a
+    # push handler (a getLogger and a debug call per message)
+    "protocol": 2,
     "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
 }
 
