@@ -396,3 +396,44 @@ def test_finish_switching_refuses_a_header_with_a_line_break():
     with pytest.raises(ValueError, match="CR or LF"):
         tornado_compat.finish_switching(handler)
     assert not connection.finish.called and not tornado_compat.headers_written(handler)
+
+
+class _SlowEcho(_Echo):
+    """A coroutine on_message: the next message must wait until it returned."""
+
+    log: list = []
+
+    async def on_message(self, message):  # type: ignore[no-untyped-def]
+        _SlowEcho.log.append(("start", message))
+        await asyncio.sleep(0.02)
+        _SlowEcho.log.append(("end", message))
+        self.write_message(message)
+
+
+async def _raw_websocket(port: int, path: str) -> IOStream:
+    stream = IOStream(socket.socket())
+    await stream.connect(("127.0.0.1", port))
+    await stream.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                       "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    await stream.read_until(b"\r\n\r\n")
+    return stream
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_fast_websocket_protocol_keeps_no_task_per_open_socket_and_waits_for_on_message():
+    sock, port = bind_unused_port()
+    server = HTTPServer(tornado.web.Application([("/ws", _Echo), ("/slow", _SlowEcho)]))
+    server.add_sockets([sock])
+    sockets = [await _raw_websocket(port, "/ws") for _ in range(5)]
+    for i, stream in enumerate(sockets):
+        await stream.write(_client_frame(1, b"hi%d" % i))
+        assert await stream.read_bytes(5) == b"\x81\x03hi%d" % i  # each one reads and answers
+    handler_tasks = [t for t in asyncio.all_tasks() if "_execute" in t.get_coro().__qualname__]
+    assert handler_tasks == []  # the handlers' coroutines ended once the sockets were open
+    slow = await _raw_websocket(port, "/slow")
+    await slow.write(_client_frame(1, b"m1") + _client_frame(1, b"m2") + _client_frame(1, b"m3"))
+    assert await slow.read_bytes(12) == b"\x81\x02m1\x81\x02m2\x81\x02m3"
+    assert _SlowEcho.log == [(step, m) for m in ("m1", "m2", "m3") for step in ("start", "end")]
+    for stream in sockets + [slow]:
+        stream.close()
+    server.stop()

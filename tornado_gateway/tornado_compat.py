@@ -13,7 +13,7 @@ from typing import Any, cast
 import tornado
 import tornado.web
 import tornado.websocket
-from tornado import httputil
+from tornado import gen, httputil
 from tornado.http1connection import HTTP1Connection
 from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
@@ -22,7 +22,7 @@ from tornado.iostream import IOStream, StreamClosedError
 from tornado.netutil import _client_ssl_defaults
 from tornado.options import OptionParser
 from tornado.util import _websocket_mask
-from tornado.websocket import _FRAME_YIELD_COST, _YIELD_THRESHOLD, WebSocketProtocol, WebSocketProtocol13
+from tornado.websocket import WebSocketProtocol, WebSocketProtocol13
 
 #: The Tornado releases these details were checked against (setup.py pins the same range).
 SUPPORTED = ((6, 6), (7, 0))
@@ -236,14 +236,18 @@ def _send_now(stream: IOStream, data: bytes) -> bytes:
 
 
 class _FastFrames(WebSocketProtocol13):
-    """Tornado's server websocket protocol, reading frames out of whole chunks.
+    """Tornado's server websocket protocol, reading frames out of whole chunks, on callbacks.
 
     ``_receive_frame_loop`` awaits up to four ``read_bytes`` per frame (head, length,
-    mask, payload: a Future each); this loop reads whatever arrived in one
-    ``read_bytes(partial=True)`` and takes every complete frame out of it, then hands
-    each message to Tornado's ``_handle_message`` as its own loop would (text decoding,
-    ping/pong, close). Same refusals as Tornado: reserved bits or a long control frame
-    abort, a fragmented control frame or a stray continuation abort, a message over
+    mask, payload: a Future each), and keeps the handler's chain of coroutines (``_execute``,
+    ``get``, ``accept_connection``) and its task alive as long as the socket: some 4 KiB
+    per idle websocket. Here ``_receive_frame_loop`` starts a :class:`_ChunkReader` and
+    returns, so that chain ends once the socket is open; the reader asks for whatever
+    arrived with one ``read_bytes(partial=True)`` at a time and takes every complete frame
+    out of it, handing each message to Tornado's ``_handle_message`` as its loop would
+    (text decoding, ping/pong, close; a coroutine ``on_message`` is waited for before the
+    next message). Same refusals as Tornado: reserved bits or a long control frame abort,
+    a fragmented control frame or a stray continuation abort, a message over
     ``max_message_size`` closes with 1009. A compressed connection keeps Tornado's loop.
     """
 
@@ -251,34 +255,17 @@ class _FastFrames(WebSocketProtocol13):
         if self._decompressor is not None:
             await super()._receive_frame_loop()
             return
-        buffer, need, work = b"", 0, 0
-        try:
-            while not self.client_terminated:
-                if buffer and need > len(buffer):  # the rest of a frame whose size is known: read just that
-                    chunk = await self.stream.read_bytes(need - len(buffer))
-                else:
-                    chunk = await self.stream.read_bytes(_READ_CHUNK, partial=True)
-                self._wire_bytes_in += len(chunk)
-                buffer = buffer + chunk if buffer else chunk
-                used, frames, need = await self._take_frames(buffer)
-                buffer = buffer[used:]
-                work += frames * _FRAME_YIELD_COST + len(chunk)
-                if work >= _YIELD_THRESHOLD:
-                    work = 0
-                    await asyncio.sleep(0)
-        except StreamClosedError:
-            self._abort()
-        finally:
-            self.handler.on_ws_connection_close(self.close_code, self.close_reason)
+        _ChunkReader(self).read()
 
-    async def _take_frames(self, buffer: bytes) -> tuple[int, int, int]:
-        """Handle the complete frames at the start of ``buffer``: (bytes used, frames, bytes
-        the next frame needs from there, as far as its head tells)."""
-        pos, end, frames = 0, len(buffer), 0
+    def _take_frames(self, buffer: bytes) -> tuple[int, int, "asyncio.Future | None"]:
+        """Handle the complete frames at the start of ``buffer``: (bytes used, bytes the next
+        frame needs from there as far as its head tells, the future of a message handler
+        still running: the frames after it wait for it, as in Tornado's loop)."""
+        pos, end = 0, len(buffer)
         max_size = self.params.max_message_size
         while not self.client_terminated:
             if end - pos < 2:
-                return pos, frames, 2
+                return pos, 2, None
             head, second = buffer[pos], buffer[pos + 1]
             opcode = head & 0x0F
             length = second & 0x7F
@@ -289,7 +276,7 @@ class _FastFrames(WebSocketProtocol13):
             if length >= 126:
                 extra = 2 if length == 126 else 8
                 if end - at < extra:
-                    return pos, frames, 2 + extra
+                    return pos, 2 + extra, None
                 length = int.from_bytes(buffer[at:at + extra], "big")
                 at += extra
             fragments = self._fragmented_message_buffer
@@ -301,13 +288,12 @@ class _FastFrames(WebSocketProtocol13):
             if second & 0x80:
                 at += 4
             if end - at < length:
-                return pos, frames, at + length - pos
+                return pos, at + length - pos, None
             if second & 0x80:
                 data = _websocket_mask(buffer[mask_at:at], buffer[at:at + length])
             else:
                 data = buffer[at:at + length]
             pos = at + length
-            frames += 1
             final = head & 0x80
             if opcode & 0x8:
                 if not final:
@@ -331,8 +317,71 @@ class _FastFrames(WebSocketProtocol13):
             if final:
                 handled = self._handle_message(opcode, data)
                 if handled is not None:
-                    await handled
-        return pos, frames, 0
+                    return pos, 0, gen.convert_yielded(handled)
+        return pos, 0, None
+
+
+
+
+class _ChunkReader:
+    """The frame reader of one :class:`_FastFrames` connection: one pending ``read_bytes``
+    and its callback, no task; ``on_ws_connection_close`` once at the end, as Tornado's loop."""
+
+    __slots__ = ("protocol", "buffer", "need")
+
+    def __init__(self, protocol: _FastFrames) -> None:
+        self.protocol = protocol
+        self.buffer = b""
+        self.need = 0  # bytes the frame at the start of the buffer needs, when its head tells
+
+    def read(self) -> None:
+        protocol = self.protocol
+        if protocol.client_terminated:
+            self._end()
+            return
+        try:
+            if self.buffer and self.need > len(self.buffer):  # the rest of a frame: just that
+                future = protocol.stream.read_bytes(self.need - len(self.buffer))
+            else:
+                future = protocol.stream.read_bytes(_READ_CHUNK, partial=True)
+        except StreamClosedError:
+            protocol._abort()
+            self._end()
+            return
+        cast("asyncio.Future[bytes]", future).add_done_callback(self._arrived)
+
+    def _arrived(self, future: "asyncio.Future[bytes]") -> None:
+        protocol = self.protocol
+        try:
+            chunk = future.result()
+        except StreamClosedError:
+            protocol._abort()
+            self._end()
+            return
+        except BaseException:
+            protocol._abort()
+            self._end()
+            raise  # the loop's exception handler logs it, as it would a failed frame loop
+        protocol._wire_bytes_in += len(chunk)
+        self.buffer = self.buffer + chunk if self.buffer else chunk
+        self._take()
+
+    def _take(self, _: object = None) -> None:
+        try:
+            used, self.need, running = self.protocol._take_frames(self.buffer)
+        except BaseException:
+            self.protocol._abort()
+            self._end()
+            raise
+        self.buffer = self.buffer[used:]
+        if running is not None:  # a message handler still running: the rest waits for it
+            running.add_done_callback(self._take)
+        else:
+            self.read()
+
+    def _end(self) -> None:
+        protocol = self.protocol
+        protocol.handler.on_ws_connection_close(protocol.close_code, protocol.close_reason)
 
 
 def fast_websocket_protocol(handler: tornado.websocket.WebSocketHandler) -> WebSocketProtocol | None:
