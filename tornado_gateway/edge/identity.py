@@ -31,7 +31,6 @@ class Identity:
     expires_at: float
     issued_at: float | None = None
     jti: str | None = None
-    claims: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 class AuthError(GatewayError):
@@ -125,7 +124,6 @@ class TokenVerifier:
             expires_at=float(claims["exp"]),
             issued_at=float(iat) if isinstance(iat, (int, float)) else None,
             jti=str(jti) if jti is not None else None,
-            claims=claims,
         )
 
 

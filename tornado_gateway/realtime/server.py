@@ -29,7 +29,7 @@ from tornado_gateway.realtime.payloads import EventError, check_auth_hello, iso_
 from tornado_gateway.realtime.typing_indicator import TypingIndicators
 from tornado_gateway.realtime import wire
 from tornado_gateway.realtime.dispatch import OrderedDispatch
-from tornado_gateway.realtime.sessions import SocketState
+from tornado_gateway.realtime.sessions import ExpiryTimers, SocketState
 from tornado_gateway.parts import GatewayParts
 from typing import Any, NoReturn
 
@@ -75,6 +75,7 @@ class Realtime(OrderedDispatch):
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         self.states: dict[str, SocketState] = {}
+        self.expiries = ExpiryTimers(self._token_expired)
         self.sockets_of_user: dict[str, set[str]] = {}
         self.sockets_of_ip: dict[str, int] = {}
         self.services = ChatServices(gateway)
@@ -233,8 +234,7 @@ class Realtime(OrderedDispatch):
         state.expired = False
         assert state.identity is not None
         # The leeway of §3, as on HTTP: a token is expired once exp + leeway has passed.
-        delay = max(0.0, state.identity.expires_at + self.gateway.tokens.leeway - time.time())
-        state.timer = asyncio.get_running_loop().call_later(delay, self._token_expired, state.sid)
+        state.timer = self.expiries.call_at(state.identity.expires_at + self.gateway.tokens.leeway, state.sid)
 
     def _token_expired(self, sid: str) -> None:
         state = self.states.get(sid)
