@@ -4,9 +4,11 @@ Tornado release changes the detail the named function reaches for."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import ssl
 import unittest.mock
+import weakref
 
 import pytest
 import tornado.web
@@ -436,4 +438,31 @@ async def test_fast_websocket_protocol_keeps_no_task_per_open_socket_and_waits_f
     assert _SlowEcho.log == [(step, m) for m in ("m1", "m2", "m3") for step in ("start", "end")]
     for stream in sockets + [slow]:
         stream.close()
+    server.stop()
+
+
+class _Forgetful(_Echo):
+    """Drops its handshake once open; weak references say whether anything still holds it."""
+
+    refs: list = []
+
+    def open(self) -> None:
+        request = self.request
+        _Forgetful.refs = [weakref.ref(request.headers), weakref.ref(request.server_connection)]
+        tornado_compat.drop_handshake(self)
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_drop_handshake_leaves_nothing_holding_the_request_headers():
+    sock, port = bind_unused_port()
+    server = HTTPServer(tornado.web.Application([("/ws", _Forgetful)]))
+    server.add_sockets([sock])
+    stream = await _raw_websocket(port, "/ws")
+    await stream.write(_client_frame(1, b"still"))
+    assert await stream.read_bytes(7) == b"\x81\x05still"  # the websocket runs without them
+    gc.collect()
+    headers, server_connection = (ref() for ref in _Forgetful.refs)
+    assert headers is None  # neither the request nor its detached HTTP1Connection keeps them
+    assert server_connection is None
+    stream.close()
     server.stop()

@@ -123,9 +123,16 @@ _NO_ARGS: dict = {}
 
 
 def drop_handshake(handler: tornado.web.RequestHandler) -> None:
-    """Let a running websocket forget its handshake (request headers, the 101 answer's
-    headers, path and open arguments): a few KiB per socket, never read again."""
-    handler.request.headers = _NO_HEADERS
+    """Let a running websocket forget its handshake (the request's headers, also the copy its
+    detached HTTP1Connection keeps, the 101 answer's headers, path and open arguments, the
+    HTTP server connection the request came on): a few KiB per socket, never read again."""
+    request = handler.request
+    connection = request.connection
+    if isinstance(connection, HTTP1Connection) and connection.stream is None:  # detached: done with HTTP
+        connection._request_headers = None
+        connection._request_start_line = None
+    request.server_connection = None
+    request.headers = _NO_HEADERS
     handler._headers = _NO_HEADERS
     handler.path_args = []
     handler.path_kwargs = _NO_ARGS
