@@ -145,6 +145,12 @@ class RedisLink:
         self.epoch: str | None = None  # the data epoch last seen (see check_epoch)
         self._epoch_script = self.client.register_script(EPOCH_SCRIPT)
 
+    async def execute(self, *args: Any) -> Any:
+        """One command on the pipelined connection when there is one, else through the client."""
+        if self.fast is not None:
+            return await self.fast.execute(*args)
+        return await self.client.execute_command(*args)
+
     def on_change(self, callback: Any) -> None:
         """Call ``callback(up: bool)`` whenever reachability changes."""
         self._listeners.append(callback)

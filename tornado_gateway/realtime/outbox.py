@@ -82,15 +82,11 @@ class Outbox:
                     await asyncio.sleep(0.2)
 
     async def _publish(self, by_channel: dict[str, list[str]]) -> None:
-        client = self.redis_link.client
         if len(by_channel) == 1 and not self.sharded:  # the common case: no pipeline needed
             ((channel, items),) = by_channel.items()
-            if self.redis_link.fast is not None:
-                await self.redis_link.fast.execute("PUBLISH", channel, self.batch_message(items))
-            else:
-                await client.publish(channel, self.batch_message(items))
+            await self.redis_link.execute("PUBLISH", channel, self.batch_message(items))
             return
-        pipe = client.pipeline(transaction=False)
+        pipe = self.redis_link.client.pipeline(transaction=False)
         for channel, items in by_channel.items():
             if self.sharded:
                 pipe.spublish(channel, self.batch_message(items))
