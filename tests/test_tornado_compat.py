@@ -466,3 +466,73 @@ async def test_drop_handshake_leaves_nothing_holding_the_request_headers():
     assert server_connection is None
     stream.close()
     server.stop()
+
+
+class _TlsEcho(_Echo):
+    closed: list = []
+
+    def on_close(self) -> None:
+        _TlsEcho.closed.append(self.close_code)
+
+
+async def _tls_exchange(sock: socket.socket, tls: ssl.SSLObject, outgoing: ssl.MemoryBIO,
+                        incoming: ssl.MemoryBIO, until: bytes) -> bytes:
+    """Read and decrypt from ``sock`` until the plain text holds ``until``."""
+    loop, plain = asyncio.get_running_loop(), b""
+    while until not in plain:
+        incoming.write(await loop.sock_recv(sock, 65536))
+        try:
+            plain += tls.read(65536)
+        except ssl.SSLWantReadError:
+            pass
+        if outgoing.pending:
+            await loop.sock_sendall(sock, outgoing.read())
+    return plain
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_fast_websocket_protocol_ends_the_socket_when_a_read_fails_at_once(tmp_path):
+    # A frame and, right behind it, a TLS record that does not decrypt: the frame is handled,
+    # then the reader's next read_bytes raises ssl.SSLError itself (not StreamClosedError),
+    # and on_close must still run, as in Tornado's frame loop.
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    made = await asyncio.create_subprocess_exec(
+        "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    assert await made.wait() == 0
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(str(cert), str(key))
+    sock, port = bind_unused_port()
+    server = HTTPServer(tornado.web.Application([("/ws", _TlsEcho)]), ssl_options=server_tls)
+    server.add_sockets([sock])
+    client_tls = ssl.create_default_context()
+    client_tls.check_hostname, client_tls.verify_mode = False, ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_tls.wrap_bio(incoming, outgoing)
+    loop = asyncio.get_running_loop()
+    raw = socket.socket()
+    raw.setblocking(False)
+    await loop.sock_connect(raw, ("127.0.0.1", port))
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            await loop.sock_sendall(raw, outgoing.read())
+            incoming.write(await loop.sock_recv(raw, 65536))
+    tls.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    await loop.sock_sendall(raw, outgoing.read())
+    assert b" 101 " in await _tls_exchange(raw, tls, outgoing, incoming, b"\r\n\r\n")
+    tls.write(_client_frame(1, b"hi"))
+    forged = b"\x17\x03\x03\x00\x20" + bytes(range(32))  # application data no key made
+    await loop.sock_sendall(raw, outgoing.read() + forged)
+    assert b"\x81\x02hi" in await _tls_exchange(raw, tls, outgoing, incoming, b"hi")
+    for _ in range(500):
+        if _TlsEcho.closed:
+            break
+        await asyncio.sleep(0.01)
+    assert _TlsEcho.closed == [None]  # ended without a close frame, but ended
+    raw.close()
+    server.stop()

@@ -355,6 +355,10 @@ class _ChunkReader:
             protocol._abort()
             self._end()
             return
+        except BaseException:  # a read that failed at once (a TLS record that does not decrypt)
+            protocol._abort()
+            self._end()
+            raise  # the caller's loop logs it, as Tornado's loop would let it out
         cast("asyncio.Future[bytes]", future).add_done_callback(self._arrived)
 
     def _arrived(self, future: "asyncio.Future[bytes]") -> None:
