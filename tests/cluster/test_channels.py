@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tornado_gateway.cluster.redis_cluster import connect_cluster
+from tornado_gateway.cluster.redis_link import connect
 from tornado_gateway.cluster.channels import ChannelSubscriptions, room_channel
 
 
@@ -235,6 +236,29 @@ async def test_a_channel_follows_its_slot_to_another_master(own_redis_cluster):
         await inbox.published_until_heard(cluster.spublish, name)
         assert nodes.node_of(name) is target
         assert target.cli("PUBSUB", "SHARDNUMSUB", name).split() == [name, "1"]
+    finally:
+        await subs.close()
+        await cluster.aclose()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_cluster_subscribers_speak_the_protocol_of_the_shared_client(redis_cluster):
+    # the per-master pub/sub clients are built from the cluster client's options: RESP2 as
+    # the gateway's clients (redis_link.CLIENT_OPTIONS), not redis-py's own default
+    cluster = connect(redis_cluster.url)
+    await cluster.initialize()
+    subs = ChannelSubscriptions(Inbox(), cluster=cluster)
+    await subs.start()
+    try:
+        names = [room_channel(f"chat:{uid('p')}") for _ in range(6)]
+        for name in names:
+            subs.want(name)
+        assert all(await asyncio.gather(*(subs.live(n, 5) for n in names)))
+        for node in {redis_cluster.node_of(name).port: redis_cluster.node_of(name) for name in names}.values():
+            subscribers = [line for line in node.cli("CLIENT", "LIST").splitlines()
+                           if re.search(r"\bssub=[1-9]", line)]
+            assert subscribers, node.port
+            assert all(" resp=2 " in f" {line} " for line in subscribers), subscribers
     finally:
         await subs.close()
         await cluster.aclose()

@@ -19,7 +19,7 @@ from redis.exceptions import NoScriptError, ResponseError
 SCHEMES = ("redis+cluster", "rediss+cluster")
 CROSS_SLOT_FLAG = "#!lua flags=allow-cross-slot-keys\n"
 NODE_OPTIONS = ("username", "password", "credential_provider", "client_name", "socket_timeout",
-                "socket_connect_timeout", "socket_keepalive")
+                "socket_connect_timeout", "socket_keepalive", "protocol")
 
 
 def is_cluster_url(url: str | None) -> bool:
