@@ -1,0 +1,160 @@
+"""Where a connect-storm client's time goes: the gateway's CPU per storm, its Python profile
+(py-spy) or its system calls (strace), over storms 2..K.
+
+The same set-up as bench/storm_instructions.py (production configuration, a redis-server of
+its own, bench/socket_stub.py as the chats service, bench/socket_fanout.js's storms) but the
+gateway runs at full speed:
+
+    .venv/bin/python bench/storm_profile.py [--clients 1000] [--storms 6] [--tool cpu|py-spy|strace]
+
+``cpu`` (the default) prints the gateway's CPU seconds per storm (user + system, from
+/proc), for A/B runs of two checkouts (``--root``); ``py-spy`` records storms 2..K at 1,000
+samples/s and prints the functions with the most samples, self and inclusive (``--keep``
+keeps the collapsed stacks; py-spy samples without pausing the process, so some stacks lose
+their outer frames and the inclusive shares of the outermost ones read low); ``strace`` counts the gateway's system calls over storms 2..K
+and prints them per client. The first storm is the warm-up in every mode.
+
+Needs redis-server and node; py-spy (``pip install py-spy``) or strace for those modes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import storm_instructions as shared
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def attach(tool: str, pid: int, out: str) -> subprocess.Popen | None:
+    if tool == "py-spy":
+        spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+        command = [spy, "record", "-p", str(pid), "--rate", "1000", "--format", "raw", "-o", out, "--nonblocking"]
+    elif tool == "strace":
+        command = ["strace", "-c", "-f", "-o", out, "-p", str(pid)]
+    else:
+        return None
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.5)  # attached before the next storm starts
+    return process
+
+
+def frame_name(frame: str) -> str:
+    """``function (path:line)`` without the line."""
+    name, _, where = frame.partition(" (")
+    return f"{name} ({where.rsplit(':', 1)[0]})" if where else name
+
+
+def print_profile(path: str, top: int) -> None:
+    own: collections.Counter = collections.Counter()
+    inclusive: collections.Counter = collections.Counter()
+    total = 0
+    with open(path, errors="replace") as f:
+        for line in f:
+            stack, _, count = line.rstrip().rpartition(" ")
+            if not count.isdigit() or not stack:
+                continue
+            samples = int(count)
+            total += samples
+            frames = [frame_name(frame) for frame in stack.split(";")]
+            own[frames[-1]] += samples
+            for name in set(frames):
+                inclusive[name] += samples
+    print(f"{total} samples")
+    for title, counter in (("self", own), ("inclusive", inclusive)):
+        print(f"-- {title}")
+        for name, samples in counter.most_common(top):
+            print(f"{samples / total * 100:6.1f} %  {name}")
+
+
+def print_syscalls(path: str, clients: int) -> None:
+    print(f"system calls per storm client ({clients} clients):")
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+                calls, errors = int(parts[3]), int(parts[4]) if len(parts) == 6 else 0
+                print(f"{calls / clients:8.2f}  {parts[-1]}" + (f"  ({errors / clients:.2f} failed)" if errors else ""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=1000, help="clients per storm")
+    parser.add_argument("--storms", type=int, default=6, help="storms; the first one is the warm-up")
+    parser.add_argument("--tool", choices=("cpu", "py-spy", "strace"), default="cpu")
+    parser.add_argument("--top", type=int, default=40, help="functions to print (py-spy)")
+    parser.add_argument("--root", default=os.path.dirname(HERE), help="the checkout whose gateway runs")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+    if args.storms < 2:
+        parser.error("--storms must be at least 2 (the first one is the warm-up)")
+    work = tempfile.mkdtemp(prefix="gw-storm-profile.")
+    redis = shared.RedisServer().start()
+    stub_port = shared.free_port()
+    stub = subprocess.Popen([sys.executable, os.path.join(HERE, "socket_stub.py"), str(stub_port)])
+    gateway = tool = None
+    try:
+        shared.wait_for_port(stub_port)
+        port = shared.free_port()
+        log_path = os.path.join(work, "gateway.log")
+        with open(log_path, "wb") as log:
+            gateway = subprocess.Popen(
+                [sys.executable, "-m", "tornado_gateway"], cwd=args.root, stdout=log, stderr=subprocess.STDOUT,
+                env=shared.gateway_env(port, redis.url, f"http://127.0.0.1:{stub_port}", "info"))
+        shared.wait_for_port(port, timeout=60, proc=gateway)
+        out = os.path.join(work, "profile.txt")
+        disconnects, spent = 0, []
+        for i in range(args.storms):
+            before = cpu_seconds(gateway.pid)
+            result = shared.storm(args, port, f"sp{os.getpid()}-{i}")
+            if result.get("failures"):
+                raise RuntimeError(f"storm {i + 1}: {result['failures']} failures")
+            disconnects = shared.wait_disconnects(log_path, disconnects + args.clients, 300)
+            spent.append(cpu_seconds(gateway.pid) - before)
+            print(f"storm {i + 1}/{args.storms}: {result['handshakesPerSecond']} handshakes/s, gateway CPU "
+                  f"{spent[-1]:.2f} s; load {os.getloadavg()[0]:.2f}", flush=True)
+            if i == 0:
+                tool = attach(args.tool, gateway.pid, out)
+        later = spent[1:]
+        print(f"gateway CPU per storm of {args.clients} (storms 2..{args.storms}): mean {sum(later) / len(later):.3f} s, "
+              f"min {min(later):.2f}, max {max(later):.2f}" + (f" (under {args.tool})" if tool else ""))
+        if tool is not None:
+            tool.send_signal(signal.SIGINT)
+            tool.wait(60)
+            tool = None
+            if args.tool == "py-spy":
+                print_profile(out, args.top)
+            else:
+                print_syscalls(out, args.clients * (args.storms - 1))
+        if args.keep:
+            print(f"work directory: {work}")
+    finally:
+        if tool is not None:
+            tool.send_signal(signal.SIGINT)
+            tool.wait(60)
+        if gateway is not None and gateway.poll() is None:
+            gateway.terminate()
+            gateway.wait(60)
+        stub.terminate()
+        stub.wait()
+        redis.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
