@@ -24,6 +24,7 @@ installed with ``npm ci`` on first use).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -102,6 +104,38 @@ def fanout(args: argparse.Namespace, port: int, prefix: str) -> dict:
     return result
 
 
+@contextlib.contextmanager
+def storm_gateway(work: str, log_level: str, prefix: Sequence[str] = (),
+                  root: str = ROOT) -> Iterator[tuple[subprocess.Popen, int, str]]:
+    """A gateway of ``root`` (run behind ``prefix``: valgrind, ...) with a redis-server and the
+    stub of its own, production configuration: (process, port, log path); all stopped after."""
+    redis = RedisServer().start()
+    stub_port = free_port()
+    stub = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench", "socket_stub.py"), str(stub_port)])
+    gateway = None
+    try:
+        wait_for_port(stub_port)
+        port = free_port()
+        log_path = os.path.join(work, "gateway.log")
+        with open(log_path, "wb") as log:
+            gateway = subprocess.Popen([*prefix, sys.executable, "-m", "tornado_gateway"],
+                                       env=gateway_env(port, redis.url, f"http://127.0.0.1:{stub_port}", log_level),
+                                       cwd=root, stdout=log, stderr=subprocess.STDOUT)
+        wait_for_port(port, timeout=600, proc=gateway)
+        yield gateway, port, log_path
+    finally:
+        if gateway is not None and gateway.poll() is None:
+            gateway.terminate()
+            try:
+                gateway.wait(120)
+            except subprocess.TimeoutExpired:
+                gateway.kill()
+                gateway.wait()
+        stub.terminate()
+        stub.wait()
+        redis.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=150, help="clients per storm")
@@ -121,43 +155,31 @@ def main() -> None:
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=os.path.join(ROOT, "tests", "js"),
                        check=True)
     work = tempfile.mkdtemp(prefix="gw-storm-instr.")
-    redis = RedisServer().start()
-    stub_port = free_port()
-    stub = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench", "socket_stub.py"), str(stub_port)])
-    gateway = None
+    out_file = os.path.join(work, "callgrind.out")
+    valgrind = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}")
     try:
-        wait_for_port(stub_port)
-        port = free_port()
-        log_path = os.path.join(work, "gateway.log")
-        out_file = os.path.join(work, "callgrind.out")
-        with open(log_path, "wb") as log:
-            gateway = subprocess.Popen(
-                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}",
-                 sys.executable, "-m", "tornado_gateway"],
-                env=gateway_env(port, redis.url, f"http://127.0.0.1:{stub_port}", args.log_level),
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        wait_for_port(port, timeout=600, proc=gateway)
-        disconnects = 0
-        results = []
-        for i in range(args.storms):
-            if args.fanout:
-                result = fanout(args, port, f"fi{os.getpid()}-{i}")
-                disconnects = wait_disconnects(log_path, disconnects + args.fanout + 1, 900)
-                print(f"fan-out {i + 1}/{args.storms}: {result['deliveries']} deliveries in "
-                      f"{result['seconds']} s (under callgrind); load {os.getloadavg()[0]:.2f}", flush=True)
-            else:
-                result = storm(args, port, f"si{os.getpid()}-{i}")
-                if result.get("failures"):
-                    raise RuntimeError(f"storm {i + 1}: {result['failures']} failures: "
-                                       f"{result.get('firstFailures')}")
-                disconnects = wait_disconnects(log_path, disconnects + args.clients, 900)
-                print(f"storm {i + 1}/{args.storms}: {result['joined']} joined in {result['seconds']} s "
-                      f"(under callgrind); load {os.getloadavg()[0]:.2f}", flush=True)
-            results.append(result)
-            if i == 0:
-                callgrind_control(gateway.pid, "--zero")
-        callgrind_control(gateway.pid, "--dump")
-        time.sleep(1)
+        with storm_gateway(work, args.log_level, valgrind) as (gateway, port, log_path):
+            results = []
+            disconnects = 0
+            for i in range(args.storms):
+                if args.fanout:
+                    result = fanout(args, port, f"fi{os.getpid()}-{i}")
+                    disconnects = wait_disconnects(log_path, disconnects + args.fanout + 1, 900)
+                    print(f"fan-out {i + 1}/{args.storms}: {result['deliveries']} deliveries in "
+                          f"{result['seconds']} s (under callgrind); load {os.getloadavg()[0]:.2f}", flush=True)
+                else:
+                    result = storm(args, port, f"si{os.getpid()}-{i}")
+                    if result.get("failures"):
+                        raise RuntimeError(f"storm {i + 1}: {result['failures']} failures: "
+                                           f"{result.get('firstFailures')}")
+                    disconnects = wait_disconnects(log_path, disconnects + args.clients, 900)
+                    print(f"storm {i + 1}/{args.storms}: {result['joined']} joined in {result['seconds']} s "
+                          f"(under callgrind); load {os.getloadavg()[0]:.2f}", flush=True)
+                results.append(result)
+                if i == 0:
+                    callgrind_control(gateway.pid, "--zero")
+            callgrind_control(gateway.pid, "--dump")
+            time.sleep(1)
         dumps = [p for p in glob.glob(out_file + "*") if p != out_file]
         if not dumps:
             raise RuntimeError("callgrind_control --dump wrote nothing")
@@ -180,16 +202,6 @@ def main() -> None:
         if args.keep:
             print(f"work directory: {work}")
     finally:
-        if gateway is not None and gateway.poll() is None:
-            gateway.terminate()
-            try:
-                gateway.wait(120)
-            except subprocess.TimeoutExpired:
-                gateway.kill()
-                gateway.wait()
-        stub.terminate()
-        stub.wait()
-        redis.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -103,55 +103,38 @@ def main() -> None:
     if args.storms < 2:
         parser.error("--storms must be at least 2 (the first one is the warm-up)")
     work = tempfile.mkdtemp(prefix="gw-storm-profile.")
-    redis = shared.RedisServer().start()
-    stub_port = shared.free_port()
-    stub = subprocess.Popen([sys.executable, os.path.join(HERE, "socket_stub.py"), str(stub_port)])
-    gateway = tool = None
+    out = os.path.join(work, "profile.txt")
+    tool = None
     try:
-        shared.wait_for_port(stub_port)
-        port = shared.free_port()
-        log_path = os.path.join(work, "gateway.log")
-        with open(log_path, "wb") as log:
-            gateway = subprocess.Popen(
-                [sys.executable, "-m", "tornado_gateway"], cwd=args.root, stdout=log, stderr=subprocess.STDOUT,
-                env=shared.gateway_env(port, redis.url, f"http://127.0.0.1:{stub_port}", "info"))
-        shared.wait_for_port(port, timeout=60, proc=gateway)
-        out = os.path.join(work, "profile.txt")
-        disconnects, spent = 0, []
-        for i in range(args.storms):
-            before = cpu_seconds(gateway.pid)
-            result = shared.storm(args, port, f"sp{os.getpid()}-{i}")
-            if result.get("failures"):
-                raise RuntimeError(f"storm {i + 1}: {result['failures']} failures")
-            disconnects = shared.wait_disconnects(log_path, disconnects + args.clients, 300)
-            spent.append(cpu_seconds(gateway.pid) - before)
-            print(f"storm {i + 1}/{args.storms}: {result['handshakesPerSecond']} handshakes/s, gateway CPU "
-                  f"{spent[-1]:.2f} s; load {os.getloadavg()[0]:.2f}", flush=True)
-            if i == 0:
-                tool = attach(args.tool, gateway.pid, out)
+        with shared.storm_gateway(work, "info", root=args.root) as (gateway, port, log_path):
+            disconnects, spent = 0, []
+            for i in range(args.storms):
+                before = cpu_seconds(gateway.pid)
+                result = shared.storm(args, port, f"sp{os.getpid()}-{i}")
+                if result.get("failures"):
+                    raise RuntimeError(f"storm {i + 1}: {result['failures']} failures")
+                disconnects = shared.wait_disconnects(log_path, disconnects + args.clients, 300)
+                spent.append(cpu_seconds(gateway.pid) - before)
+                print(f"storm {i + 1}/{args.storms}: {result['handshakesPerSecond']} handshakes/s, gateway CPU "
+                      f"{spent[-1]:.2f} s; load {os.getloadavg()[0]:.2f}", flush=True)
+                if i == 0:
+                    tool = attach(args.tool, gateway.pid, out)
+            if tool is not None:
+                tool.send_signal(signal.SIGINT)
+                tool.wait(60)
         later = spent[1:]
         print(f"gateway CPU per storm of {args.clients} (storms 2..{args.storms}): mean {sum(later) / len(later):.3f} s, "
               f"min {min(later):.2f}, max {max(later):.2f}" + (f" (under {args.tool})" if tool else ""))
-        if tool is not None:
-            tool.send_signal(signal.SIGINT)
-            tool.wait(60)
-            tool = None
-            if args.tool == "py-spy":
-                print_profile(out, args.top)
-            else:
-                print_syscalls(out, args.clients * (args.storms - 1))
+        if args.tool == "py-spy":
+            print_profile(out, args.top)
+        elif args.tool == "strace":
+            print_syscalls(out, args.clients * (args.storms - 1))
         if args.keep:
             print(f"work directory: {work}")
     finally:
-        if tool is not None:
+        if tool is not None and tool.poll() is None:
             tool.send_signal(signal.SIGINT)
             tool.wait(60)
-        if gateway is not None and gateway.poll() is None:
-            gateway.terminate()
-            gateway.wait(60)
-        stub.terminate()
-        stub.wait()
-        redis.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
