@@ -104,6 +104,17 @@ def fanout(args: argparse.Namespace, port: int, prefix: str) -> dict:
     return result
 
 
+def preflight(*tools: str) -> None:
+    """Exit with the name of a missing tool (``tools``, redis-server, node); install
+    tests/js's socket.io-client with ``npm ci`` on first use."""
+    for tool in (*tools, "redis-server", "node"):
+        if shutil.which(tool) is None:
+            sys.exit(f"missing: {tool}")
+    if not os.path.isdir(os.path.join(ROOT, "tests", "js", "node_modules")):
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=os.path.join(ROOT, "tests", "js"),
+                       check=True)
+
+
 @contextlib.contextmanager
 def storm_gateway(work: str, log_level: str, prefix: Sequence[str] = (),
                   root: str = ROOT) -> Iterator[tuple[subprocess.Popen, int, str]]:
@@ -148,12 +159,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.log_level.lower() not in ("debug", "info"):
         parser.error("the disconnect lines at info are how the script knows a storm is over")
-    for tool in ("valgrind", "callgrind_control", "redis-server", "node"):
-        if shutil.which(tool) is None:
-            sys.exit(f"missing: {tool}")
-    if not os.path.isdir(os.path.join(ROOT, "tests", "js", "node_modules")):
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=os.path.join(ROOT, "tests", "js"),
-                       check=True)
+    preflight("valgrind", "callgrind_control")
     work = tempfile.mkdtemp(prefix="gw-storm-instr.")
     out_file = os.path.join(work, "callgrind.out")
     valgrind = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}")

@@ -48,8 +48,12 @@ def attach(tool: str, pid: int, out: str) -> subprocess.Popen | None:
         command = ["strace", "-c", "-f", "-o", out, "-p", str(pid)]
     else:
         return None
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(out + ".stderr", "wb") as errors:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors)
     time.sleep(1.5)  # attached before the next storm starts
+    if process.poll() is not None:
+        with open(out + ".stderr", errors="replace") as f:
+            raise RuntimeError(f"{tool} could not attach: {f.read().strip()}")
     return process
 
 
@@ -102,6 +106,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.storms < 2:
         parser.error("--storms must be at least 2 (the first one is the warm-up)")
+    shared.preflight(*{"py-spy": (), "strace": ("strace",)}.get(args.tool, ()))
     work = tempfile.mkdtemp(prefix="gw-storm-profile.")
     out = os.path.join(work, "profile.txt")
     tool = None

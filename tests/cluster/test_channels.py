@@ -245,7 +245,8 @@ async def test_a_channel_follows_its_slot_to_another_master(own_redis_cluster):
 async def test_cluster_subscribers_speak_the_protocol_of_the_shared_client(redis_cluster):
     # the per-master pub/sub clients are built from the cluster client's options: RESP2 as
     # the gateway's clients (redis_link.CLIENT_OPTIONS), not redis-py's own default
-    cluster = connect(redis_cluster.url)
+    client = uid("resp")  # the per-master clients carry it: only this test's connections are checked
+    cluster = connect(redis_cluster.url, client_name=client)
     await cluster.initialize()
     subs = ChannelSubscriptions(Inbox(), cluster=cluster)
     await subs.start()
@@ -256,7 +257,7 @@ async def test_cluster_subscribers_speak_the_protocol_of_the_shared_client(redis
         assert all(await asyncio.gather(*(subs.live(n, 5) for n in names)))
         for node in {redis_cluster.node_of(name).port: redis_cluster.node_of(name) for name in names}.values():
             subscribers = [line for line in node.cli("CLIENT", "LIST").splitlines()
-                           if re.search(r"\bssub=[1-9]", line)]
+                           if f" name={client} " in f" {line} " and re.search(r"\bssub=[1-9]", line)]
             assert subscribers, node.port
             assert all(" resp=2 " in f" {line} " for line in subscribers), subscribers
     finally:
