@@ -351,28 +351,18 @@ class _ChunkReader:
                 future = protocol.stream.read_bytes(self.need - len(self.buffer))
             else:
                 future = protocol.stream.read_bytes(_READ_CHUNK, partial=True)
-        except StreamClosedError:
-            protocol._abort()
-            self._end()
+        except BaseException as error:  # closed, or failed at once (a TLS record that does not decrypt)
+            self._failed(error)
             return
-        except BaseException:  # a read that failed at once (a TLS record that does not decrypt)
-            protocol._abort()
-            self._end()
-            raise  # the caller's loop logs it, as Tornado's loop would let it out
         cast("asyncio.Future[bytes]", future).add_done_callback(self._arrived)
 
     def _arrived(self, future: "asyncio.Future[bytes]") -> None:
         protocol = self.protocol
         try:
             chunk = future.result()
-        except StreamClosedError:
-            protocol._abort()
-            self._end()
+        except BaseException as error:
+            self._failed(error)
             return
-        except BaseException:
-            protocol._abort()
-            self._end()
-            raise  # the loop's exception handler logs it, as it would a failed frame loop
         protocol._wire_bytes_in += len(chunk)
         self.buffer = self.buffer + chunk if self.buffer else chunk
         self._take()
@@ -389,6 +379,15 @@ class _ChunkReader:
             running.add_done_callback(self._take)
         else:
             self.read()
+
+    def _failed(self, error: BaseException) -> None:
+        """A read failed: the socket aborted and ended; an error other than the stream closing
+        is raised on (logged by the loop's exception handler, or for the first read as an
+        uncaught exception of the request)."""
+        self.protocol._abort()
+        self._end()
+        if not isinstance(error, StreamClosedError):
+            raise error
 
     def _end(self) -> None:
         protocol = self.protocol

@@ -255,7 +255,7 @@ async def test_cluster_subscribers_speak_the_protocol_of_the_shared_client(redis
         for name in names:
             subs.want(name)
         assert all(await asyncio.gather(*(subs.live(n, 5) for n in names)))
-        for node in {redis_cluster.node_of(name).port: redis_cluster.node_of(name) for name in names}.values():
+        for node in {node.port: node for node in map(redis_cluster.node_of, names)}.values():
             subscribers = [line for line in node.cli("CLIENT", "LIST").splitlines()
                            if f" name={client} " in f" {line} " and re.search(r"\bssub=[1-9]", line)]
             assert subscribers, node.port
