@@ -5,14 +5,16 @@ The same set-up as bench/storm_instructions.py (production configuration, a redi
 its own, bench/socket_stub.py as the chats service, bench/socket_fanout.js's storms) but the
 gateway runs at full speed:
 
-    .venv/bin/python bench/storm_profile.py [--clients 1000] [--storms 6] [--tool cpu|py-spy|strace]
+    .venv/bin/python bench/storm_profile.py [--clients 1000] [--storms 6] [--tool cpu|py-spy|strace|gc]
 
 ``cpu`` (the default) prints the gateway's CPU seconds per storm (user + system, from
 /proc), for A/B runs of two checkouts (``--root``); ``py-spy`` records storms 2..K at 1,000
 samples/s and prints the functions with the most samples, self and inclusive (``--keep``
 keeps the collapsed stacks; py-spy samples without pausing the process, so some stacks lose
 their outer frames and the inclusive shares of the outermost ones read low); ``strace`` counts the gateway's system calls over storms 2..K
-and prints them per client. The first storm is the warm-up in every mode.
+and prints them per client; ``gc`` runs the gateway behind bench/gc_clock.py and prints the
+share of its CPU that went to the cycle collector, and its collections per generation. The
+first storm is the warm-up in every mode.
 
 Needs redis-server and node; py-spy (``pip install py-spy``) or strace for those modes.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import shutil
 import signal
@@ -85,6 +88,29 @@ def print_profile(path: str, top: int) -> None:
             print(f"{samples / total * 100:6.1f} %  {name}")
 
 
+def gc_totals(path: str) -> dict:
+    """bench/gc_clock.py's cumulative figures, once it wrote them again (it does every 0.1 s)."""
+    time.sleep(0.3)
+    with open(path) as f:
+        return json.load(f)
+
+
+def print_gc(before: dict, after: dict, cpu: float, storms: int, top: int) -> None:
+    seconds = [b - a for a, b in zip(before["seconds"], after["seconds"])]
+    collections_ = [b - a for a, b in zip(before["collections"], after["collections"])]
+    print(f"cycle collector: {sum(seconds) / storms:.3f} s per storm, {100 * sum(seconds) / cpu:.1f} % of the gateway's CPU")
+    for generation, (count, spent) in enumerate(zip(collections_, seconds)):
+        each = f", {1000 * spent / count:.2f} ms each" if count else ""
+        print(f"  generation {generation}: {count / storms:.1f} collections per storm, {spent / storms:.3f} s{each}")
+    censuses = after["censuses"] - before["censuses"]
+    if censuses:
+        types = collections.Counter(after["types"])
+        types.subtract(before["types"])
+        print(f"objects in generation 1 at a generation-1 collection (mean of {censuses} censuses):")
+        for name, count in types.most_common(top):
+            print(f"{count / censuses:10.0f}  {name}")
+
+
 def print_syscalls(path: str, clients: int) -> None:
     print(f"system calls per storm client ({clients} clients):")
     with open(path) as f:
@@ -99,8 +125,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=1000, help="clients per storm")
     parser.add_argument("--storms", type=int, default=6, help="storms; the first one is the warm-up")
-    parser.add_argument("--tool", choices=("cpu", "py-spy", "strace"), default="cpu")
-    parser.add_argument("--top", type=int, default=40, help="functions to print (py-spy)")
+    parser.add_argument("--tool", choices=("cpu", "py-spy", "strace", "gc"), default="cpu")
+    parser.add_argument("--top", type=int, default=40, help="functions (py-spy) or object types (gc) to print")
     parser.add_argument("--root", default=os.path.dirname(HERE), help="the checkout whose gateway runs")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
@@ -109,9 +135,10 @@ def main() -> None:
     shared.preflight(*{"py-spy": (), "strace": ("strace",)}.get(args.tool, ()))
     work = tempfile.mkdtemp(prefix="gw-storm-profile.")
     out = os.path.join(work, "profile.txt")
-    tool = None
+    prefix = [sys.executable, os.path.join(HERE, "gc_clock.py"), out] if args.tool == "gc" else []
+    tool, gc_before, gc_after = None, None, None
     try:
-        with shared.storm_gateway(work, "info", root=args.root) as (gateway, port, log_path):
+        with shared.storm_gateway(work, "info", prefix, root=args.root) as (gateway, port, log_path):
             disconnects, spent = 0, []
             for i in range(args.storms):
                 before = cpu_seconds(gateway.pid)
@@ -124,6 +151,9 @@ def main() -> None:
                       f"{spent[-1]:.2f} s; load {os.getloadavg()[0]:.2f}", flush=True)
                 if i == 0:
                     tool = attach(args.tool, gateway.pid, out)
+                    gc_before = gc_totals(out) if args.tool == "gc" else None
+            if gc_before is not None:
+                gc_after = gc_totals(out)
             if tool is not None:
                 tool.send_signal(signal.SIGINT)
                 tool.wait(60)
@@ -134,6 +164,8 @@ def main() -> None:
             print_profile(out, args.top)
         elif args.tool == "strace":
             print_syscalls(out, args.clients * (args.storms - 1))
+        elif gc_before is not None and gc_after is not None:
+            print_gc(gc_before, gc_after, sum(later), len(later), args.top)
         if args.keep:
             print(f"work directory: {work}")
     finally:
