@@ -80,8 +80,9 @@ class ClientCpu:
 
 
 class Target:
-    """One server under test (``gateway``, ``node``, ``traced`` or ``floor``: bench/socket_floor.py,
-    storms and idle sockets only) with a redis-server of its own."""
+    """One server under test (``gateway``, ``node``, ``traced``, or ``floor`` and ``raw``:
+    bench/socket_floor.py on Tornado and below it, storms and idle sockets only) with a
+    redis-server of its own."""
 
     def __init__(self, kind: str, stub_url: str, log_level: str, workdir: str):
         self.kind = kind
@@ -102,7 +103,8 @@ class Target:
         cmd = {"gateway": [sys.executable, "-m", "tornado_gateway"],
                "traced": [sys.executable, os.path.join(ROOT, "bench", "traced_gateway.py"), self.snapshots],
                "node": ["node", os.path.join(NODE_REF, "server.js")],
-               "floor": [sys.executable, os.path.join(ROOT, "bench", "socket_floor.py")]}[kind]
+               "floor": [sys.executable, os.path.join(ROOT, "bench", "socket_floor.py")],
+               "raw": [sys.executable, os.path.join(ROOT, "bench", "socket_floor.py"), "--raw"]}[kind]
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, timeout=30, proc=self.proc)
@@ -307,7 +309,7 @@ def main() -> None:
         targets = {k: Target(k, stub_url, args.log_level, workdir) for k in kinds}
         for round_ in range(args.rounds):
             order = kinds if round_ % 2 == 0 else kinds[::-1]
-            for kind in [k for k in order if k != "floor"] if not args.skip_fanout else ():
+            for kind in [k for k in order if k not in ("floor", "raw")] if not args.skip_fanout else ():
                 result = fanout(targets[kind], args, f"fan-{round_}-{kind}", stub.pid)
                 print(f"fan-out  {kind:8} load {load():5}: {json.dumps(result)}")
                 keep(kind, "deliveries/s", result["deliveriesPerSecond"])
@@ -320,7 +322,7 @@ def main() -> None:
                 keep(kind, "handshakes/s", result["handshakesPerSecond"])
                 keep(kind, "storm server CPU s", result["serverCpuSeconds"])
                 keep(kind, "storm failures", result["failures"])
-        for kind in [k for k in kinds if k != "floor"] if args.soak else ():
+        for kind in [k for k in kinds if k not in ("floor", "raw")] if args.soak else ():
             result = soak(targets[kind], args, f"soak-{kind}")
             print(f"soak     {kind:8} load {load():5}: {json.dumps(result)}")
             keep(kind, "RSS KiB/1000 msgs", result["rssKiBPer1000Messages"])
