@@ -143,11 +143,13 @@ class RawSocket(asyncio.Protocol):
 
 
 async def main() -> None:
+    # both floors listen with the gateway's backlog: Tornado's default of 128 overflows in a
+    # storm of 1,000, and the clients whose SYN was dropped retry a second later
     port = int(os.environ["PORT"])
     if "--raw" in sys.argv[1:]:
-        await asyncio.get_running_loop().create_server(RawSocket, "127.0.0.1", port, backlog=1024)  # as the gateway binds
+        await asyncio.get_running_loop().create_server(RawSocket, "127.0.0.1", port, backlog=1024)
     else:
-        tornado.web.Application([(r"/socket.io/", Socket)]).listen(port, "127.0.0.1")
+        tornado.web.Application([(r"/socket.io/", Socket)]).listen(port, "127.0.0.1", backlog=1024)
     await asyncio.Event().wait()
 
 

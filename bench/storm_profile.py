@@ -89,17 +89,22 @@ def print_profile(path: str, top: int) -> None:
             print(f"{samples / total * 100:6.1f} %  {name}")
 
 
-def gc_totals(path: str) -> dict:
-    """bench/gc_clock.py's cumulative figures, once it wrote them again (it does every 0.1 s)."""
+def gc_totals(path: str, pid: int) -> dict:
+    """bench/gc_clock.py's cumulative figures, once it wrote them again (it does every 0.1 s),
+    with the gateway's CPU seconds read at the same moment (``cpu``)."""
     time.sleep(0.3)
     with open(path) as f:
-        return json.load(f)
+        totals = json.load(f)
+    totals["cpu"] = cpu_seconds(pid)
+    return totals
 
 
-def print_gc(before: dict, after: dict, cpu: float, storms: int, top: int) -> None:
+def print_gc(before: dict, after: dict, storms: int, top: int) -> None:
+    cpu = after["cpu"] - before["cpu"]
     seconds = [b - a for a, b in zip(before["seconds"], after["seconds"])]
     collections_ = [b - a for a, b in zip(before["collections"], after["collections"])]
-    print(f"cycle collector: {sum(seconds) / storms:.3f} s per storm, {100 * sum(seconds) / cpu:.1f} % of the gateway's CPU")
+    print(f"cycle collector: {sum(seconds) / storms:.3f} s per storm, {100 * sum(seconds) / cpu:.1f} % of the "
+          f"gateway's CPU over the same time ({cpu / storms:.3f} s per storm, census included)")
     for generation, (count, spent) in enumerate(zip(collections_, seconds)):
         each = f", {1000 * spent / count:.2f} ms each" if count else ""
         print(f"  generation {generation}: {count / storms:.1f} collections per storm, {spent / storms:.3f} s{each}")
@@ -152,21 +157,21 @@ def main() -> None:
                       f"{spent[-1]:.2f} s; load {os.getloadavg()[0]:.2f}", flush=True)
                 if i == 0:
                     tool = attach(args.tool, gateway.pid, out)
-                    gc_before = gc_totals(out) if args.tool == "gc" else None
+                    gc_before = gc_totals(out, gateway.pid) if args.tool == "gc" else None
             if gc_before is not None:
-                gc_after = gc_totals(out)
+                gc_after = gc_totals(out, gateway.pid)
             if tool is not None:
                 tool.send_signal(signal.SIGINT)
                 tool.wait(60)
         later = spent[1:]
         print(f"gateway CPU per storm of {args.clients} (storms 2..{args.storms}): mean {sum(later) / len(later):.3f} s, "
-              f"min {min(later):.2f}, max {max(later):.2f}" + (f" (under {args.tool})" if tool else ""))
+              f"min {min(later):.2f}, max {max(later):.2f}" + (f" (under {args.tool})" if tool or prefix else ""))
         if args.tool == "py-spy":
             print_profile(out, args.top)
         elif args.tool == "strace":
             print_syscalls(out, args.clients * (args.storms - 1))
         elif gc_before is not None and gc_after is not None:
-            print_gc(gc_before, gc_after, sum(later), len(later), args.top)
+            print_gc(gc_before, gc_after, len(later), args.top)
         if args.keep:
             print(f"work directory: {work}")
     finally:
