@@ -79,6 +79,9 @@ class ClientCpu:
             time.sleep(0.2)
 
 
+FLOORS = ("floor", "raw")  # targets that answer storms and idle sockets only
+
+
 class Target:
     """One server under test (``gateway``, ``node``, ``traced``, or ``floor`` and ``raw``:
     bench/socket_floor.py on Tornado and below it, storms and idle sockets only) with a
@@ -309,7 +312,7 @@ def main() -> None:
         targets = {k: Target(k, stub_url, args.log_level, workdir) for k in kinds}
         for round_ in range(args.rounds):
             order = kinds if round_ % 2 == 0 else kinds[::-1]
-            for kind in [k for k in order if k not in ("floor", "raw")] if not args.skip_fanout else ():
+            for kind in [k for k in order if k not in FLOORS] if not args.skip_fanout else ():
                 result = fanout(targets[kind], args, f"fan-{round_}-{kind}", stub.pid)
                 print(f"fan-out  {kind:8} load {load():5}: {json.dumps(result)}")
                 keep(kind, "deliveries/s", result["deliveriesPerSecond"])
@@ -322,7 +325,7 @@ def main() -> None:
                 keep(kind, "handshakes/s", result["handshakesPerSecond"])
                 keep(kind, "storm server CPU s", result["serverCpuSeconds"])
                 keep(kind, "storm failures", result["failures"])
-        for kind in [k for k in kinds if k not in ("floor", "raw")] if args.soak else ():
+        for kind in [k for k in kinds if k not in FLOORS] if args.soak else ():
             result = soak(targets[kind], args, f"soak-{kind}")
             print(f"soak     {kind:8} load {load():5}: {json.dumps(result)}")
             keep(kind, "RSS KiB/1000 msgs", result["rssKiBPer1000Messages"])

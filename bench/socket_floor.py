@@ -98,7 +98,7 @@ class RawSocket(asyncio.Protocol):
                 if len(self.buffer) < at:
                     break
                 length = int.from_bytes(self.buffer[2:at], "big")
-            masked = second & 0x80  # a client's frames are
+            masked = second & 0x80  # always, from a client
             mask = self.buffer[at:at + 4]
             at += 4 if masked else 0
             if len(self.buffer) < at + length:

@@ -14,8 +14,7 @@ keeps the collapsed stacks; py-spy samples without pausing the process, so some 
 their outer frames and the inclusive shares of the outermost ones read low); ``strace`` counts the gateway's system calls over storms 2..K
 and prints them per client; ``gc`` runs the gateway behind bench/gc_clock.py and prints the
 share of its CPU that went to the cycle collector, its collections per generation and the
-object types a generation-1 collection scans. The
-first storm is the warm-up in every mode.
+object types a generation-1 collection scans. The first storm is the warm-up in every mode.
 
 Needs redis-server and node; py-spy (``pip install py-spy``) or strace for those modes.
 """
