@@ -535,3 +535,111 @@ async def test_fast_websocket_protocol_ends_the_socket_when_a_read_fails_at_once
     assert _TlsEcho.closed == [None]  # ended without a close frame, but ended
     raw.close()
     server.stop()
+
+
+class _Tracked(_Echo):
+    """Remembers its handlers, greets from a callback right after open, ends on "bye"."""
+
+    handlers: list = []
+    closed: list = []
+
+    def open(self) -> None:
+        _Tracked.handlers.append(self)
+        # runs after _receive_frame_loop began handing the socket over, before the transport exists
+        asyncio.get_running_loop().call_soon(self.write_message, "hello")
+
+    def on_message(self, message):  # type: ignore[no-untyped-def]
+        if message == "bye":
+            self.close(4000, "bye")
+        else:
+            super().on_message(message)
+
+    def on_close(self) -> None:
+        _Tracked.closed.append(self.close_code)
+
+
+async def _wait_for(predicate) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(500):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("never happened")
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_fast_websocket_protocol_moves_the_socket_to_a_transport_after_the_handshake():
+    # The handover leans on IOStream's _read_buffer_size, _write_buffer and _state (with
+    # IOLoop.remove_handler, as IOStream.close does) and on the protocol reaching its
+    # stream through self.stream only.
+    _Tracked.handlers, _Tracked.closed = [], []
+    sock, port = bind_unused_port()
+    server = HTTPServer(tornado.web.Application([("/ws", _Tracked)]))
+    server.add_sockets([sock])
+    stream = await _raw_websocket(port, "/ws")
+    assert await stream.read_bytes(7) == b"\x81\x05hello"  # written while the socket changed hands
+    handler = _Tracked.handlers[0]
+    assert tornado_compat.websocket_transport(handler) is not None
+    await stream.write(_client_frame(1, b"on"))
+    assert await stream.read_bytes(4) == b"\x81\x02on"
+    tornado_compat.write_now(handler.ws_connection.stream, b"\x81\x03now")  # the fan-out's writer
+    assert await stream.read_bytes(5) == b"\x81\x03now"
+    await stream.write(_client_frame(1, b"bye"))  # the server closes: close frame, then the socket
+    assert await stream.read_bytes(7) == b"\x88\x05\x0f\xa0bye"
+    await stream.write(_client_frame(8, b"\x0f\xa0"))  # the client's answer ends the handshake
+    await _wait_for(lambda: _Tracked.closed)
+    assert _Tracked.closed == [4000]
+    assert await stream.read_until_close() == b""  # and the server closed the connection
+
+    gone = await _raw_websocket(port, "/ws")  # a peer that goes away without a close frame
+    assert await gone.read_bytes(7) == b"\x81\x05hello"
+    gone_stream = _Tracked.handlers[1].ws_connection.stream
+    gone.close()
+    await _wait_for(lambda: len(_Tracked.closed) == 2)
+    assert _Tracked.closed[1] is None
+    with pytest.raises(StreamClosedError):  # a write after the end fails as on an IOStream
+        tornado_compat.write_now(gone_stream, b"\x81\x01x")
+    server.stop()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_fast_websocket_protocol_keeps_the_iostream_when_bytes_came_with_the_head():
+    # A frame in the same write as the upgrade request is in the IOStream's buffer when the
+    # socket would change hands: the IOStream keeps it, read by the chunk reader.
+    _Tracked.handlers, _Tracked.closed = [], []
+    sock, port = bind_unused_port()
+    server = HTTPServer(tornado.web.Application([("/ws", _Tracked)]))
+    server.add_sockets([sock])
+    stream = IOStream(socket.socket())
+    await stream.connect(("127.0.0.1", port))
+    await stream.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                       b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                       + _client_frame(1, b"early"))
+    await stream.read_until(b"\r\n\r\n")
+    answers = await stream.read_bytes(7 + 7)
+    assert sorted((answers[:7], answers[7:])) == [b"\x81\x05early", b"\x81\x05hello"]
+    assert tornado_compat.websocket_transport(_Tracked.handlers[0]) is None
+    stream.close()
+    await _wait_for(lambda: _Tracked.closed)
+    server.stop()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_transports_close_drops_what_a_peer_that_stopped_reading_left_unwritten():
+    # IOStream.close's rule: a peer that reads nothing cannot keep the connection open.
+    _Tracked.handlers, _Tracked.closed = [], []
+    sock, port = bind_unused_port()
+    server = HTTPServer(tornado.web.Application([("/ws", _Tracked)]))
+    server.add_sockets([sock])
+    stream = await _raw_websocket(port, "/ws")  # and never reads again
+    await _wait_for(lambda: _Tracked.handlers)
+    handler = _Tracked.handlers[0]
+    transport = tornado_compat.websocket_transport(handler)
+    assert transport is not None
+    frame = b"\x82\x7f" + (1 << 20).to_bytes(8, "big") + bytes(1 << 20)
+    for _ in range(64):  # 64 MiB: more than the kernel's buffers take
+        tornado_compat.write_now(handler.ws_connection.stream, frame)
+    assert transport.get_write_buffer_size() > 0
+    handler.ws_connection.stream.close()
+    await _wait_for(lambda: _Tracked.closed)  # connection_lost came: the socket is gone
+    stream.close()
+    server.stop()

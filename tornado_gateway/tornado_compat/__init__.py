@@ -13,7 +13,7 @@ from typing import Any, cast
 import tornado
 import tornado.web
 import tornado.websocket
-from tornado import gen, httputil
+from tornado import httputil
 from tornado.http1connection import HTTP1Connection
 from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
@@ -21,12 +21,9 @@ from tornado.concurrent import future_add_done_callback
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.netutil import _client_ssl_defaults
 from tornado.options import OptionParser
-from tornado.util import _websocket_mask
-from tornado.websocket import WebSocketProtocol, WebSocketProtocol13
 
 #: The Tornado releases these details were checked against (setup.py pins the same range).
 SUPPORTED = ((6, 6), (7, 0))
-_READ_CHUNK = 65536  # what a websocket reads at once (the frames in it are handled together)
 
 
 def check_version(version: tuple[int, ...] = tornado.version_info[:2]) -> None:
@@ -218,11 +215,15 @@ def _write_head(connection: HTTP1Connection, data: bytes, chunk: bytes | None) -
     return future
 
 
-def write_now(stream: IOStream, data: bytes) -> None:
+def write_now(stream: "IOStream | TransportStream", data: bytes) -> None:
     """Write ``data`` on a plain ``IOStream`` without its per-write Future when nothing is
     queued before it (``_write_buffer``, ``_connecting``, ``socket``): one ``send``; what the
     kernel did not take, and every other case, goes through ``IOStream.write`` (in order,
-    errors and closing handled there; a closed stream raises ``StreamClosedError``)."""
+    errors and closing handled there; a closed stream raises ``StreamClosedError``). A
+    websocket on a transport (``TransportStream``) hands it to the transport."""
+    if isinstance(stream, TransportStream):
+        stream.send(data)
+        return
     rest = _send_now(stream, data)
     if rest:
         stream.write(rest)
@@ -242,161 +243,8 @@ def _send_now(stream: IOStream, data: bytes) -> bytes:
     return data
 
 
-class _FastFrames(WebSocketProtocol13):
-    """Tornado's server websocket protocol, reading frames out of whole chunks, on callbacks.
+# after check_version: the websocket details are checked against the same releases
+from tornado_gateway.tornado_compat.websocket import (  # noqa: E402
+    TransportStream, fast_websocket_protocol, websocket_transport)
 
-    ``_receive_frame_loop`` awaits up to four ``read_bytes`` per frame (head, length,
-    mask, payload: a Future each), and keeps the handler's chain of coroutines (``_execute``,
-    ``get``, ``accept_connection``) and its task alive as long as the socket: some 4 KiB
-    per idle websocket. Here ``_receive_frame_loop`` starts a :class:`_ChunkReader` and
-    returns, so that chain ends once the socket is open; the reader asks for whatever
-    arrived with one ``read_bytes(partial=True)`` at a time and takes every complete frame
-    out of it, handing each message to Tornado's ``_handle_message`` as its loop would
-    (text decoding, ping/pong, close; a coroutine ``on_message`` is waited for before the
-    next message). Same refusals as Tornado: reserved bits or a long control frame abort,
-    a fragmented control frame or a stray continuation abort, a message over
-    ``max_message_size`` closes with 1009. A compressed connection keeps Tornado's loop.
-    """
-
-    async def _receive_frame_loop(self) -> None:
-        if self._decompressor is not None:
-            await super()._receive_frame_loop()
-            return
-        _ChunkReader(self).read()
-
-    def _take_frames(self, buffer: bytes) -> tuple[int, int, "asyncio.Future | None"]:
-        """Handle the complete frames at the start of ``buffer``: (bytes used, bytes the next
-        frame needs from there as far as its head tells, the future of a message handler
-        still running: the frames after it wait for it, as in Tornado's loop)."""
-        pos, end = 0, len(buffer)
-        max_size = self.params.max_message_size
-        while not self.client_terminated:
-            if end - pos < 2:
-                return pos, 2, None
-            head, second = buffer[pos], buffer[pos + 1]
-            opcode = head & 0x0F
-            length = second & 0x7F
-            if head & 0x70 or (opcode & 0x8 and length >= 126):
-                self._abort()  # an extension nobody agreed on, or a long control frame
-                break
-            at = pos + 2
-            if length >= 126:
-                extra = 2 if length == 126 else 8
-                if end - at < extra:
-                    return pos, 2 + extra, None
-                length = int.from_bytes(buffer[at:at + extra], "big")
-                at += extra
-            fragments = self._fragmented_message_buffer
-            if length + (len(fragments) if fragments is not None else 0) > max_size:
-                self.close(1009, "message too big")
-                self._abort()
-                break
-            mask_at = at
-            if second & 0x80:
-                at += 4
-            if end - at < length:
-                return pos, at + length - pos, None
-            if second & 0x80:
-                data = _websocket_mask(buffer[mask_at:at], buffer[at:at + length])
-            else:
-                data = buffer[at:at + length]
-            pos = at + length
-            final = head & 0x80
-            if opcode & 0x8:
-                if not final:
-                    self._abort()  # control frames are never fragmented
-                    break
-            elif opcode == 0:
-                if fragments is None:
-                    self._abort()  # nothing to continue
-                    break
-                fragments.extend(data)
-                if final:
-                    opcode = cast(int, self._fragmented_message_opcode)
-                    data = bytes(fragments)
-                    self._fragmented_message_buffer = None
-            elif fragments is not None:
-                self._abort()  # a new message before the fragmented one ended
-                break
-            elif not final:
-                self._fragmented_message_opcode = opcode  # type: ignore[assignment]  # Tornado types it None
-                self._fragmented_message_buffer = bytearray(data)
-            if final:
-                handled = self._handle_message(opcode, data)
-                if handled is not None:
-                    return pos, 0, gen.convert_yielded(handled)
-        return pos, 0, None
-
-
-
-
-class _ChunkReader:
-    """The frame reader of one :class:`_FastFrames` connection: one pending ``read_bytes``
-    and its callback, no task; ``on_ws_connection_close`` once at the end, as Tornado's loop."""
-
-    __slots__ = ("protocol", "buffer", "need")
-
-    def __init__(self, protocol: _FastFrames) -> None:
-        self.protocol = protocol
-        self.buffer = b""
-        self.need = 0  # bytes the frame at the start of the buffer needs, when its head tells
-
-    def read(self) -> None:
-        protocol = self.protocol
-        if protocol.client_terminated:
-            self._end()
-            return
-        try:
-            if self.buffer and self.need > len(self.buffer):  # the rest of a frame: just that
-                future = protocol.stream.read_bytes(self.need - len(self.buffer))
-            else:
-                future = protocol.stream.read_bytes(_READ_CHUNK, partial=True)
-        except BaseException as error:  # closed, or failed at once (a TLS record that does not decrypt)
-            self._failed(error)
-            return
-        cast("asyncio.Future[bytes]", future).add_done_callback(self._arrived)
-
-    def _arrived(self, future: "asyncio.Future[bytes]") -> None:
-        protocol = self.protocol
-        try:
-            chunk = future.result()
-        except BaseException as error:
-            self._failed(error)
-            return
-        protocol._wire_bytes_in += len(chunk)
-        self.buffer = self.buffer + chunk if self.buffer else chunk
-        self._take()
-
-    def _take(self, _: object = None) -> None:
-        try:
-            used, self.need, running = self.protocol._take_frames(self.buffer)
-        except BaseException:
-            self.protocol._abort()
-            self._end()
-            raise
-        self.buffer = self.buffer[used:]
-        if running is not None:  # a message handler still running: the rest waits for it
-            running.add_done_callback(self._take)
-        else:
-            self.read()
-
-    def _failed(self, error: BaseException) -> None:
-        """A read failed: the socket aborted and ended; an error other than the stream closing
-        is raised on (logged by the loop's exception handler, or for the first read as an
-        uncaught exception of the request)."""
-        self.protocol._abort()
-        self._end()
-        if not isinstance(error, StreamClosedError):
-            raise error
-
-    def _end(self) -> None:
-        protocol = self.protocol
-        protocol.handler.on_ws_connection_close(protocol.close_code, protocol.close_reason)
-
-
-def fast_websocket_protocol(handler: tornado.websocket.WebSocketHandler) -> WebSocketProtocol | None:
-    """``get_websocket_protocol`` for a server handler: Tornado's protocol with the chunk reader."""
-    protocol = tornado.websocket.WebSocketHandler.get_websocket_protocol(handler)
-    if type(protocol) is WebSocketProtocol13:
-        protocol.__class__ = _FastFrames
-    return protocol
+__all__ = [name for name in dir() if not name.startswith("_")]
