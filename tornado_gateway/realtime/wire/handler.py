@@ -9,7 +9,6 @@ from typing import Any, Awaitable, cast
 
 import tornado.web
 import tornado.websocket
-from engineio import packet as eio_packet
 from engineio.async_drivers.tornado import get_tornado_handler
 from tornado.http1connection import HTTP1Connection
 
@@ -17,7 +16,7 @@ from tornado_gateway import tornado_compat
 from tornado_gateway.edge.responses import LingeringClose, finish_error
 from tornado_gateway.errors import GatewayError
 from tornado_gateway.realtime.origin_refusal import ORIGIN_REFUSED, OriginRefusal, websocket_handshake
-from tornado_gateway.realtime.wire.lean import ENGINEIO_TYPES, LeanSocket, _spawn, protocol_error
+from tornado_gateway.realtime.wire.lean import LeanReceiver
 
 log = logging.getLogger("tornado_gateway.realtime")
 
@@ -30,12 +29,13 @@ def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
     max_body = max_payload + 1024  # a polling POST may carry a few packets' framing
 
     @tornado.web.stream_request_body
-    class SocketIOHandler(LingeringClose, base):  # type: ignore[valid-type,misc]
+    class SocketIOHandler(LingeringClose, base, LeanReceiver):  # type: ignore[valid-type,misc]
         """Streams request bodies so that prepare() can bound a polling POST before it is read:
         an oversized one is refused without buffering it (the server allows up to the largest
         route's body size)."""
 
         route_name = "socket.io"  # access log and metrics label
+        receive_fast = realtime.manager.receive_fast
         _chunks: list[bytes] | None = None
 
         def get_compression_options(self) -> None:
@@ -66,10 +66,6 @@ def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
                 headers[name] = value
             headers["Vary"] = "Origin"
 
-        direct_eio_sid = None  # set once the socket is written directly (websocket from the start)
-        lean_socket: "LeanSocket | None" = None  # the LeanSocket this websocket drives
-        _backlog: list | None = None  # a lean socket's messages behind one engineio is handling
-
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             # engineio's handler makes an asyncio.Queue per connection in __init__; only a
             # websocket upgraded from polling reads it, so it is made on first use instead
@@ -92,54 +88,21 @@ def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
             return queue
 
         def on_message(self, message: Any) -> None:
-            """Events and acks of a direct websocket go straight to the gateway, in arrival
-            order; anything else through engineio (a lean socket: one task while it runs;
-            a socket upgraded from polling: engineio's queue, as before it, anything)."""
+            """A lean socket's messages as LeanReceiver takes them; a socket upgraded from
+            polling: through engineio's queue, as before it, except an event or ack that
+            finds the queue empty."""
             if self.refusal is not None:
                 self.refusal.received(message)
                 return
-            if type(message) is str and message[:1] not in ENGINEIO_TYPES:
-                protocol_error(self.direct_eio_sid, "engine.io", ValueError(f"packet type {message[:1]!r}"))
-                self.close(1002, "parse error")  # closing the transport ends the socket
+            if self.take_message(message):
                 return
-            if self.lean_socket is not None:
-                if self._backlog is not None:
-                    self._backlog.append(message)
-                elif not self._fast(message):
-                    self._backlog = []
-                    _spawn(self._lean_receive(message))
-                return
-            if self.receive_queue.empty() and self._fast(message):
+            if self.receive_queue.empty() and self.fast(message):
                 return
             self.receive_queue.put_nowait(message)
 
-        def _fast(self, message: Any) -> bool:
-            eio_sid = self.direct_eio_sid
-            return bool(eio_sid is not None and type(message) is str and message[:1] == "4"
-                        and realtime.manager.receive_fast(eio_sid, message[1:]))
-
-        async def _lean_receive(self, message: Any) -> None:
-            """Packets of a lean socket that engineio handles (connect, pong, close), in order."""
-            socket = cast(LeanSocket, self.lean_socket)
-            try:
-                while True:
-                    if not self._fast(message):
-                        await socket.receive(eio_packet.Packet(encoded_packet=message))
-                    if not self._backlog:
-                        return
-                    message = self._backlog.pop(0)
-            except Exception:
-                log.exception("socket.io packet failed; closing the socket")
-                await socket.close(wait=False, abort=True)
-            finally:
-                self._backlog = None
-
         def on_close(self) -> None:
-            socket = self.lean_socket
-            if socket is None:
+            if not self.lean_closed():
                 super().on_close()
-            elif not socket.closed:
-                _spawn(socket.close(wait=False, abort=True, reason=socket.server.reason.TRANSPORT_CLOSE))
 
         def prepare(self) -> None:
             origin = self.request.headers.get("Origin")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from engineio import packet as eio_packet
 from engineio.async_socket import AsyncSocket
@@ -101,6 +101,68 @@ class LeanSocket(AsyncSocket):
         if not was_closed and handler is not None:
             self.writer.flush_one(handler)
             handler.close()
+
+
+class LeanReceiver:
+    """What a websocket does with its incoming messages (the Tornado handler of /socket.io/
+    and :class:`~tornado_gateway.realtime.wire.direct.DirectSocket`): events and acks of a
+    directly written socket go straight to the gateway, in arrival order; other packets of a
+    lean socket to engineio, one task while it runs and the later ones behind it."""
+
+    receive_fast: Any = None  # the node manager's receive_fast(eio_sid, text), set per class
+    direct_eio_sid: str | None = None  # set once the socket is written directly
+    lean_socket: "LeanSocket | None" = None  # the LeanSocket this websocket drives
+    _backlog: list | None = None  # a lean socket's messages behind one engineio is handling
+
+    if TYPE_CHECKING:  # what the websocket class itself provides
+        def close(self, code: int | None = None, reason: str | None = None) -> None: ...
+
+    def take_message(self, message: Any) -> bool:
+        """Handle ``message`` if it is not an Engine.IO packet (the transport is closed) or
+        the socket is lean; False leaves it to the caller (a socket upgraded from polling)."""
+        if type(message) is str and message[:1] not in ENGINEIO_TYPES:
+            protocol_error(self.direct_eio_sid, "engine.io", ValueError(f"packet type {message[:1]!r}"))
+            self.close(1002, "parse error")  # closing the transport ends the socket
+            return True
+        if self.lean_socket is None:
+            return False
+        if self._backlog is not None:
+            self._backlog.append(message)
+        elif not self.fast(message):
+            self._backlog = []
+            _spawn(self._lean_receive(message))
+        return True
+
+    def fast(self, message: Any) -> bool:
+        """An EVENT or ACK of a directly written socket, handled now (True)."""
+        eio_sid = self.direct_eio_sid
+        return bool(eio_sid is not None and type(message) is str and message[:1] == "4"
+                    and self.receive_fast(eio_sid, message[1:]))
+
+    async def _lean_receive(self, message: Any) -> None:
+        """Packets of a lean socket that engineio handles (connect, pong, close), in order."""
+        socket = cast(LeanSocket, self.lean_socket)
+        try:
+            while True:
+                if not self.fast(message):
+                    await socket.receive(eio_packet.Packet(encoded_packet=message))
+                if not self._backlog:
+                    return
+                message = self._backlog.pop(0)
+        except Exception:
+            log.exception("socket.io packet failed; closing the socket")
+            await socket.close(wait=False, abort=True)
+        finally:
+            self._backlog = None
+
+    def lean_closed(self) -> bool:
+        """The websocket ended: its lean socket closes (False when it has none)."""
+        socket = self.lean_socket
+        if socket is None:
+            return False
+        if not socket.closed:
+            _spawn(socket.close(wait=False, abort=True, reason=socket.server.reason.TRANSPORT_CLOSE))
+        return True
 
 
 class _WriteThrough:
