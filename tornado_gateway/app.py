@@ -152,7 +152,8 @@ class Gateway:
             *self.realtime.handlers(),  # /socket.io/
             (r"/api/presence", PresenceHandler),
         ]
-        return PublicRouter(self, self._application(handlers), "|".join(path for path, _ in handlers))
+        return PublicRouter(self, self._application(handlers), "|".join(path for path, _ in handlers),
+                            self.realtime.upgrades())
 
     def internal_app(self) -> tornado.web.Application:
         return self._application(internal_handlers(self.settings))

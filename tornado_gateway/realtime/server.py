@@ -92,6 +92,10 @@ class Realtime(OrderedDispatch):
     def handlers(self) -> list:
         return [(r"/socket.io/", wire.make_socket_handler(self))]
 
+    def upgrades(self) -> wire.DirectUpgrade:
+        """Plain websocket connects of /socket.io/, answered below the Tornado handler."""
+        return wire.DirectUpgrade(self)
+
     async def start(self) -> None:
         wire.initialize_manager(self.sio)
         self.presence.start()

@@ -245,6 +245,6 @@ def _send_now(stream: IOStream, data: bytes) -> bytes:
 
 # after check_version: the websocket details are checked against the same releases
 from tornado_gateway.tornado_compat.websocket import (  # noqa: E402
-    TransportStream, fast_websocket_protocol, websocket_transport)
+    TransportStream, fast_websocket_protocol, read_frames, server_websocket, websocket_transport)
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -16,7 +16,7 @@ from tornado import gen
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.util import _websocket_mask
-from tornado.websocket import WebSocketProtocol, WebSocketProtocol13
+from tornado.websocket import WebSocketProtocol, WebSocketProtocol13, _WebSocketParams
 
 _READ_CHUNK = 65536  # what a websocket reads at once (the frames in it are handled together)
 
@@ -312,3 +312,19 @@ def fast_websocket_protocol(handler: tornado.websocket.WebSocketHandler) -> WebS
     if type(protocol) is WebSocketProtocol13:
         protocol.__class__ = _FastFrames
     return protocol
+
+
+def server_websocket(delegate: Any, stream: IOStream, max_message_size: int) -> WebSocketProtocol:
+    """A server websocket on a detached ``stream`` whose upgrade was answered without a
+    WebSocketHandler, for any ``delegate`` with what Tornado's protocol calls on a handler
+    (``on_message``, ``on_ping``, ``on_pong``, ``on_ws_connection_close``, ``log_exception``,
+    ``close_code``, ``close_reason``): no compression, no pings of its own (``_WebSocketParams``).
+    Its frames are read once :func:`read_frames` runs."""
+    protocol = _FastFrames(delegate, False, _WebSocketParams(max_message_size=max_message_size))
+    protocol.stream = stream
+    return protocol
+
+
+async def read_frames(protocol: WebSocketProtocol) -> None:
+    """Start reading a :func:`server_websocket`'s frames (on a transport where it can)."""
+    await cast(_FastFrames, protocol)._receive_frame_loop()

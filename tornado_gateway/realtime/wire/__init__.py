@@ -6,6 +6,7 @@ Why each internal is used: docs/architecture.md; pinned by tests/realtime/test_w
 from tornado_gateway.codec import SocketJSON
 from tornado_gateway.codec import dumps as _dumps
 from tornado_gateway.realtime.wire.delivery import ACK_WINDOW, ACKED_EVENT, FastDelivery, _frame, _write_frames
+from tornado_gateway.realtime.wire.direct import DirectSocket, DirectUpgrade
 from tornado_gateway.realtime.wire.handler import make_socket_handler
 from tornado_gateway.realtime.wire.lean import (ENGINEIO_TYPES, LeanSocket, Pinger, _spawn, adopt, configure,
                                                 protocol_error)
@@ -14,7 +15,7 @@ from tornado_gateway.realtime.wire.server import (GatewaySocketServer, StrictPac
                                                   send_ack_packet, slim_environ, write_directly)
 
 __all__ = [
-    "ACKED_EVENT", "ACK_WINDOW", "CONTROL_METHODS", "ENGINEIO_TYPES", "FastDelivery", "GatewaySocketServer",
+    "ACKED_EVENT", "ACK_WINDOW", "CONTROL_METHODS", "DirectSocket", "DirectUpgrade", "ENGINEIO_TYPES", "FastDelivery", "GatewaySocketServer",
     "LeanSocket", "Pinger", "RedisManagerBase", "RoomHooks", "RoomIndex", "SocketJSON", "StrictPacket", "_dumps",
     "_frame",
     "_spawn", "_write_frames", "adopt", "configure", "eio_socket", "initialize_manager", "make_socket_handler",

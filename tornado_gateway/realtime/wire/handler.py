@@ -35,7 +35,6 @@ def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
         route's body size)."""
 
         route_name = "socket.io"  # access log and metrics label
-        receive_fast = realtime.manager.receive_fast
         _chunks: list[bytes] | None = None
 
         def get_compression_options(self) -> None:
@@ -116,6 +115,10 @@ def make_socket_handler(realtime: Any) -> type[tornado.web.RequestHandler]:
                     self._refuse(403, "FORBIDDEN", "origin not allowed")
             elif gateway.draining and "sid" not in self.request.query_arguments:
                 self._refuse(503, "DRAINING", "this node is shutting down")
+            elif self.request.query_arguments.get("EIO", (b"",))[0] != b"4":
+                # engineio refuses other versions only after a websocket upgrade, where it
+                # cannot answer (the client would wait on an open websocket): refused here
+                self._refuse(400, "VALIDATION_FAILED", "unsupported Engine.IO protocol version (EIO=4 expected)")
             elif self.request.method == "POST":
                 self._chunks = []
                 cast(HTTP1Connection, self.request.connection).set_max_body_size(max_body)  # chunked too

@@ -109,7 +109,6 @@ class LeanReceiver:
     directly written socket go straight to the gateway, in arrival order; other packets of a
     lean socket to engineio, one task while it runs and the later ones behind it."""
 
-    receive_fast: Any = None  # the node manager's receive_fast(eio_sid, text), set per class
     direct_eio_sid: str | None = None  # set once the socket is written directly
     lean_socket: "LeanSocket | None" = None  # the LeanSocket this websocket drives
     _backlog: list | None = None  # a lean socket's messages behind one engineio is handling
@@ -137,7 +136,7 @@ class LeanReceiver:
         """An EVENT or ACK of a directly written socket, handled now (True)."""
         eio_sid = self.direct_eio_sid
         return bool(eio_sid is not None and type(message) is str and message[:1] == "4"
-                    and self.receive_fast(eio_sid, message[1:]))
+                    and LeanSocket.writer.receive_fast(eio_sid, message[1:]))
 
     async def _lean_receive(self, message: Any) -> None:
         """Packets of a lean socket that engineio handles (connect, pong, close), in order."""

@@ -12,6 +12,7 @@ from socketio import packet as sio_packet
 
 from tornado_gateway import tornado_compat
 from tornado_gateway.codec import SocketJSON
+from tornado_gateway.realtime.wire.direct import DirectSocket
 from tornado_gateway.realtime.wire.lean import _spawn, adopt, protocol_error
 
 _ENVIRON_KEPT = ("tornado.handler", "HTTP_AUTHORIZATION", "REMOTE_ADDR")
@@ -110,7 +111,11 @@ def slim_environ(sio: socketio.AsyncServer, eio_sid: str | None, environ: dict) 
     """A connected websocket keeps only what a later connect of "/" reads from its environ."""
     if eio_sid is not None and sio.environ.get(eio_sid) is environ:
         sio.environ[eio_sid] = {k: environ[k] for k in _ENVIRON_KEPT if k in environ}
-    tornado_compat.drop_handshake(environ["tornado.handler"])
+    handler = environ["tornado.handler"]
+    if isinstance(handler, DirectSocket):
+        handler.forget_handshake()
+    else:
+        tornado_compat.drop_handshake(handler)
 
 
 async def send_ack_packet(sio: socketio.AsyncServer, eio_sid: str, ack_id: int, reply: dict) -> None:

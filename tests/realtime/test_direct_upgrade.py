@@ -1,0 +1,178 @@
+"""A plain websocket connect of /socket.io/ is answered below the Tornado handler
+(realtime/wire/direct.py): the same 101 as the handler's, the same socket afterwards, any
+odd spelling the handler accepts; everything else is still the handler's answer."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import types
+
+import pytest
+from tornado import httputil
+
+from harness import ORIGIN, make_token
+from tornado_gateway.edge.security_headers import SECURITY_HEADERS
+from tornado_gateway.realtime.wire import LeanSocket
+from tornado_gateway.realtime.wire.direct import DirectUpgrade
+
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def _accept(key: str) -> str:
+    return base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+
+
+async def _upgrade(port: int, head: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str, dict]:
+    """Send a request head; read the answer's head: (reader, writer, status line, headers)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head.replace("\n", "\r\n").encode("latin-1") + b"\r\n")
+    answer = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+    status, _, rest = answer.partition("\r\n")
+    headers = httputil.HTTPHeaders.parse(rest)
+    return reader, writer, status, dict(headers.get_all())
+
+
+def _frame(text: str) -> bytes:
+    """A masked client text frame."""
+    payload, mask = text.encode(), os.urandom(4)
+    size = len(payload)
+    head = bytes([0x81, 0x80 | size]) if size < 126 else bytes([0x81, 0x80 | 126]) + size.to_bytes(2, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def _text(reader: asyncio.StreamReader) -> str:
+    """The next server text frame (unmasked, short)."""
+    head = await reader.readexactly(2)
+    size = head[1] & 0x7F
+    if size == 126:
+        size = int.from_bytes(await reader.readexactly(2), "big")
+    return (await reader.readexactly(size)).decode()
+
+
+def _request(key: str, *extra: str, query: str = "EIO=4&transport=websocket") -> str:
+    lines = [f"GET /socket.io/?{query} HTTP/1.1", "Host: gw.test", "Upgrade: websocket",
+             "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
+             f"Origin: {ORIGIN}", *extra]
+    return "\n".join(lines) + "\n"
+
+
+async def _connects(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, user: str) -> None:
+    """Engine.IO open, then a Socket.IO connect with a token is answered."""
+    opened = await _text(reader)
+    assert opened.startswith("0{") and json.loads(opened[1:])["upgrades"] == []
+    writer.write(_frame("40" + json.dumps({"token": make_token(user)})))
+    answer = await _text(reader)
+    assert answer.startswith("40{") and "sid" in json.loads(answer[2:]), answer
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_direct_101_is_the_handlers_and_the_socket_connects(gateway):
+    key = base64.b64encode(os.urandom(16)).decode()
+    reader, writer, status, direct = await _upgrade(gateway.port, _request(key))
+    assert status == "HTTP/1.1 101 Switching Protocols"
+    assert direct["Sec-Websocket-Accept"] == _accept(key)
+    for name, value in SECURITY_HEADERS:  # SPEC §4: on every response
+        assert direct[httputil._normalize_header(name)] == value
+    assert (direct["Vary"], direct["Upgrade"], direct["Connection"]) == ("Origin", "websocket", "Upgrade")
+    assert "Sec-Websocket-Extensions" not in direct  # no compression, though the client offers it
+    await _connects(reader, writer, "direct-1")
+    # A body on the GET is not the direct path's case: the Tornado handler answers it, and
+    # both answers carry the same headers in the same order (the date aside).
+    reader2, writer2, status2, handled = await _upgrade(gateway.port, _request(key, "Content-Length: 0"))
+    assert status2 == status
+    assert [k for k in handled if k != "Date"] == [k for k in direct if k != "Date"]
+    assert {k: v for k, v in handled.items() if k != "Date"} == {k: v for k, v in direct.items() if k != "Date"}
+    await _connects(reader2, writer2, "direct-2")
+    for w in (writer, writer2):
+        w.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_odd_spellings_the_handler_accepts_are_accepted(gateway):
+    key = base64.b64encode(os.urandom(16)).decode()
+    head = (f"GET /socket.io/?t=PqR&EIO=4&transport=websocket HTTP/1.1\nhost: gw.test\nupgrade: WebSocket\n"
+            f"connection: keep-alive, Upgrade\nsec-websocket-key: {key}\nsec-websocket-version: 13\n"
+            f"sec-websocket-extensions: permessage-deflate; client_max_window_bits\norigin: {ORIGIN}\n")
+    reader, writer, status, headers = await _upgrade(gateway.port, head)
+    assert status.startswith("HTTP/1.1 101 ") and headers["Sec-Websocket-Accept"] == _accept(key)
+    await _connects(reader, writer, "odd-1")
+    writer.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_what_the_direct_path_leaves_alone_gets_the_handlers_answers(gateway):
+    key = base64.b64encode(os.urandom(16)).decode()
+    _, writer, status, headers = await _upgrade(gateway.port, _request(key).replace(
+        "Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8"))
+    assert status.startswith("HTTP/1.1 426 ") and headers["Sec-Websocket-Version"] == "13"
+    writer.close()
+    reader, writer, status, headers = await _upgrade(gateway.port, _request(key, query="EIO=3&transport=websocket"))
+    assert status.startswith("HTTP/1.1 400 ")  # an old protocol: refused before the upgrade
+    body = await reader.readexactly(int(headers["Content-Length"]))
+    assert json.loads(body)["error"]["code"] == "VALIDATION_FAILED"
+    writer.close()
+    _, writer, status, _ = await _upgrade(gateway.port, "GET /socket.io/?EIO=3&transport=polling HTTP/1.1\n"
+                                                        f"Host: gw.test\nOrigin: {ORIGIN}\n")
+    assert status.startswith("HTTP/1.1 400 ")  # and on polling
+    writer.close()
+    _, writer, status, _ = await _upgrade(gateway.port, _request(key).replace(f"Origin: {ORIGIN}",
+                                                                             "Origin: http://evil.test"))
+    assert status.startswith("HTTP/1.1 101 ")  # the handler's refusal: a connect_error after the open
+    writer.close()
+
+
+def _realtime(draining: bool = False) -> types.SimpleNamespace:
+    origins = [ORIGIN]
+    return types.SimpleNamespace(
+        gateway=types.SimpleNamespace(security_headers=SECURITY_HEADERS, draining=draining),
+        settings=types.SimpleNamespace(socket_max_payload=1000), origin_allowed=lambda o: o is None or o in origins)
+
+
+_GOOD = {"Host": "h", "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "a2V5a2V5a2V5a2V5a2V5aw==",
+         "Sec-WebSocket-Version": "13", "Origin": ORIGIN}
+
+
+@pytest.mark.parametrize("line, change, taken", [
+    ("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1", {}, True),
+    ("GET /socket.io/?EIO=4&transport=websocket&t=x HTTP/1.1", {"Origin": None}, True),  # no Origin: a native client
+    ("GET /socket.io/?EIO=4&transport=websocket&sid=abc HTTP/1.1", {}, False),  # an upgrade from polling
+    ("GET /socket.io/?EIO=4&transport=polling HTTP/1.1", {}, False),
+    ("GET /socket.io/?EIO=3&transport=websocket HTTP/1.1", {}, False),
+    ("GET /socket.io?EIO=4&transport=websocket HTTP/1.1", {}, False),
+    ("POST /socket.io/?EIO=4&transport=websocket HTTP/1.1", {}, False),
+    ("GET /socket.io/?EIO=4&transport=websocket HTTP/1.0", {}, False),
+    ("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1", {"Upgrade": "h2c"}, False),
+    ("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1", {"Connection": "keep-alive"}, False),
+    ("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1", {"Sec-WebSocket-Version": "8"}, False),
+    ("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1", {"Sec-WebSocket-Key": None}, False),
+    ("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1", {"Host": None}, False),
+    ("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1", {"Content-Length": "0"}, False),
+    ("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1", {"Transfer-Encoding": "chunked"}, False),
+    ("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1", {"Origin": "http://evil.test"}, False),
+    ("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1",
+     {"Origin": None, "Sec-WebSocket-Origin": "http://evil.test"}, False),
+])
+def test_which_requests_the_direct_path_takes(line, change, taken, monkeypatch):
+    monkeypatch.setattr(LeanSocket, "writer", object())  # a node's manager is configured
+    headers = httputil.HTTPHeaders()
+    for name, value in {**_GOOD, **change}.items():
+        if value is not None:
+            headers.add(name, value)
+    upgrade = DirectUpgrade(_realtime())
+    assert upgrade._acceptable(httputil.parse_request_start_line(line), headers) is taken
+    assert DirectUpgrade(_realtime(draining=True))._acceptable(
+        httputil.parse_request_start_line(line), headers) is False  # draining: the handler's 503
+
+
+@pytest.mark.gen_test
+async def test_the_public_router_offers_socket_io_upgrades_to_the_direct_path():
+    from tornado_gateway import config
+    from tornado_gateway.app import Gateway
+
+    gateway = Gateway(config.load(["gw"], {"REDIS_URL": "memory://", "ALLOWED_ORIGINS": ORIGIN}))
+    router = gateway.public_router()
+    assert isinstance(router.upgrades, DirectUpgrade) and router.upgrades.realtime is gateway.realtime

@@ -1,0 +1,157 @@
+"""Plain websocket connects of ``/socket.io/`` answered on the connection: ``DirectUpgrade``
+decides and writes the 101, ``DirectSocket`` is what engineio and the gateway then hold as
+the socket's handler. Every other request of the path goes to the Tornado handler."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+from urllib.parse import parse_qs
+
+from tornado import httputil
+from tornado.http1connection import HTTP1Connection
+from tornado.websocket import WebSocketProtocol13
+
+from tornado_gateway import tornado_compat
+from tornado_gateway.edge.responses import log_request
+from tornado_gateway.realtime.wire.lean import LeanReceiver, LeanSocket, _spawn
+
+log = logging.getLogger("tornado_gateway.realtime")
+PATH = "/socket.io/"
+
+
+class DirectSocket(LeanReceiver):
+    """A websocket upgraded by :class:`DirectUpgrade`: what Tornado's websocket protocol
+    calls on its handler, what engineio's Tornado driver and the gateway use of one
+    (``request``, ``ws_connection``, ``close``), and the access line's attributes."""
+
+    route_name = "socket.io"
+    request_id = user_id = upstream_name = client_ip = None  # nothing of these on a 101
+    close_code: int | None = None
+    close_reason: str | None = None
+
+    def __init__(self, request: httputil.HTTPServerRequest | None, client_ip: str) -> None:
+        self.request = request
+        self.socket_client_ip = client_ip  # what _on_connect reads instead of the request
+        self.ws_connection: Any = None  # Tornado's protocol while the websocket runs
+        self.ended = False
+
+    def get_status(self) -> int:
+        return 101
+
+    def set_status(self, *args: Any) -> None:
+        raise RuntimeError("a websocket answered already")  # engineio's make_response skips it
+
+    def forget_handshake(self) -> None:
+        """The socket is connected: its request (headers, connection) is never read again."""
+        self.request = None
+
+    def on_message(self, message: Any) -> None:
+        if not self.take_message(message):  # only lean sockets are upgraded here
+            self.close(1011, "unexpected message")
+
+    def on_ping(self, data: bytes) -> None:
+        pass
+
+    def on_pong(self, data: bytes) -> None:
+        pass
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        log.error("socket.io websocket failed", exc_info=(typ, value, tb))
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        connection = self.ws_connection
+        if connection is not None:
+            connection.close(code, reason)
+            self.ws_connection = None
+
+    def on_ws_connection_close(self, close_code: int | None = None, close_reason: str | None = None) -> None:
+        self.close_code, self.close_reason = close_code, close_reason
+        self.ws_connection = None
+        if not self.ended:
+            self.ended = True
+            self.lean_closed()
+
+
+class DirectUpgrade:
+    """Answers a plain websocket connect of ``/socket.io/`` (the client's first request, with
+    the websocket transport) below Tornado's RequestHandler: the same checks and the same 101
+    as the Tornado handler, without routing, a handler object, its task and its second
+    origin check. Anything else, a refusal included, is left to that handler (``take``
+    returns False): polling, upgrades from polling (``sid``), draining, a refused origin,
+    other Engine.IO versions, a version other than 13, a body, or a missing header."""
+
+    def __init__(self, realtime: Any) -> None:
+        self.realtime = realtime
+        lines = [f"{name}: {value}\r\n" for name, value in realtime.gateway.security_headers]
+        lines += ["Vary: Origin\r\n", "Upgrade: websocket\r\n", "Connection: Upgrade\r\n"]
+        text = "".join(lines)
+        if text.count("\n") != len(lines) or text.count("\r") != len(lines):
+            raise ValueError("Illegal characters (CR or LF) in a security header")
+        self.head = text.encode("latin-1")
+        self.max_message_size = realtime.settings.socket_max_payload + 1024
+        self._date: tuple[int, bytes] = (0, b"")
+
+    def take(self, request_conn: Any, start_line: httputil.RequestStartLine,
+             headers: httputil.HTTPHeaders) -> bool:
+        """Answer the upgrade and start the socket (True), or leave the request alone."""
+        if not isinstance(request_conn, HTTP1Connection) or not self._acceptable(start_line, headers):
+            return False
+        realtime = self.realtime
+        request = httputil.HTTPServerRequest(connection=request_conn, start_line=start_line, headers=headers)
+        socket = DirectSocket(request, realtime.gateway.forwarding.client_ip(request))
+        stream = request_conn.detach()
+        accept = WebSocketProtocol13.compute_accept_value(headers["Sec-Websocket-Key"])
+        try:
+            tornado_compat.write_now(stream, b"HTTP/1.1 101 Switching Protocols\r\nDate: %s\r\n%s"
+                                     b"Sec-Websocket-Accept: %s\r\n\r\n" % (self._http_date(), self.head,
+                                                                           accept.encode("latin-1")))
+        except OSError:  # gone already (StreamClosedError is one): nothing to start
+            stream.close()
+            return True
+        log_request(socket)
+        socket.ws_connection = tornado_compat.server_websocket(socket, stream, self.max_message_size)
+        _spawn(self._open(socket))
+        return True
+
+    def _acceptable(self, start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders) -> bool:
+        path, _, query = start_line.path.partition("?")
+        if path != PATH or start_line.method != "GET" or start_line.version != "HTTP/1.1":
+            return False
+        realtime = self.realtime
+        if realtime.gateway.draining or LeanSocket.writer is None:
+            return False
+        fields = parse_qs(query)  # as engineio reads the query
+        if "sid" in fields or fields.get("transport", ("",))[0] != "websocket" or fields.get("EIO", ("",))[0] != "4":
+            return False
+        upgrade = headers.get("Upgrade")
+        if upgrade is None or upgrade.lower() != "websocket" or headers.get("Sec-Websocket-Version") != "13":
+            return False
+        if "upgrade" not in [token.strip().lower() for token in headers.get("Connection", "").split(",")]:
+            return False
+        if not headers.get("Sec-Websocket-Key") or not headers.get("Host"):
+            return False
+        if "Content-Length" in headers or "Transfer-Encoding" in headers:
+            return False
+        if "Origin" not in headers and "Sec-Websocket-Origin" in headers:
+            return False  # Tornado's older origin header: its handler decides
+        return bool(realtime.origin_allowed(headers.get("Origin")))
+
+    async def _open(self, socket: DirectSocket) -> None:
+        """engineio's connect of the socket, then its frames (none are read before it)."""
+        connection = socket.ws_connection
+        try:
+            await self.realtime.sio.eio.handle_request(socket)
+        except Exception:
+            log.exception("socket.io websocket could not open; closing it")
+            socket.close()
+        await tornado_compat.read_frames(connection)  # after a close too: its answer, then the end
+
+    def _http_date(self) -> bytes:
+        now = int(time.time())
+        second, text = self._date
+        if second != now:
+            text = httputil.format_timestamp(now).encode("ascii")
+            self._date = (now, text)
+        return text
