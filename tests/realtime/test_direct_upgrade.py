@@ -14,7 +14,8 @@ import types
 import pytest
 from tornado import httputil
 
-from harness import ORIGIN, make_token
+from harness import ORIGIN, GatewayProcess, make_token
+from internal_client import AUTH_ENV, metric_value
 from tornado_gateway.edge.security_headers import SECURITY_HEADERS
 from tornado_gateway.realtime.wire import LeanSocket
 from tornado_gateway.realtime.wire.direct import DirectUpgrade
@@ -176,3 +177,58 @@ async def test_the_public_router_offers_socket_io_upgrades_to_the_direct_path():
     gateway = Gateway(config.load(["gw"], {"REDIS_URL": "memory://", "ALLOWED_ORIGINS": ORIGIN}))
     router = gateway.public_router()
     assert isinstance(router.upgrades, DirectUpgrade) and router.upgrades.realtime is gateway.realtime
+
+
+async def _eventually(check, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(int(timeout / 0.05)):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("never happened")
+
+
+@pytest.fixture(scope="module")
+def metered(stub_upstreams):
+    """A gateway whose /metrics this module may read."""
+    process = GatewayProcess({**stub_upstreams.env(), **AUTH_ENV}).start()
+    yield process
+    process.stop()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_clients_that_vanish_or_send_garbage_leave_nothing_behind(metered):
+    gateway = metered
+
+    upgrades = dict(name="gateway_http_requests_total", route="socket.io", method="GET", status="101")
+    before = await metric_value(gateway, **upgrades)
+    open_before = await metric_value(gateway, "gateway_open_sockets")
+    key = base64.b64encode(os.urandom(16)).decode()
+    token_frame = _frame("40" + json.dumps({"token": make_token("vanishing")}))
+    writers = []
+    for i in range(60):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        head = _request(key).replace("\n", "\r\n").encode() + b"\r\n"
+        if i % 3 == 0:  # the connect right behind the head, then gone
+            writer.write(head + token_frame)
+        elif i % 3 == 1:  # answered, connected, then gone without a close frame
+            writer.write(head)
+            await reader.readuntil(b"\r\n\r\n")
+            await _text(reader)
+            writer.write(token_frame)
+        else:  # answered, then bytes that are no websocket frame (reserved bits, unmasked)
+            writer.write(head)
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"\x71\x05hello")
+        writers.append(writer)
+    for writer in writers:
+        writer.close()
+
+    async def all_gone() -> bool:
+        return await metric_value(gateway, "gateway_open_sockets") == open_before
+
+    await _eventually(all_gone)  # every socket that connected was let go
+    assert await metric_value(gateway, **upgrades) == before + 60  # each 101 counted once
+    reader, writer, status, _ = await _upgrade(gateway.port, _request(key))
+    assert status.startswith("HTTP/1.1 101 ")
+    await _connects(reader, writer, "after-the-noise")  # and the node serves the next one
+    writer.close()
