@@ -8,10 +8,13 @@ disappears, through enter/leave, disconnect and close_room alike.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
 import socketio
+from hypothesis import given
+from hypothesis import strategies as st
 from socketio.async_manager import AsyncManager
 
 from tornado_gateway.realtime.wire import RoomHooks, RoomIndex
@@ -107,3 +110,60 @@ async def test_pending_sids_answer_membership_without_a_scan_and_as_lists_did() 
     await manager.disconnect(sids[0], "/")
     assert "/" not in manager.pending_disconnect and manager.is_connected(sids[2], "/")
 
+
+
+def test_rooms_are_made_where_python_socketio_would_make_a_bidict() -> None:
+    # RoomIndex makes a missing room as a _Bimap before python-socketio's basic_enter_room
+    # runs, which then only writes to it; the rest of python-socketio reads rooms through
+    # _fwdm, _invm, get, in and len.
+    from socketio.base_manager import BaseManager
+
+    source = inspect.getsource(BaseManager.basic_enter_room)
+    assert "if room not in self.rooms[namespace]:" in source and "bidict()" in source
+    assert "._invm[eio_sid]" in inspect.getsource(BaseManager.sid_from_eio_sid)
+    assert "._fwdm.copy()" in inspect.getsource(BaseManager.get_participants)
+    assert "except ValueDuplicationError" in inspect.getsource(BaseManager.pre_connect)
+
+
+@pytest.mark.gen_test
+async def test_room_members_behave_as_with_bidict() -> None:
+    from tornado_gateway.realtime.wire.managers import _Bimap
+
+    manager = Indexed()
+    socketio.AsyncServer(client_manager=manager)
+    sid = await manager.connect("eio-1", "/")
+    assert type(manager.rooms["/"][None]) is _Bimap and type(manager.rooms["/"][sid]) is _Bimap
+    assert manager.sid_from_eio_sid("eio-1", "/") == sid and manager.eio_sid_from_sid(sid, "/") == "eio-1"
+    assert await manager.pre_connect("eio-1", "/") is None  # a second connect of one eio socket: refused
+    await manager.enter_room(sid, "/", "chat:x")
+    assert list(manager.get_participants("/", "chat:x")) == [(sid, "eio-1")]
+    other = await manager.connect("eio-2", "/")
+    with pytest.raises(ValueError):
+        manager.basic_enter_room(sid, "/", other)  # another socket's own room: refused, unchanged
+    assert list(manager.rooms["/"][other].items()) == [(other, "eio-2")]
+    await manager.disconnect(sid, "/")
+    assert manager.sid_from_eio_sid("eio-1", "/") is None
+
+
+@given(st.lists(st.tuples(st.sampled_from(["set", "del"]), st.integers(0, 4), st.integers(0, 4)), max_size=40))
+def test_bimap_matches_bidict(operations: list) -> None:
+    from bidict import ValueDuplicationError, bidict
+
+    from tornado_gateway.realtime.wire.managers import _Bimap
+
+    ours, theirs = _Bimap(), bidict()
+    for op, key, value in operations:
+        outcomes = []
+        for mapping in (ours, theirs):
+            try:
+                if op == "set":
+                    mapping[key] = value
+                else:
+                    del mapping[key]
+                outcomes.append("ok")
+            except KeyError:
+                outcomes.append("KeyError")
+            except ValueDuplicationError:  # bidict's KeyAndValueDuplicationError is one too
+                outcomes.append("ValueDuplicationError")
+        assert outcomes[0] == outcomes[1], (op, key, value)
+        assert dict(ours.items()) == dict(theirs.items()) and ours._invm == dict(theirs.inverse.items())

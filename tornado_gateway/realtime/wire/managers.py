@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from bidict import ValueDuplicationError
 from socketio.async_redis_manager import AsyncRedisManager
 
 from tornado_gateway.realtime.wire.delivery import FastDelivery
@@ -34,6 +35,14 @@ class RoomIndex:
         self.pending_disconnect = _PendingSids(self.pending_disconnect)
 
     def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
+        # A new room is made here as a _Bimap, where python-socketio would make a bidict; its
+        # own checks (namespace connected, not another sid's room) still run and raise first.
+        rooms = self.rooms.get(namespace)
+        if rooms is None:
+            if eio_sid is not None:
+                self.rooms[namespace] = {room: _Bimap()}
+        elif room not in rooms and (sid == room or room not in rooms.get(None, ())):
+            rooms[room] = _Bimap()
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)  # type: ignore[misc]
         rooms = self.rooms_of_sid.get(sid)
         if rooms is None:
@@ -63,6 +72,59 @@ class RoomIndex:
                 sids.remove(sid)
                 if not sids:
                     del pending[namespace]
+
+
+class _Bimap:
+    """A room's members (sid -> eio sid, and back) as python-socketio uses a ``bidict`` for
+    them (``_fwdm``, ``_invm``, item access, ``get``, ``in``, ``len``; a value already held by
+    another key raises ``ValueDuplicationError``, a new value for a key replaces the old):
+    two plain dicts, where a bidict costs several times the CPU and memory per write."""
+
+    __slots__ = ("_fwdm", "_invm")
+
+    def __init__(self) -> None:
+        self._fwdm: dict = {}
+        self._invm: dict = {}
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        owner = self._invm.get(value, _ABSENT)
+        if owner is not _ABSENT and owner != key:
+            raise ValueDuplicationError(value)
+        old = self._fwdm.get(key, _ABSENT)
+        if old is not _ABSENT:
+            del self._invm[old]
+        self._fwdm[key] = value
+        self._invm[value] = key
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._fwdm[key]
+
+    def __delitem__(self, key: Any) -> None:
+        del self._invm[self._fwdm.pop(key)]
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._fwdm.get(key, default)
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._fwdm
+
+    def __len__(self) -> int:
+        return len(self._fwdm)
+
+    def __iter__(self) -> Any:
+        return iter(self._fwdm)
+
+    def items(self) -> Any:
+        return self._fwdm.items()
+
+    def keys(self) -> Any:
+        return self._fwdm.keys()
+
+    def values(self) -> Any:
+        return self._fwdm.values()
+
+
+_ABSENT = object()
 
 
 class _Sids(dict):
@@ -128,7 +190,7 @@ class RoomHooks:
         def __getattr__(self, name: str) -> Any: ...
 
     def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
-        new = room not in self.rooms.get(namespace, {})
+        new = not self.rooms.get(namespace, {}).get(room)  # absent, or made empty by RoomIndex
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)  # type: ignore[misc]
         if new and namespace == "/":
             self.room_appeared(room)
