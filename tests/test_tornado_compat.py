@@ -558,6 +558,15 @@ class _Tracked(_Echo):
         _Tracked.closed.append(self.close_code)
 
 
+def _tracked_server() -> tuple[HTTPServer, int]:
+    """A server of _Tracked websockets on a free port, its records emptied."""
+    _Tracked.handlers, _Tracked.closed = [], []
+    sock, port = bind_unused_port()
+    server = HTTPServer(tornado.web.Application([("/ws", _Tracked)]))
+    server.add_sockets([sock])
+    return server, port
+
+
 async def _wait_for(predicate) -> None:  # type: ignore[no-untyped-def]
     for _ in range(500):
         if predicate():
@@ -571,10 +580,7 @@ async def test_fast_websocket_protocol_moves_the_socket_to_a_transport_after_the
     # The handover leans on IOStream's _read_buffer_size, _write_buffer and _state (with
     # IOLoop.remove_handler, as IOStream.close does) and on the protocol reaching its
     # stream through self.stream only.
-    _Tracked.handlers, _Tracked.closed = [], []
-    sock, port = bind_unused_port()
-    server = HTTPServer(tornado.web.Application([("/ws", _Tracked)]))
-    server.add_sockets([sock])
+    server, port = _tracked_server()
     stream = await _raw_websocket(port, "/ws")
     assert await stream.read_bytes(7) == b"\x81\x05hello"  # written while the socket changed hands
     handler = _Tracked.handlers[0]
@@ -605,10 +611,7 @@ async def test_fast_websocket_protocol_moves_the_socket_to_a_transport_after_the
 async def test_fast_websocket_protocol_keeps_the_iostream_when_bytes_came_with_the_head():
     # A frame in the same write as the upgrade request is in the IOStream's buffer when the
     # socket would change hands: the IOStream keeps it, read by the chunk reader.
-    _Tracked.handlers, _Tracked.closed = [], []
-    sock, port = bind_unused_port()
-    server = HTTPServer(tornado.web.Application([("/ws", _Tracked)]))
-    server.add_sockets([sock])
+    server, port = _tracked_server()
     stream = IOStream(socket.socket())
     await stream.connect(("127.0.0.1", port))
     await stream.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -626,10 +629,7 @@ async def test_fast_websocket_protocol_keeps_the_iostream_when_bytes_came_with_t
 @pytest.mark.gen_test(timeout=20)
 async def test_a_transports_close_drops_what_a_peer_that_stopped_reading_left_unwritten():
     # IOStream.close's rule: a peer that reads nothing cannot keep the connection open.
-    _Tracked.handlers, _Tracked.closed = [], []
-    sock, port = bind_unused_port()
-    server = HTTPServer(tornado.web.Application([("/ws", _Tracked)]))
-    server.add_sockets([sock])
+    server, port = _tracked_server()
     stream = await _raw_websocket(port, "/ws")  # and never reads again
     await _wait_for(lambda: _Tracked.handlers)
     handler = _Tracked.handlers[0]

@@ -1,4 +1,5 @@
-"""Every private Tornado detail the gateway relies on, behind named functions.
+"""Every private Tornado detail the gateway relies on, behind named functions: here the HTTP
+connection and request handler details, in ``websocket.py`` a server websocket's frames.
 
 Nothing else in the package touches an underscore name of Tornado; why each one is
 needed is in docs/architecture.md, and tests/test_tornado_compat.py pins each behaviour.
