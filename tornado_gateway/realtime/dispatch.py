@@ -50,8 +50,11 @@ class OrderedDispatch:
                                     _failure("RATE_LIMITED", "too many events in flight on this socket")))
             return
         payload = data[1] if isinstance(data, list) and len(data) > 1 else None
-        early = None if isinstance(payload, Refused) else self.events.start_early(
-            state, _event_name(data), payload)
+        event = _event_name(data)
+        if isinstance(payload, Refused) or (state.worker is None and event != "message:send"):
+            early = None  # nothing queued before it to overlap with: its worker does it all
+        else:
+            early = self.events.start_early(state, event, payload)
         state.pending.append((data, ack_id, early))
         if state.worker is None:
             state.worker = asyncio.ensure_future(self._run_pending(state))
