@@ -365,13 +365,28 @@ class GatewayProcess:
         return self.base + path
 
     def start(self, wait: bool = True) -> "GatewayProcess":
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tornado_gateway", *self.args],
-            env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-        )
-        if wait:
-            wait_for_port(self.port, timeout=15, proc=self.proc)
+        for attempt in range(3):
+            self._log = open(self.log_path, "wb")
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tornado_gateway", *self.args],
+                env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+            )
+            if not wait:
+                return self
+            try:
+                wait_for_port(self.port, timeout=15, proc=self.proc)
+                return self
+            except RuntimeError as exc:
+                # free_port's pick can be taken by another process before the gateway binds
+                # it: start again on other ports; any other failure is raised with its log.
+                self._log.close()
+                if "cannot listen on" not in self.logs() or attempt == 2 or self.env.get("PORT") != str(self.port):
+                    raise RuntimeError(f"{exc}; gateway log: {self.logs()[-2000:]}") from None
+                if self.env.get("INTERNAL_PORT") == str(self.internal_port):
+                    self.internal_port = free_port()
+                    self.env["INTERNAL_PORT"] = str(self.internal_port)
+                self.port = free_port()
+                self.env["PORT"] = str(self.port)
         return self
 
     def logs(self) -> str:
