@@ -172,6 +172,16 @@ def write_response_head(connection: HTTP1Connection, start_line: httputil.Respon
 _SWITCHING = httputil.ResponseStartLine("HTTP/1.1", 101, "Switching Protocols")
 
 
+def header_lines(pairs: Any) -> bytes:
+    """``Name: value`` lines of a response head (each CRLF-terminated, Latin-1, as Tornado
+    writes them); ValueError when a name or value holds CR or LF (header injection)."""
+    lines = [f"{name}: {value}\r\n" for name, value in pairs]
+    text = "".join(lines)
+    if text.count("\n") != len(lines) or text.count("\r") != len(lines):
+        raise ValueError("Illegal characters (CR or LF) in a response header")
+    return text.encode("latin-1")
+
+
 def finish_switching(handler: tornado.web.RequestHandler) -> "asyncio.Future[None]":
     """``RequestHandler.finish()`` of a bodyless 101 answer (a websocket upgrade): the head
     made in one pass over the handler's headers and written by ``write_response_head``,
@@ -181,14 +191,11 @@ def finish_switching(handler: tornado.web.RequestHandler) -> "asyncio.Future[Non
     for name in ("Content-Encoding", "Content-Language", "Content-Type"):
         if name in headers:
             del headers[name]
-    lines = [f"{name}: {value}\r\n" for name, value in headers.get_all()]
-    text = "".join(lines)
-    if text.count("\n") != len(lines) or text.count("\r") != len(lines):
-        raise ValueError("Illegal characters (CR or LF) in a header of a 101 answer")
+    head = header_lines(headers.get_all())
     handler._headers_written = True
     connection = cast(HTTP1Connection, handler.request.connection)
     connection.set_close_callback(None)
-    future = write_response_head(connection, _SWITCHING, text.encode("latin-1"), None, closes=False)
+    future = write_response_head(connection, _SWITCHING, head, None, closes=False)
     connection.finish()
     handler._log()
     handler._finished = True

@@ -5,7 +5,6 @@ the socket's handler. Every other request of the path goes to the Tornado handle
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -15,6 +14,7 @@ from tornado.websocket import WebSocketProtocol13
 
 from tornado_gateway import tornado_compat
 from tornado_gateway.edge.responses import log_request
+from tornado_gateway.proxy.headers import http_date
 from tornado_gateway.realtime.wire.lean import LeanReceiver, LeanSocket, _spawn
 
 log = logging.getLogger("tornado_gateway.realtime")
@@ -84,14 +84,10 @@ class DirectUpgrade:
 
     def __init__(self, realtime: Any) -> None:
         self.realtime = realtime
-        lines = [f"{name}: {value}\r\n" for name, value in realtime.gateway.security_headers]
-        lines += ["Vary: Origin\r\n", "Upgrade: websocket\r\n", "Connection: Upgrade\r\n"]
-        text = "".join(lines)
-        if text.count("\n") != len(lines) or text.count("\r") != len(lines):
-            raise ValueError("Illegal characters (CR or LF) in a security header")
-        self.head = text.encode("latin-1")
+        self.head = tornado_compat.header_lines([
+            *realtime.gateway.security_headers,
+            ("Vary", "Origin"), ("Upgrade", "websocket"), ("Connection", "Upgrade")])
         self.max_message_size = realtime.settings.socket_max_payload + 1024
-        self._date: tuple[int, bytes] = (0, b"")
 
     def take(self, request_conn: Any, start_line: httputil.RequestStartLine,
              headers: httputil.HTTPHeaders) -> bool:
@@ -108,7 +104,7 @@ class DirectUpgrade:
         # engineio queues next: one write (and one read for the client) instead of two.
         LeanSocket.writer.send_frame(socket, b"HTTP/1.1 101 Switching Protocols\r\nDate: %s\r\n%s"
                                              b"Sec-Websocket-Accept: %s\r\n\r\n" % (
-                                                 self._http_date(), self.head, accept.encode("latin-1")))
+                                                 http_date().encode("ascii"), self.head, accept.encode("latin-1")))
         log_request(socket)
         _spawn(self._open(socket))
         return True
@@ -146,11 +142,3 @@ class DirectUpgrade:
             LeanSocket.writer.flush_one(socket)  # the 101 before the close frame
             socket.close()
         await tornado_compat.read_frames(connection)  # after a close too: its answer, then the end
-
-    def _http_date(self) -> bytes:
-        now = int(time.time())
-        second, text = self._date
-        if second != now:
-            text = httputil.format_timestamp(now).encode("ascii")
-            self._date = (now, text)
-        return text
