@@ -7,6 +7,7 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
+from tornado_gateway.cluster.pubsub_wire import PubSubWire
 from tornado_gateway.cluster.redis_link import connect
 from tornado_gateway.cluster.subscription import Subscription
 
@@ -36,6 +37,7 @@ async def test_subscription_delivers_survives_a_redis_restart_and_reports_each_t
     publisher = aioredis.from_url(own_redis.url)
     try:
         await _until(lambda: subscription.subscribed)
+        assert isinstance(subscription.pubsub, PubSubWire)  # a plain client: the wire of our own
         await publisher.publish("pin", b"one")
         await _until(lambda: received == [b"one"])
         own_redis.kill()
