@@ -140,7 +140,9 @@ _GOOD = {"Host": "h", "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebS
 @pytest.mark.parametrize("line, change, taken", [
     ("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1", {}, True),
     ("GET /socket.io/?EIO=4&transport=websocket&t=x HTTP/1.1", {"Origin": None}, True),  # no Origin: a native client
+    ("GET /socket.io/?transport=websocket&EIO=%34 HTTP/1.1", {}, True),  # other spellings: read as engineio does
     ("GET /socket.io/?EIO=4&transport=websocket&sid=abc HTTP/1.1", {}, False),  # an upgrade from polling
+    ("GET /socket.io/?sid=abc&EIO=4&transport=websocket HTTP/1.1", {}, False),
     ("GET /socket.io/?EIO=4&transport=polling HTTP/1.1", {}, False),
     ("GET /socket.io/?EIO=3&transport=websocket HTTP/1.1", {}, False),
     ("GET /socket.io?EIO=4&transport=websocket HTTP/1.1", {}, False),

@@ -114,7 +114,7 @@ class _Link:
         raw = message.get("channel")
         name = raw.decode() if isinstance(raw, bytes) else str(raw)
         if kind in ("message", "smessage"):
-            metrics.CLUSTER_MESSAGES_IN.labels(channel_kind(name)).inc()
+            metrics.child(metrics.CLUSTER_MESSAGES_IN, channel_kind(name)).inc()
             self.owner.on_message(name, message["data"])
         elif kind in ("subscribe", "ssubscribe", "unsubscribe", "sunsubscribe"):
             channel = self.channels.get(name)

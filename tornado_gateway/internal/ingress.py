@@ -190,14 +190,14 @@ class Ingress:
 
     async def handle_raw(self, raw: bytes) -> None:
         """One message from the Redis channel: validate, count, deliver; log and drop bad ones."""
-        metrics.CLUSTER_MESSAGES_IN.labels("events").inc()
+        metrics.child(metrics.CLUSTER_MESSAGES_IN, "events").inc()
         try:
             message = parse_event(raw, self.max_size)
         except InvalidEvent as exc:
             metrics.EVENTS_REJECTED.labels("redis").inc()
             log.warning("dropped invalid event from %s: %s", CHANNEL, exc)
             return
-        metrics.EVENTS_IN.labels(event_name(message), "redis").inc()
+        metrics.child(metrics.EVENTS_IN, event_name(message), "redis").inc()
         try:
             await self.deliver(message)
         except Exception:

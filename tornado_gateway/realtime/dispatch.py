@@ -77,7 +77,7 @@ class OrderedDispatch:
 
     async def _handle(self, state: SocketState, data: list, ack_id: Any, early: Any = None) -> None:
         event = _event_name(data)
-        metrics.EVENTS_IN.labels(event if event in KNOWN_EVENTS else "unknown", "socket").inc()
+        metrics.child(metrics.EVENTS_IN, event if event in KNOWN_EVENTS else "unknown", "socket").inc()
         payload = data[1] if len(data) > 1 else None
         result: dict | None
         try:
@@ -117,7 +117,7 @@ class OrderedDispatch:
                             sends: list[tuple[Any, asyncio.Task, PreparedSend]]) -> None:
         """New messages of one socket, their POSTs pipelined (events.send_in_order); each is
         acked as its answer comes, in order."""
-        metrics.EVENTS_IN.labels("message:send", "socket").inc(len(sends))
+        metrics.child(metrics.EVENTS_IN, "message:send", "socket").inc(len(sends))
         done = 0
         try:
             await self._check_authenticated(state)

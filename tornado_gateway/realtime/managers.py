@@ -123,7 +123,7 @@ class RedisFanoutManager(RedisEmit):
             self._listener_lost = True
 
     async def _on_pubsub(self, raw: Any) -> None:
-        metrics.CLUSTER_MESSAGES_IN.labels("broadcast").inc()
+        metrics.child(metrics.CLUSTER_MESSAGES_IN, "broadcast").inc()
         if isinstance(raw, bytes) and raw.startswith(self.own_prefix):
             return  # this node's own message
         try:

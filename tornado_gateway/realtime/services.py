@@ -6,8 +6,8 @@ Why it works this way: docs/design-notes.md.
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from urllib.parse import quote
 
 from tornado import httputil
@@ -114,7 +114,7 @@ class ChatServices:
         route = resolved.route
         headers = {
             "X-User-Id": identity.user_id,
-            "X-Request-ID": uuid.uuid4().hex,
+            "X-Request-ID": os.urandom(16).hex(),
             "Authorization": f"Bearer {identity.token}",
             "Accept": "application/json",
         }
@@ -141,7 +141,7 @@ def _outcome(service: str, answer: "_Answer", started: float, error: BaseExcepti
         raise EventError("UPSTREAM_ERROR", f"{service} service answered more than {answer.limit} bytes")
     if error is not None:
         raise error
-    metrics.UPSTREAM_LATENCY.labels(service).observe(time.monotonic() - started)
+    metrics.child(metrics.UPSTREAM_LATENCY, service).observe(time.monotonic() - started)
     if 200 <= answer.code < 300:
         if not answer.body:
             return {}

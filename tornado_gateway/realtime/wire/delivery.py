@@ -119,7 +119,7 @@ class FastDelivery:
             return 0
         sent = self._deliver(event, data, participants, skip_sid)
         if sent:
-            metrics.EVENTS_OUT.labels(event).inc(sent)
+            metrics.child(metrics.EVENTS_OUT, event).inc(sent)
         return sent
 
     def deliver_each(self, event: str, items: list[tuple[Any, Any]]) -> int:
@@ -134,7 +134,7 @@ class FastDelivery:
             if participants:
                 sent += self._deliver(event, data, participants, None)
         if sent:
-            metrics.EVENTS_OUT.labels(event).inc(sent)
+            metrics.child(metrics.EVENTS_OUT, event).inc(sent)
         return sent
 
     def _deliver(self, event: str, data: Any, participants: list, skip_sid: Any) -> int:

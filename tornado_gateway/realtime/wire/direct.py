@@ -19,6 +19,7 @@ from tornado_gateway.realtime.wire.lean import LeanReceiver, LeanSocket, _spawn
 
 log = logging.getLogger("tornado_gateway.realtime")
 PATH = "/socket.io/"
+CLIENT_QUERY = "EIO=4&transport=websocket"
 
 
 class DirectSocket(LeanReceiver):
@@ -116,9 +117,11 @@ class DirectUpgrade:
         realtime = self.realtime
         if realtime.gateway.draining or LeanSocket.writer is None:
             return False
-        fields = parse_qs(query)  # as engineio reads the query
-        if "sid" in fields or fields.get("transport", ("",))[0] != "websocket" or fields.get("EIO", ("",))[0] != "4":
-            return False
+        if query != CLIENT_QUERY:  # what the official clients send, else read as engineio does
+            fields = parse_qs(query)
+            if "sid" in fields or fields.get("transport", ("",))[0] != "websocket" \
+                    or fields.get("EIO", ("",))[0] != "4":
+                return False
         upgrade = headers.get("Upgrade")
         if upgrade is None or upgrade.lower() != "websocket" or headers.get("Sec-Websocket-Version") != "13":
             return False
