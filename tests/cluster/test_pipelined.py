@@ -131,3 +131,31 @@ def test_only_plain_urls_get_a_pipelined_connection():
     assert PipelinedRedis.for_url("redis+sentinel://127.0.0.1:26379/mymaster") is None
     assert RedisLink("redis+cluster://127.0.0.1:7000,127.0.0.1:7001").fast is None
     assert RedisLink("redis://127.0.0.1:6390/0").fast is not None
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_execute_many_writes_together_answers_in_order_and_raises_the_first_failure(redis_server):
+    redis = PipelinedRedis(redis_server.url)
+    link = RedisLink(redis_server.url)
+    try:
+        key = f"gw:test:pipelined-many:{os.getpid()}"
+        await redis.execute("DEL", key)
+        assert await redis.execute_many([("RPUSH", key, "a"), ("RPUSH", key, "b"), ("LRANGE", key, 0, -1)]) \
+            == [1, 2, [b"a", b"b"]]
+        with pytest.raises(ResponseError):
+            await redis.execute_many([("INCR", key), ("RPUSH", key, "c"), ("NOSUCHCOMMAND",)])
+        assert await redis.execute("LRANGE", key, 0, -1) == [b"a", b"b", b"c"]  # all were sent, in step
+        # the link's two ways (pipelined connection, redis-py pipeline) answer alike
+        assert link.fast is not None
+        fast = await link.execute_many([("RPUSH", key, "d"), ("LLEN", key)])
+        fast_link, link.fast = link.fast, None
+        try:
+            assert await link.execute_many([("RPUSH", key, "e"), ("LLEN", key)]) == [5, 5]
+        finally:
+            link.fast = fast_link
+        assert fast == [4, 4]
+    finally:
+        redis.close()
+        await redis.execute("DEL", key)
+        redis.close()
+        await link.close()

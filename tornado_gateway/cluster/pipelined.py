@@ -151,6 +151,25 @@ class PipelinedRedis:
             protocol = await self._connect()
         return await self._send(protocol, args)
 
+    async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Several commands written together, their replies in order; the first failure
+        raises (after every command was sent, as ``execute`` each would)."""
+        protocol = self._protocol
+        if protocol is None or protocol.closed or protocol.transport is None \
+                or protocol.transport.is_closing():
+            protocol = await self._connect()
+        futures = [self._send(protocol, args) for args in commands]
+        replies = []
+        failure: BaseException | None = None
+        for future in futures:
+            try:
+                replies.append(await future)
+            except Exception as exc:  # every reply is read, so none is left unretrieved
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        return replies
+
     def _send(self, protocol: _Protocol, args: Sequence[Any]) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()

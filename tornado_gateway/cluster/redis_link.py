@@ -22,7 +22,7 @@ from socketio.redis_manager import parse_redis_sentinel_url
 from tornado_gateway import metrics
 from tornado_gateway.cluster.pipelined import PipelinedRedis
 from tornado_gateway.cluster.redis_cluster import connect_cluster, is_cluster_url
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 log = logging.getLogger("tornado_gateway.redis")
 
@@ -150,6 +150,15 @@ class RedisLink:
         if self.fast is not None:
             return await self.fast.execute(*args)
         return await self.client.execute_command(*args)
+
+    async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Several commands in one write (pipelined connection) or one pipeline (client)."""
+        if self.fast is not None:
+            return await self.fast.execute_many(commands)
+        pipe = self.client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return await pipe.execute()
 
     def on_change(self, callback: Any) -> None:
         """Call ``callback(up: bool)`` whenever reachability changes."""

@@ -86,10 +86,11 @@ class Outbox:
             ((channel, items),) = by_channel.items()
             await self.redis_link.execute("PUBLISH", channel, self.batch_message(items))
             return
-        pipe = self.redis_link.client.pipeline(transaction=False)
+        if not self.sharded:  # one write on the pipelined connection (else one pipeline)
+            await self.redis_link.execute_many([("PUBLISH", channel, self.batch_message(items))
+                                                for channel, items in by_channel.items()])
+            return
+        pipe = self.redis_link.client.pipeline(transaction=False)  # routed by slot
         for channel, items in by_channel.items():
-            if self.sharded:
-                pipe.spublish(channel, self.batch_message(items))
-            else:
-                pipe.publish(channel, self.batch_message(items))
+            pipe.spublish(channel, self.batch_message(items))
         await pipe.execute()
