@@ -12,7 +12,7 @@ import asyncio
 import collections
 import hashlib
 import time
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 from urllib.parse import urlsplit
 
 import hiredis
@@ -20,6 +20,20 @@ from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+def replies(reader: hiredis.Reader, data: bytes) -> Iterator[Any]:
+    """Feed ``data`` to ``reader`` and yield every complete reply (error replies as
+    exception objects); a stream hiredis cannot parse raises redis-py's ConnectionError."""
+    reader.feed(data)
+    while True:
+        try:
+            reply = reader.gets()
+        except hiredis.ProtocolError as exc:
+            raise RedisConnectionError(f"redis protocol error: {exc}") from None
+        if reply is False:
+            return
+        yield reply
 
 
 class _Protocol(asyncio.Protocol):
@@ -47,25 +61,20 @@ class _Protocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.reader.feed(data)
         waiters = self.waiters
-        while True:
-            try:
-                reply = self.reader.gets()
-            except hiredis.ProtocolError as exc:
-                self.abort(RedisConnectionError(f"redis protocol error: {exc}"))
-                return
-            if reply is False:
-                return
-            if not waiters:  # a reply nobody asked for: the stream is out of step
-                self.abort(RedisConnectionError("redis sent an unexpected reply"))
-                return
-            future = waiters.popleft()[0]
-            if not future.done():
-                if isinstance(reply, ResponseError):
-                    future.set_exception(_error(reply))
-                else:
-                    future.set_result(reply)
+        try:
+            for reply in replies(self.reader, data):
+                if not waiters:  # a reply nobody asked for: the stream is out of step
+                    self.abort(RedisConnectionError("redis sent an unexpected reply"))
+                    return
+                future = waiters.popleft()[0]
+                if not future.done():
+                    if isinstance(reply, ResponseError):
+                        future.set_exception(_error(reply))
+                    else:
+                        future.set_result(reply)
+        except RedisConnectionError as exc:  # the stream cannot be parsed
+            self.abort(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(RedisConnectionError(f"connection to redis lost: {exc or 'closed by server'}"))

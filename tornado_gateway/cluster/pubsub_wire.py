@@ -21,6 +21,8 @@ from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from tornado_gateway.cluster.pipelined import replies
+
 # An item as redis-py's PubSub hands it on: type, pattern, channel, data.
 Item = dict[str, Any]
 
@@ -46,29 +48,26 @@ class _Protocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.reader.feed(data)
-        while not self.closed:
-            try:
-                reply = self.reader.gets()
-            except hiredis.ProtocolError as exc:
-                self.fail(RedisConnectionError(f"redis protocol error: {exc}"))
-                return
-            if reply is False:
-                return
-            if self.setup:
-                waiter = self.setup.pop(0)
-                if not waiter.done():
-                    waiter.set_result(reply)
-                continue
-            item = _item(reply)
-            if item is None:  # an error or a reply no pub/sub connection gets: out of step
-                self.fail(RedisConnectionError(f"unexpected reply on a pub/sub connection: {reply!r}"[:200]))
-                return
-            try:
-                self.sink(item)
-            except Exception as exc:  # the subscriber failed: as a lost connection, start over
-                self.fail(exc)
-                return
+        try:
+            for reply in replies(self.reader, data):
+                if self.closed:
+                    return
+                if self.setup:
+                    waiter = self.setup.pop(0)
+                    if not waiter.done():
+                        waiter.set_result(reply)
+                    continue
+                item = _item(reply)
+                if item is None:  # an error or a reply no pub/sub connection gets: out of step
+                    self.fail(RedisConnectionError(f"unexpected reply on a pub/sub connection: {reply!r}"[:200]))
+                    return
+                try:
+                    self.sink(item)
+                except Exception as exc:  # the subscriber failed: as a lost connection, start over
+                    self.fail(exc)
+                    return
+        except RedisConnectionError as exc:  # the stream cannot be parsed
+            self.fail(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(RedisConnectionError(f"connection to redis lost: {exc or 'closed by server'}"))
