@@ -157,3 +157,135 @@ async def test_a_reply_no_pub_sub_connection_gets_closes_the_connection(own_redi
     assert wire.closed and "unexpected reply" in str(closed[0])
     with pytest.raises(Exception):
         await wire.subscribe("y")
+
+
+class _Proxy:
+    """A TCP proxy on loopback that can go silent: nothing forwarded either way, nothing
+    closed (a peer gone without a word, as behind a dead router)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.silent = False
+        self.server: asyncio.AbstractServer | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.writers += [writer, up_writer]
+
+        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            while data := await source.read(65536):
+                if not self.silent:
+                    sink.write(data)
+            sink.close()
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer), return_exceptions=True)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for writer in self.writers:
+            writer.close()
+        await asyncio.sleep(0.05)  # the pumps see their ends
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_silent_peer_is_found_by_the_health_check_and_the_loop_subscribes_again(own_redis):
+    proxy = _Proxy(own_redis.port)
+    port = await proxy.start()
+    received: list = []
+    lost: list = []
+
+    async def on_message(data) -> None:
+        received.append(data)
+
+    url = f"redis://127.0.0.1:{port}/0"
+    subscription = Subscription("pin", lambda: connect(url, health_check_interval=0.2), on_message,
+                                on_lost=lost.append, own_client=True)
+    task = asyncio.ensure_future(subscription.run())
+    publisher = aioredis.from_url(own_redis.url)
+    try:
+        await _until(lambda: subscription.subscribed)
+        while await publisher.publish("pin", b"before") == 0:
+            await asyncio.sleep(0.02)
+        await _until(lambda: received == [b"before"])
+        await asyncio.sleep(0.6)  # idle for three intervals: answered PINGs keep it
+        assert lost == [] and subscription.subscribed
+        proxy.silent = True
+        await _until(lambda: lost)
+        assert "PING" in str(lost[0])
+        proxy.silent = False
+        await _until(lambda: subscription.subscribed)
+        while b"after" not in received:
+            await publisher.publish("pin", b"after")
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        await publisher.aclose()
+        await proxy.close()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_health_check_passes_with_nothing_subscribed(own_redis):
+    closed: list = []
+    wire = await PubSubWire.open(connect(own_redis.url, health_check_interval=0.1, client_name="idle-pin"),
+                                 lambda item: None, closed.append)
+    try:
+        await asyncio.sleep(0.6)  # PINGs answered with a plain PONG outside subscribed mode
+        assert closed == [] and not wire.closed
+        line = next(line for line in own_redis.client().execute_command("CLIENT", "LIST").splitlines()
+                    if "name=idle-pin" in line)
+        assert " cmd=ping " in f" {line} "
+    finally:
+        await wire.aclose()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_subscriber_that_falls_behind_stops_the_reading_and_loses_nothing(own_redis):
+    release = asyncio.Event()
+    received: list = []
+    peak = 0
+
+    async def on_message(data) -> None:
+        nonlocal peak
+        peak = max(peak, subscription._queued)
+        await release.wait()
+        received.append(data)
+
+    subscription = Subscription("slow", lambda: connect(own_redis.url, client_name="slow-pin"), on_message,
+                                own_client=True)
+    subscription.QUEUE_HIGH = 64 * 1024
+    task = asyncio.ensure_future(subscription.run())
+    publisher = aioredis.from_url(own_redis.url)
+    admin = own_redis.client()
+    try:
+        await _until(lambda: subscription.subscribed)
+        while await publisher.publish("slow", b"0" * 4096) == 0:
+            await asyncio.sleep(0.02)
+        messages = [b"%04d" % i + b"." * 4092 for i in range(1, 3000)]  # 12 MB: more than the kernel buffers
+        pipe = publisher.pipeline(transaction=False)
+        for message in messages:
+            pipe.publish("slow", message)
+        await pipe.execute()
+
+        def held_by_redis() -> int:
+            line = next(line for line in admin.execute_command("CLIENT", "LIST").splitlines()
+                        if "name=slow-pin" in line)
+            return int(line.split(" omem=")[1].split()[0])
+        await _until(lambda: held_by_redis() > 0)  # the rest waits in Redis, not in the gateway
+        assert subscription._paused
+        assert subscription._queued <= subscription.QUEUE_HIGH + 256 * 1024  # at most one read more
+        release.set()
+        await _until(lambda: len(received) == 3000)
+        assert received[1:] == messages  # in order, none lost
+        assert peak <= subscription.QUEUE_HIGH + 256 * 1024
+    finally:
+        task.cancel()
+        await publisher.aclose()
+    with pytest.raises(asyncio.CancelledError):
+        await task

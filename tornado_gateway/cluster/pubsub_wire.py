@@ -43,15 +43,20 @@ class _Protocol(asyncio.Protocol):
         self.setup: list[asyncio.Future] = []
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.heard = False  # anything arrived since the last health check
+        self.watch: asyncio.TimerHandle | None = None  # the health check's timer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.heard = True
         try:
             for reply in replies(self.reader, data):
                 if self.closed:
                     return
+                if reply == b"PONG" or (type(reply) is list and reply and reply[0] == b"pong"):
+                    continue  # the health check's answer (plain when nothing is subscribed)
                 if self.setup:
                     waiter = self.setup.pop(0)
                     if not waiter.done():
@@ -76,6 +81,8 @@ class _Protocol(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
+        if self.watch is not None:
+            self.watch.cancel()
         for waiter in self.setup:
             if not waiter.done():
                 waiter.set_exception(exc)
@@ -162,7 +169,48 @@ class PubSubWire:
                 error = AuthenticationError(f"redis refused the connection set-up ({command[0]}): {reply}")
                 protocol.fail(error)
                 raise error
+        interval = kwargs.get("health_check_interval")
+        if interval:
+            wire._watch(float(interval))
         return wire
+
+    def _watch(self, interval: float) -> None:
+        """redis-py's ``health_check_interval`` for a connection that mostly listens: a PING
+        after an interval with nothing heard, and the connection given up when the next
+        interval brings nothing either (a peer gone without a word, a half-open connection)."""
+        protocol = self._protocol
+        protocol.heard = False
+        pinged = False
+
+        def check() -> None:
+            nonlocal pinged
+            if protocol.closed:
+                return
+            if protocol.heard:
+                protocol.heard, pinged = False, False
+            elif pinged:
+                protocol.fail(RedisTimeoutError(f"redis did not answer a PING within {interval:g} s"))
+                return
+            else:
+                try:
+                    self._write(("PING",))
+                except RedisConnectionError:
+                    return
+                pinged = True
+            protocol.watch = asyncio.get_running_loop().call_later(interval, check)
+        protocol.watch = asyncio.get_running_loop().call_later(interval, check)
+
+    def pause_reading(self) -> None:
+        """Leave what arrives in the socket (and Redis's output buffer, whose pub/sub limit
+        then applies) until ``resume_reading``: a subscriber that falls behind."""
+        transport = self._protocol.transport
+        if transport is not None and not self._protocol.closed:
+            transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        transport = self._protocol.transport
+        if transport is not None and not self._protocol.closed:
+            transport.resume_reading()
 
     async def _setup(self, command: tuple, timeout: float) -> Any:
         protocol = self._protocol

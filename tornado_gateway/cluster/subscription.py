@@ -27,6 +27,9 @@ class Subscription:
 
     MIN_DELAY, MAX_DELAY = 0.1, 2.0
     READ_TIMEOUT = 1.0
+    # Messages waiting for ``on_message`` past this many bytes: the wire stops reading (and
+    # Redis's output-buffer limit for pub/sub clients applies again) until half are handled.
+    QUEUE_HIGH = 1 << 20
 
     def __init__(self, channel: str | None, client: Callable[[], aioredis.Redis],
                  on_message: Callable[[Any], Awaitable[None]] | None = None, *,
@@ -46,6 +49,9 @@ class Subscription:
         self._queue: collections.deque[Any] = collections.deque()  # messages for on_message
         self._wake: asyncio.Future | None = None  # the wire's reader waits on it
         self._ended: Exception | None = None  # why the current wire closed
+        self._wire: PubSubWire | None = None
+        self._queued = 0  # bytes in _queue
+        self._paused = False
 
     async def run(self) -> None:
         delay = self.MIN_DELAY
@@ -56,8 +62,8 @@ class Subscription:
                 client = self.client()
                 if PubSubWire.fits(client):
                     self._queue.clear()
-                    self._ended = None
-                    pubsub = await PubSubWire.open(client, self._arrived, self._closed)
+                    self._ended, self._queued, self._paused = None, 0, False
+                    pubsub = self._wire = await PubSubWire.open(client, self._arrived, self._closed)
                 else:
                     pubsub = client.pubsub(ignore_subscribe_messages=self.channel is not None)
                 if self.channel is not None:
@@ -100,7 +106,12 @@ class Subscription:
             return
         if item["type"] != "message" or self.on_message is None:
             return
-        self._queue.append(item["data"])
+        data = item["data"]
+        self._queue.append(data)
+        self._queued += len(data)
+        if self._queued > self.QUEUE_HIGH and not self._paused and self._wire is not None:
+            self._paused = True
+            self._wire.pause_reading()
         wake = self._wake
         if wake is not None and not wake.done():
             wake.set_result(None)
@@ -117,7 +128,12 @@ class Subscription:
         queue = self._queue
         while True:
             while queue:
-                await self.on_message(queue.popleft())  # type: ignore[misc]
+                data = queue.popleft()
+                self._queued -= len(data)
+                if self._paused and self._queued <= self.QUEUE_HIGH // 2 and self._wire is not None:
+                    self._paused = False
+                    self._wire.resume_reading()
+                await self.on_message(data)  # type: ignore[misc]
             if self._ended is not None:
                 raise self._ended
             self._wake = loop.create_future()
