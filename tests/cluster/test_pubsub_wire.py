@@ -20,6 +20,13 @@ async def _until(check, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def _stopped(task: asyncio.Future) -> None:
+    """Cancel a subscription's loop and check that it ended by the cancellation."""
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 def test_the_wire_stands_in_only_for_plain_resp2_clients():
     assert PubSubWire.fits(connect("redis://127.0.0.1:6399/0"))
     assert PubSubWire.fits(connect_subscriber("redis://127.0.0.1:6399/0"))
@@ -139,10 +146,8 @@ async def test_a_failing_subscriber_is_a_lost_connection_and_the_loop_starts_ove
             await asyncio.sleep(0.02)
         await _until(lambda: received == [b"after"])
     finally:
-        task.cancel()
+        await _stopped(task)
         await publisher.aclose()
-    with pytest.raises(asyncio.CancelledError):
-        await task
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -223,11 +228,9 @@ async def test_a_silent_peer_is_found_by_the_health_check_and_the_loop_subscribe
             await publisher.publish("pin", b"after")
             await asyncio.sleep(0.05)
     finally:
-        task.cancel()
+        await _stopped(task)
         await publisher.aclose()
         await proxy.close()
-    with pytest.raises(asyncio.CancelledError):
-        await task
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -285,7 +288,5 @@ async def test_a_subscriber_that_falls_behind_stops_the_reading_and_loses_nothin
         assert received[1:] == messages  # in order, none lost
         assert peak <= subscription.QUEUE_HIGH + 256 * 1024
     finally:
-        task.cancel()
+        await _stopped(task)
         await publisher.aclose()
-    with pytest.raises(asyncio.CancelledError):
-        await task
