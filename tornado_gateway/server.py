@@ -25,6 +25,7 @@ from tornado_gateway.config import usage
 from tornado_gateway.app import Gateway
 from tornado_gateway.edge.responses import DelegateRelay
 from tornado_gateway.logs import setup_logging
+from tornado_gateway.proxy.listener import PublicListener
 
 log = logging.getLogger("tornado_gateway")
 IDLE_CONNECTION_TIMEOUT = 75.0  # longer than common client/proxy keep-alive timeouts
@@ -243,7 +244,8 @@ async def run(settings: config.Settings, on_listening: Callable[[Gateway, int], 
         max_body_size=max(settings.max_body_size, settings.media_max_body_size,
                           *(r.max_body_size for r in settings.routes)),
     )
-    public.add_sockets(public_sockets)
+    listener = PublicListener(public, gateway.realtime.upgrades(), public.idle_timeout)
+    await listener.start(public_sockets)
     internal = None
     if internal_sockets:
         internal = HTTPServer(gateway.internal_app(), xheaders=False)
@@ -272,7 +274,8 @@ async def run(settings: config.Settings, on_listening: Callable[[Gateway, int], 
     grace = min(settings.drain_grace, settings.drain_timeout)
     if grace > 0:
         await asyncio.sleep(grace)
-    public.start_drain()  # no new connections; idle keep-alive ones closed
+    listener.stop()  # no new connections; those without a whole head yet dropped
+    public.start_drain()  # idle keep-alive ones closed
     await gateway.drain(max(deadline - loop.time(), 0))
     cut = await public.wait_drained(deadline - loop.time())
     if cut:

@@ -22,6 +22,11 @@ class Upgrades(Protocol):
     def take(self, request_conn: Any, start_line: httputil.RequestStartLine,
              headers: httputil.HTTPHeaders) -> bool: ...
 
+    def take_transport(self, transport: Any, start_line: httputil.RequestStartLine,
+                       headers: httputil.HTTPHeaders, peer_ip: str) -> bool:
+        """The same for the first request of a connection still on its asyncio transport."""
+        ...
+
 
 _TAKEN = httputil.HTTPMessageDelegate()  # what a taken request's relay passes nothing to
 

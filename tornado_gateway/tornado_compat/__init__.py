@@ -8,6 +8,7 @@ needed is in docs/architecture.md, and tests/test_tornado_compat.py pins each be
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from typing import Any, cast
 
@@ -22,6 +23,7 @@ from tornado.concurrent import future_add_done_callback
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.netutil import _client_ssl_defaults
 from tornado.options import OptionParser
+from tornado.tcpserver import TCPServer
 
 #: The Tornado releases these details were checked against (setup.py pins the same range).
 SUPPORTED = ((6, 6), (7, 0))
@@ -57,6 +59,16 @@ def answer_without_reading_body(connection: HTTP1Connection) -> None:
 def bytes_buffered(stream: IOStream) -> int:
     """Bytes an ``IOStream`` read but no read asked for yet (``_read_buffer_size``)."""
     return int(getattr(stream, "_read_buffer_size", 0))
+
+
+def stream_with_bytes(sock: socket.socket, data: bytes, server: TCPServer) -> IOStream:
+    """An IOStream for ``sock`` as ``server`` makes one for an accepted connection, holding
+    ``data`` (read from the socket already) as the first bytes it reads."""
+    stream = IOStream(sock, max_buffer_size=server.max_buffer_size, read_chunk_size=server.read_chunk_size)
+    if data:
+        stream._read_buffer += data
+        stream._read_buffer_size += len(data)
+    return stream
 
 
 def client_ssl_defaults() -> ssl.SSLContext:
@@ -253,6 +265,7 @@ def _send_now(stream: IOStream, data: bytes) -> bytes:
 
 # after check_version: the websocket details are checked against the same releases
 from tornado_gateway.tornado_compat.websocket import (  # noqa: E402
-    TransportStream, fast_websocket_protocol, read_frames, server_websocket, websocket_transport)
+    TransportStream, TransportWebsocket, fast_websocket_protocol, read_frames, server_websocket,
+    websocket_transport)
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -5,7 +5,7 @@ the socket's handler. Every other request of the path goes to the Tornado handle
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs
 
 from tornado import httputil
@@ -95,20 +95,43 @@ class DirectUpgrade:
         """Answer the upgrade and start the socket (True), or leave the request alone."""
         if not isinstance(request_conn, HTTP1Connection) or not self._acceptable(start_line, headers):
             return False
-        realtime = self.realtime
         request = httputil.HTTPServerRequest(connection=request_conn, start_line=start_line, headers=headers)
-        socket = DirectSocket(request, realtime.gateway.forwarding.client_ip(request))
+        socket = DirectSocket(request, self.realtime.gateway.forwarding.client_ip(request))
         stream = request_conn.detach()
+        connection = socket.ws_connection = tornado_compat.server_websocket(socket, stream, self.max_message_size)
+        self._answer(socket, headers)
+        _spawn(self._open(socket, lambda: tornado_compat.read_frames(connection)))
+        return True
+
+    def take_transport(self, transport: Any, start_line: httputil.RequestStartLine,
+                       headers: httputil.HTTPHeaders, peer_ip: str) -> bool:
+        """The same for a connection still on the asyncio transport it was accepted on
+        (proxy.listener): the websocket stays there."""
+        if not self._acceptable(start_line, headers):
+            return False
+        try:
+            request = httputil.HTTPServerRequest(connection=_Accepted(peer_ip), start_line=start_line,
+                                                 headers=headers)
+        except httputil.HTTPInputError:  # a Host Tornado refuses: its answer, from its handler
+            return False
+        socket = DirectSocket(request, self.realtime.gateway.forwarding.client_ip(request))
+        websocket = tornado_compat.TransportWebsocket(socket, transport, self.max_message_size)
+        socket.ws_connection = websocket.protocol
+        self._answer(socket, headers)
+
+        async def frames() -> None:
+            websocket.start()
+        _spawn(self._open(socket, frames))
+        return True
+
+    def _answer(self, socket: DirectSocket, headers: httputil.HTTPHeaders) -> None:
         accept = WebSocketProtocol13.compute_accept_value(headers["Sec-Websocket-Key"])
-        socket.ws_connection = tornado_compat.server_websocket(socket, stream, self.max_message_size)
         # The 101 goes out first among the socket's frames, with the Engine.IO open that
         # engineio queues next: one write (and one read for the client) instead of two.
         LeanSocket.writer.send_frame(socket, b"HTTP/1.1 101 Switching Protocols\r\nDate: %s\r\n%s"
                                              b"Sec-Websocket-Accept: %s\r\n\r\n" % (
                                                  http_date().encode("ascii"), self.head, accept.encode("latin-1")))
         log_request(socket)
-        _spawn(self._open(socket))
-        return True
 
     def _acceptable(self, start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders) -> bool:
         path, _, query = start_line.path.partition("?")
@@ -135,13 +158,22 @@ class DirectUpgrade:
             return False  # Tornado's older origin header: its handler decides
         return bool(realtime.origin_allowed(headers.get("Origin")))
 
-    async def _open(self, socket: DirectSocket) -> None:
+    async def _open(self, socket: DirectSocket, frames: Callable[[], Awaitable[None]]) -> None:
         """engineio's connect of the socket, then its frames (none are read before it)."""
-        connection = socket.ws_connection
         try:
             await self.realtime.sio.eio.handle_request(socket)
         except Exception:
             log.exception("socket.io websocket could not open; closing it")
             LeanSocket.writer.flush_one(socket)  # the 101 before the close frame
             socket.close()
-        await tornado_compat.read_frames(connection)  # after a close too: its answer, then the end
+        await frames()  # after a close too: its answer, then the end
+
+
+class _Accepted(httputil.HTTPConnection):
+    """What an ``HTTPServerRequest`` reads of its connection (its context) for a connection
+    accepted below Tornado."""
+
+    def __init__(self, peer_ip: str) -> None:
+        self.context = self
+        self.remote_ip = peer_ip
+        self.protocol = "http"

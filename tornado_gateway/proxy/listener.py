@@ -1,0 +1,128 @@
+"""The public listener's accept: a connection starts on an asyncio transport of the loop until
+its first request's head is in. A plain websocket connect of ``/socket.io/`` stays there (the
+``Upgrades`` answer it); anything else goes to the Tornado HTTPServer with the bytes already
+read. Why: docs/design-notes.md, "proxy/listener.py"."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from typing import Any
+
+from tornado import httputil
+from tornado.httpserver import HTTPServer
+
+from tornado_gateway import tornado_compat
+from tornado_gateway.proxy.router import Upgrades
+
+MAX_HEAD = 65536  # Tornado's max_header_size: a longer head is Tornado's to refuse (431)
+
+
+class PublicListener:
+    """Accepts on the public sockets; ``stop`` stops accepting and drops the connections that
+    have not sent a whole head yet (a drain: they carry no request)."""
+
+    def __init__(self, server: HTTPServer, upgrades: Upgrades | None, idle_timeout: float) -> None:
+        self.server = server
+        self.upgrades = upgrades
+        self.idle_timeout = idle_timeout
+        self.waiting: set[_Head] = set()  # connections whose first head is not in yet
+        self._servers: list[asyncio.AbstractServer] = []
+
+    async def start(self, sockets: list[socket.socket]) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in sockets:
+            self._servers.append(await loop.create_server(lambda: _Head(self), sock=sock))
+
+    def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        for head in list(self.waiting):
+            head.drop()
+
+
+def parse_head(head: bytes) -> tuple[httputil.RequestStartLine, httputil.HTTPHeaders] | None:
+    """A request head of CRLF lines without folding, as Tornado would read it, or None for
+    anything else (Tornado then reads it again and answers as it does)."""
+    if b"\n" in head.replace(b"\r\n", b""):
+        return None  # a bare LF (or a stray CR): Tornado's reading of it
+    lines = head.decode("latin-1").split("\r\n")
+    try:
+        start_line = httputil.parse_request_start_line(lines[0])
+        headers = httputil.HTTPHeaders()
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            if not colon or line[:1] in (" ", "\t"):
+                return None
+            headers.add(name, value.strip(" \t"))
+    except httputil.HTTPInputError:
+        return None
+    return start_line, headers
+
+
+class _Head(asyncio.Protocol):
+    """One accepted connection until its first request's head is in."""
+
+    def __init__(self, listener: PublicListener) -> None:
+        self.listener = listener
+        self.buffer = b""
+        self.transport: Any = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.websocket: Any = None  # the TransportWebsocket once the upgrade was answered
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.listener.waiting.add(self)
+        self.timer = asyncio.get_running_loop().call_later(self.listener.idle_timeout, self.drop)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer = self.buffer + data if self.buffer else data
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buffer) > MAX_HEAD or b"\n\n" in buffer or b"\n\r\n" in buffer:
+                self._to_tornado()  # too long, or the end of a head in another spelling
+            return
+        self._done()
+        upgrades = self.listener.upgrades
+        parsed = parse_head(buffer[:end]) if upgrades is not None and end + 4 == len(buffer) else None
+        peer = self.transport.get_extra_info("peername")
+        if parsed is None or not isinstance(peer, tuple) \
+                or not upgrades.take_transport(self.transport, *parsed, peer[0]):  # type: ignore[union-attr]
+            self._to_tornado()
+
+    def _to_tornado(self) -> None:
+        """Hand the connection to Tornado's HTTPServer with what was read (a copy of its socket:
+        the transport closes its own)."""
+        self._done()
+        transport = self.transport
+        if transport.is_closing():
+            return
+        transport.pause_reading()
+        address = transport.get_extra_info("peername")
+        try:
+            sock = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
+        except OSError:
+            transport.abort()
+            return
+        transport.abort()
+        sock.setblocking(False)
+        server = self.listener.server
+        server.handle_stream(tornado_compat.stream_with_bytes(sock, self.buffer, server), address)
+        self.buffer = b""
+
+    def _done(self) -> None:
+        """The head is in (or the connection goes): no longer waiting, no idle timer."""
+        self.listener.waiting.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def drop(self) -> None:
+        """Idle too long before a whole head, or the node drains: close without an answer."""
+        self._done()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._done()
