@@ -8,7 +8,8 @@ messages services (bench/socket_stub.py); the client is bench/socket_fanout.js
 1. fan-out: R receivers in one chat, K ``message:send`` in flight for D seconds;
    deliveries/s, latency p50/p99, every delivery exactly once;
 2. connect storm: N clients connecting at once (authenticated, websocket), each
-   joining a chat: time until all joined, failures, handshakes/s;
+   joining a chat: time until all joined, failures, handshakes/s (from one Node process, or
+   from several starting together with --storm-processes);
 3. idle: N idle authenticated websockets on a fresh process, RSS growth per socket;
    then the gateway again under tracemalloc (bench/traced_gateway.py): the top
    allocation sites per socket;
@@ -16,7 +17,7 @@ messages services (bench/socket_stub.py); the client is bench/socket_fanout.js
    messages: RSS growth and Redis keys per 1,000 messages, exactly once.
 
     .venv/bin/python bench/socket_bench.py [--targets gateway,node] [--rounds 2] [--receivers 50]
-        [--inflight 32] [--senders 1] [--duration 8] [--ack] [--storm 2000] [--idle 2000] [--soak 5000] [--trace 2000]
+        [--inflight 32] [--senders 1] [--duration 8] [--ack] [--storm 2000] [--storm-processes 1] [--idle 2000] [--soak 5000] [--trace 2000]
 """
 
 from __future__ import annotations
@@ -191,12 +192,37 @@ def fanout(target: Target, args: argparse.Namespace, chat: str, stub_pid: int) -
     return result
 
 
-def storm(target: Target, n: int, chat: str, chat_size: int, stub_pid: int) -> dict:
+def storm_together(target: Target, n: int, chat: str, chat_size: int, processes: int) -> dict:
+    """One storm of ``n`` clients from several Node processes that start at the same moment:
+    handshakes/s over the slowest process's time, the client CPU of all of them."""
+    share = n // processes
+    start_at = int(time.time() * 1000) + 1500  # every process started and loaded by then
+    procs = [subprocess.Popen(["node", CLIENT, "storm", json.dumps(target.client_options(
+        chat=chat, connections=share, chatSize=chat_size, first=i * share, startAt=start_at, hold=True))],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for i in range(processes)]
+    cpus = [ClientCpu(proc.pid) for proc in procs]
+    parts = [json.loads(proc.stdout.readline()) for proc in procs]  # type: ignore[union-attr]
+    for proc in procs:
+        proc.stdin.close()  # type: ignore[union-attr]
+        proc.wait(120)
+    joined, seconds = sum(p["joined"] for p in parts), max(p["seconds"] for p in parts)
+    return {"connections": share * processes, "processes": processes, "joined": joined,
+            "failures": sum(p["failures"] for p in parts),
+            "firstFailures": [f for p in parts for f in p["firstFailures"]][:3], "seconds": seconds,
+            "handshakesPerSecond": round(joined / seconds),
+            "joinedMs": {"last": max(p["joinedMs"]["last"] for p in parts)},
+            "clientCpuSeconds": round(sum(c.seconds for c in cpus), 2)}
+
+
+def storm(target: Target, n: int, chat: str, chat_size: int, stub_pid: int, processes: int = 1) -> dict:
     redis_pid = target.redis.proc.pid if target.redis.proc else None
     cpu_before, stub_before = cpu_seconds(target.pid), cpu_seconds(stub_pid)
     redis_before = cpu_seconds(redis_pid) if redis_pid else 0.0
-    result = run_client("storm", target.client_options(chat=chat, connections=n, chatSize=chat_size),
-                        timeout=300)
+    if processes > 1:
+        result = storm_together(target, n, chat, chat_size, processes)
+    else:
+        result = run_client("storm", target.client_options(chat=chat, connections=n, chatSize=chat_size),
+                            timeout=300)
     result["serverCpuSeconds"] = round(cpu_seconds(target.pid) - cpu_before, 2)
     # the rest of the machine's CPU the storm cost: this target's redis-server and the shared stub
     result["redisCpuSeconds"] = round(cpu_seconds(redis_pid) - redis_before, 2) if redis_pid else None
@@ -280,6 +306,8 @@ def main() -> None:
     parser.add_argument("--ack", action="store_true", help="fan-out receivers ack message:new (receipts on)")
     parser.add_argument("--storm", type=int, default=2000, help="clients of the connect storm (0: skip)")
     parser.add_argument("--storm-chat-size", type=int, default=10, help="members of each chat the storm joins")
+    parser.add_argument("--storm-processes", type=int, default=1,
+                        help="Node processes that make the storm together (one is the bottleneck on 2 cores)")
     parser.add_argument("--idle", type=int, default=2000, help="idle connections (0: skip)")
     parser.add_argument("--trace", type=int, default=2000, help="idle connections under tracemalloc (0: skip)")
     parser.add_argument("--trace-top", type=int, default=25)
@@ -320,7 +348,8 @@ def main() -> None:
                 keep(kind, "CPU us/delivery", result["serverCpuMicrosPerDelivery"])
                 keep(kind, "exactly once", result["exactlyOnce"])
             for kind in order if args.storm else ():
-                result = storm(targets[kind], args.storm, f"storm-{round_}-{kind}", args.storm_chat_size, stub.pid)
+                result = storm(targets[kind], args.storm, f"storm-{round_}-{kind}", args.storm_chat_size, stub.pid,
+                               args.storm_processes)
                 print(f"storm    {kind:8} load {load():5}: {json.dumps(result)}")
                 keep(kind, "handshakes/s", result["handshakesPerSecond"])
                 keep(kind, "storm server CPU s", result["serverCpuSeconds"])

@@ -105,15 +105,19 @@ function delivered(socket, data, ack) {  // a receiving device acknowledges mess
 // (a chat app's chats are small; one big room would measure its presence fan-out instead):
 // the time until all are joined, the failures, handshakes per second.
 async function storm() {
+  // several storm processes (--storm-processes) start together at startAt (epoch ms) and
+  // number their users and chats from `first`, so together they are one storm
+  if (opt.startAt) await new Promise((resolve) => setTimeout(resolve, Math.max(0, opt.startAt - Date.now())));
+  const first = opt.first || 0;
   const started = performance.now();
   const times = [];
   const failures = [];
   const sockets = [];
   await Promise.all(Array.from({ length: opt.connections }, async (_, i) => {
     try {
-      const socket = await connect(`storm${i}`);
+      const socket = await connect(`storm${first + i}`);
       sockets.push(socket);
-      const reply = await socket.timeout(60000).emitWithAck("chat:join", { chatId: `${opt.chat}-${Math.floor(i / (opt.chatSize || 10))}` });
+      const reply = await socket.timeout(60000).emitWithAck("chat:join", { chatId: `${opt.chat}-${Math.floor((first + i) / (opt.chatSize || 10))}` });
       if (!reply.ok) throw new Error(`join: ${JSON.stringify(reply)}`);
       times.push(performance.now() - started);
     } catch (err) { failures.push(String(err.message || err)); }
@@ -125,6 +129,10 @@ async function storm() {
     seconds: +seconds.toFixed(2), handshakesPerSecond: Math.round(times.length / seconds),
     joinedMs: { p50: Math.round(percentile(times, 0.5)), p99: Math.round(percentile(times, 0.99)), last: Math.round(times[times.length - 1]) },
   }));
+  if (opt.hold) {  // the others may still connect: close when told (stdin ends)
+    process.stdin.resume();
+    await new Promise((resolve) => process.stdin.on("end", resolve));
+  }
   for (const s of sockets) s.close();
   process.exit(0);
 }
