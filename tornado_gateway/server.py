@@ -30,6 +30,7 @@ from tornado_gateway.proxy.listener import PublicListener
 log = logging.getLogger("tornado_gateway")
 IDLE_CONNECTION_TIMEOUT = 75.0  # longer than common client/proxy keep-alive timeouts
 IDLE_SWEEPS = 8  # sweeps for idle connections per IDLE_CONNECTION_TIMEOUT
+LISTEN_BACKLOG = 1024  # a connect storm's SYNs wait in the kernel, not for a retransmit
 # What a client connection reads per recv. Every read allocates and zeroes a buffer of this
 # size (IOStream.read_chunk_size, Tornado's default 64 KiB): a request head fits in far less.
 # A request with a body switches its connection to UPLOAD_READ_SIZE (proxy.exchange).
@@ -105,7 +106,7 @@ def _install_fast_loop() -> None:
 
 def _bind(port: int, host: str, what: str) -> list[socket.socket]:
     try:
-        return bind_sockets(port, host or None, backlog=1024)
+        return bind_sockets(port, host or None, backlog=LISTEN_BACKLOG)
     except OSError as exc:
         raise StartupError(f"cannot listen on {host}:{port} ({what}): {exc.strerror}") from None
 
@@ -245,7 +246,7 @@ async def run(settings: config.Settings, on_listening: Callable[[Gateway, int], 
                           *(r.max_body_size for r in settings.routes)),
     )
     listener = PublicListener(public, gateway.realtime.upgrades(), public.idle_timeout)
-    await listener.start(public_sockets)
+    await listener.start(public_sockets, LISTEN_BACKLOG)
     internal = None
     if internal_sockets:
         internal = HTTPServer(gateway.internal_app(), xheaders=False)

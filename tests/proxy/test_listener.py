@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import pytest
 import tornado.web
@@ -50,7 +51,7 @@ async def _listening(idle: float = 30.0, upgrades: _Upgrades | None = None):
     sock.listen(128)
     sock.setblocking(False)
     listener = PublicListener(server, upgrades or _Upgrades(), idle)
-    await listener.start([sock])
+    await listener.start([sock], 1024)
     return listener, server, sock.getsockname()[1]
 
 
@@ -138,6 +139,13 @@ async def test_the_upgrades_take_a_connection_on_its_transport():
         # with bytes behind the head (a pipelined request), only Tornado reads the connection
         answer = await _exchange(port, b"GET /take HTTP/1.1\r\nHost: x\r\n\r\nGET /x HTTP/1.1\r\nHost: x\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 200") and len(upgrades.taken) == 1
+        # a whole head over Tornado's limit, in one read: Tornado's to refuse, never taken
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /take HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert b"taken" not in answer and (answer == b"" or answer.startswith(b"HTTP/1.1 431"))
+        writer.close()
+        assert len(upgrades.taken) == 1
     finally:
         listener.stop()
 
@@ -177,3 +185,30 @@ async def test_a_connection_without_a_head_is_dropped_when_idle_and_at_a_drain()
         await asyncio.sleep(0.01)
     assert listener.waiting == set()
     listener.stop()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_connections_wait_in_the_listen_backlog_while_the_loop_is_busy():
+    # the loop listens again on the bound socket: with its default backlog (100) a storm's
+    # SYNs beyond it are dropped and retried a second or more later
+    listener, server, port = await _listening()
+    try:
+        def connect_all() -> int:
+            made = []
+            for _ in range(300):
+                client = socket.socket()
+                client.settimeout(0.5)
+                try:
+                    client.connect(("127.0.0.1", port))
+                    made.append(client)
+                except OSError:
+                    client.close()
+            for client in made:
+                client.close()
+            return len(made)
+
+        loop = asyncio.get_running_loop()
+        loop.call_soon(time.sleep, 2.0)  # the loop accepts nothing meanwhile
+        assert await loop.run_in_executor(None, connect_all) == 300
+    finally:
+        listener.stop()

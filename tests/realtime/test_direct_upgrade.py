@@ -234,3 +234,34 @@ async def test_clients_that_vanish_or_send_garbage_leave_nothing_behind(metered)
     assert status.startswith("HTTP/1.1 101 ")
     await _connects(reader, writer, "after-the-noise")  # and the node serves the next one
     writer.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_101_comes_before_any_answer_to_a_frame_sent_right_behind_the_head(gateway):
+    # a client that does not wait for the 101: its ping is answered only after the 101 and the
+    # Engine.IO open (reading starts once both are written)
+    ping = bytes([0x89, 0x82]) + b"\x01\x02\x03\x04" + bytes(b ^ m for b, m in zip(b"hi", b"\x01\x02"))
+    for _ in range(20):
+        key = base64.b64encode(os.urandom(16)).decode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        writer.write(_request(key).replace("\n", "\r\n").encode("latin-1") + b"\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.001)
+        writer.write(ping)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101 "), head[:40]
+        assert (await _text(reader)).startswith("0{")  # the open, then the pong
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"\x8a\x02hi"
+        writer.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_client_that_half_closes_right_behind_the_head_still_gets_the_101(gateway):
+    for _ in range(10):
+        key = base64.b64encode(os.urandom(16)).decode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        writer.write(_request(key).replace("\n", "\r\n").encode("latin-1") + b"\r\n")
+        writer.write_eof()
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 101 "), answer[:40]
+        writer.close()

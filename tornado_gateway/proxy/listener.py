@@ -30,10 +30,12 @@ class PublicListener:
         self.waiting: set[_Head] = set()  # connections whose first head is not in yet
         self._servers: list[asyncio.AbstractServer] = []
 
-    async def start(self, sockets: list[socket.socket]) -> None:
+    async def start(self, sockets: list[socket.socket], backlog: int) -> None:
+        """Accept on ``sockets`` (bound and listening); ``backlog`` as they were bound with (the
+        loop listens again, with its own default of 100 unless told)."""
         loop = asyncio.get_running_loop()
         for sock in sockets:
-            self._servers.append(await loop.create_server(lambda: _Head(self), sock=sock))
+            self._servers.append(await loop.create_server(lambda: _Head(self), sock=sock, backlog=backlog))
 
     def stop(self) -> None:
         for server in self._servers:
@@ -69,7 +71,6 @@ class _Head(asyncio.Protocol):
         self.buffer = b""
         self.transport: Any = None
         self.timer: asyncio.TimerHandle | None = None
-        self.websocket: Any = None  # the TransportWebsocket once the upgrade was answered
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -85,7 +86,8 @@ class _Head(asyncio.Protocol):
             return
         self._done()
         upgrades = self.listener.upgrades
-        parsed = parse_head(buffer[:end]) if upgrades is not None and end + 4 == len(buffer) else None
+        plain = upgrades is not None and end + 4 == len(buffer) <= MAX_HEAD
+        parsed = parse_head(buffer[:end]) if plain else None
         peer = self.transport.get_extra_info("peername")
         if parsed is None or not isinstance(peer, tuple) \
                 or not upgrades.take_transport(self.transport, *parsed, peer[0]):  # type: ignore[union-attr]

@@ -327,8 +327,8 @@ def server_websocket(delegate: Any, stream: IOStream, max_message_size: int) -> 
 
 class TransportWebsocket:
     """A :func:`server_websocket` for a connection already on an asyncio ``transport`` whose
-    upgrade was answered there: what it writes waits until :meth:`start`, which makes its
-    frame reader the transport's protocol and resumes reading (paused meanwhile); a
+    upgrade was answered there: what it writes waits until :meth:`start`, which writes it,
+    makes its frame reader the transport's protocol and resumes reading (paused meanwhile); a
     connection lost before that ends the websocket at :meth:`start`."""
 
     def __init__(self, delegate: Any, transport: asyncio.Transport, max_message_size: int) -> None:
@@ -336,12 +336,11 @@ class TransportWebsocket:
         self.reader = _TransportReader(self.protocol)
         self.protocol.stream = self.reader.stream  # type: ignore[assignment]  # what the protocol uses of it
         self.transport = transport
-        self.lost = False  # the connection ended before start
         transport.pause_reading()
 
     def start(self) -> None:
         transport = self.transport
-        if self.lost or transport.is_closing():
+        if transport.is_closing():
             self.reader.connection_lost(None)
             return
         transport.set_protocol(self.reader)

@@ -120,6 +120,7 @@ class DirectUpgrade:
         self._answer(socket, headers)
 
         async def frames() -> None:
+            LeanSocket.writer.flush_one(socket)  # the 101 and the open before any answer to a frame
             websocket.start()
         _spawn(self._open(socket, frames))
         return True
