@@ -27,6 +27,14 @@ async def test_a_stream_made_with_bytes_reads_them_first_then_the_socket():
     theirs.close()
 
 
+async def _soon(check) -> None:
+    """Wait (up to a second) until ``check()`` is true."""
+    for _ in range(100):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+
+
 class _Delegate:
     """What Tornado's websocket protocol calls on a handler."""
 
@@ -85,16 +93,10 @@ async def test_a_websocket_on_an_accepted_transport_writes_at_start_then_reads_f
     assert delegate.messages == []
     websocket.start()
     assert await asyncio.wait_for(reader.readexactly(10), 5) == b"\x81\x03one\x81\x03two"
-    for _ in range(100):
-        if delegate.messages:
-            break
-        await asyncio.sleep(0.01)
+    await _soon(lambda: delegate.messages)
     assert delegate.messages == ["early"]
     writer.close()
-    for _ in range(100):
-        if delegate.closed:
-            break
-        await asyncio.sleep(0.01)
+    await _soon(lambda: delegate.closed)
     assert delegate.closed == [None]
 
 
@@ -118,8 +120,5 @@ async def test_a_websocket_whose_client_left_before_start_ends_after_it():
     writer.close()  # the client goes while reading is paused
     await asyncio.sleep(0.05)
     websocket.start()
-    for _ in range(100):
-        if delegate.closed:
-            break
-        await asyncio.sleep(0.01)
+    await _soon(lambda: delegate.closed)
     assert delegate.closed == [None]
