@@ -68,7 +68,7 @@ class _Head(asyncio.Protocol):
 
     def __init__(self, listener: PublicListener) -> None:
         self.listener = listener
-        self.buffer = b""
+        self.buffer = bytearray()
         self.transport: Any = None
         self.timer: asyncio.TimerHandle | None = None
 
@@ -78,16 +78,18 @@ class _Head(asyncio.Protocol):
         self.timer = asyncio.get_running_loop().call_later(self.listener.idle_timeout, self.drop)
 
     def data_received(self, data: bytes) -> None:
-        buffer = self.buffer = self.buffer + data if self.buffer else data
-        end = buffer.find(b"\r\n\r\n")
+        buffer = self.buffer
+        start = max(0, len(buffer) - 3)  # search what is new: a head sent bytewise stays linear
+        buffer += data
+        end = buffer.find(b"\r\n\r\n", start)
         if end < 0:
-            if len(buffer) > MAX_HEAD or b"\n\n" in buffer or b"\n\r\n" in buffer:
+            if len(buffer) > MAX_HEAD or buffer.find(b"\n\n", start) >= 0 or buffer.find(b"\n\r\n", start) >= 0:
                 self._to_tornado()  # too long, or the end of a head in another spelling
             return
         self._done()
         upgrades = self.listener.upgrades
         plain = upgrades is not None and end + 4 == len(buffer) <= MAX_HEAD
-        parsed = parse_head(buffer[:end]) if plain else None
+        parsed = parse_head(bytes(buffer[:end])) if plain else None
         peer = self.transport.get_extra_info("peername")
         if parsed is None or not isinstance(peer, tuple) \
                 or not upgrades.take_transport(self.transport, *parsed, peer[0]):  # type: ignore[union-attr]
@@ -110,8 +112,8 @@ class _Head(asyncio.Protocol):
         transport.abort()
         sock.setblocking(False)
         server = self.listener.server
-        server.handle_stream(tornado_compat.stream_with_bytes(sock, self.buffer, server), address)
-        self.buffer = b""
+        server.handle_stream(tornado_compat.stream_with_bytes(sock, bytes(self.buffer), server), address)
+        self.buffer = bytearray()
 
     def _done(self) -> None:
         """The head is in (or the connection goes): no longer waiting, no idle timer."""
