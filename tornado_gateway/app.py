@@ -153,7 +153,7 @@ class Gateway:
             (r"/api/presence", PresenceHandler),
         ]
         return PublicRouter(self, self._application(handlers), "|".join(path for path, _ in handlers),
-                            self.realtime.upgrades())
+                            self.realtime.upgrades)
 
     def internal_app(self) -> tornado.web.Application:
         return self._application(internal_handlers(self.settings))

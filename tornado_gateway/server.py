@@ -245,7 +245,7 @@ async def run(settings: config.Settings, on_listening: Callable[[Gateway, int], 
         max_body_size=max(settings.max_body_size, settings.media_max_body_size,
                           *(r.max_body_size for r in settings.routes)),
     )
-    listener = PublicListener(public, gateway.realtime.upgrades(), public.idle_timeout)
+    listener = PublicListener(public, gateway.realtime.upgrades, public.idle_timeout)
     await listener.start(public_sockets, LISTEN_BACKLOG)
     internal = None
     if internal_sockets:

@@ -154,19 +154,12 @@ class PipelinedRedis:
         return cls(url, **kwargs)
 
     async def execute(self, *args: Any) -> Any:
-        protocol = self._protocol
-        if protocol is None or protocol.closed or protocol.transport is None \
-                or protocol.transport.is_closing():
-            protocol = await self._connect()
-        return await self._send(protocol, args)
+        return await self._send(await self._live(), args)
 
     async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Several commands written together, their replies in order; the first failure
         raises (after every command was sent, as ``execute`` each would)."""
-        protocol = self._protocol
-        if protocol is None or protocol.closed or protocol.transport is None \
-                or protocol.transport.is_closing():
-            protocol = await self._connect()
+        protocol = await self._live()
         futures = [self._send(protocol, args) for args in commands]
         replies = []
         failure: BaseException | None = None
@@ -178,6 +171,14 @@ class PipelinedRedis:
         if failure is not None:
             raise failure
         return replies
+
+    async def _live(self) -> _Protocol:
+        """The open connection, or a new one."""
+        protocol = self._protocol
+        if protocol is None or protocol.closed or protocol.transport is None \
+                or protocol.transport.is_closing():
+            protocol = await self._connect()
+        return protocol
 
     def _send(self, protocol: _Protocol, args: Sequence[Any]) -> asyncio.Future:
         loop = asyncio.get_running_loop()

@@ -29,7 +29,7 @@ Item = dict[str, Any]
 _KINDS = {b"message": "message", b"smessage": "smessage", b"pmessage": "pmessage",
           b"subscribe": "subscribe", b"unsubscribe": "unsubscribe", b"ssubscribe": "ssubscribe",
           b"sunsubscribe": "sunsubscribe", b"psubscribe": "psubscribe",
-          b"punsubscribe": "punsubscribe", b"pong": "pong"}
+          b"punsubscribe": "punsubscribe"}  # a pong never gets here: data_received drops it
 
 
 class _Protocol(asyncio.Protocol):
@@ -102,8 +102,6 @@ def _item(reply: Any) -> Item | None:
         return {"type": kind, "pattern": reply[1], "channel": reply[2], "data": reply[3]}
     if len(reply) == 3:
         return {"type": kind, "pattern": None, "channel": reply[1], "data": reply[2]}
-    if kind == "pong":
-        return {"type": kind, "pattern": None, "channel": None, "data": reply[1]}
     return None
 
 

@@ -48,7 +48,7 @@ def parse_head(head: bytes) -> tuple[httputil.RequestStartLine, httputil.HTTPHea
     """A request head of CRLF lines without folding, as Tornado would read it, or None for
     anything else (Tornado then reads it again and answers as it does)."""
     if b"\n" in head.replace(b"\r\n", b""):
-        return None  # a bare LF (or a stray CR): Tornado's reading of it
+        return None  # a bare LF: Tornado's reading of it
     lines = head.decode("latin-1").split("\r\n")
     try:
         start_line = httputil.parse_request_start_line(lines[0])

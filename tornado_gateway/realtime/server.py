@@ -10,6 +10,7 @@ from __future__ import annotations
 from tornado_gateway.config import RateLimit
 
 import asyncio
+import functools
 import logging
 import time
 
@@ -92,8 +93,10 @@ class Realtime(OrderedDispatch):
     def handlers(self) -> list:
         return [(r"/socket.io/", wire.make_socket_handler(self))]
 
+    @functools.cached_property
     def upgrades(self) -> wire.DirectUpgrade:
-        """Plain websocket connects of /socket.io/, answered below the Tornado handler."""
+        """Plain websocket connects of /socket.io/, answered below the Tornado handler (one
+        per node: the router and the listener offer it their requests)."""
         return wire.DirectUpgrade(self)
 
     async def start(self) -> None:
