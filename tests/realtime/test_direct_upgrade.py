@@ -265,3 +265,54 @@ async def test_a_client_that_half_closes_right_behind_the_head_still_gets_the_10
         answer = await asyncio.wait_for(reader.read(), 5)
         assert answer.startswith(b"HTTP/1.1 101 "), answer[:40]
         writer.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_closed_socket_is_let_go_as_its_disconnect_is_handled():
+    # engineio's service task drops a closed socket from its table only when its sweep
+    # passes it (up to twice PING_TIMEOUT later) and the Pinger on its slot's next turn (up
+    # to PING_INTERVAL later): after a reconnect storm, each closed socket, its handler and
+    # request stayed on the heap that long. In-process, so the tables can be looked at.
+    import socket
+
+    from tornado.httpserver import HTTPServer
+
+    from harness import ACCESS_SECRET
+    from tornado_gateway import config
+    from tornado_gateway.app import Gateway
+    from tornado_gateway.proxy.listener import PublicListener
+
+    gateway = Gateway(config.load(["gw"], {"REDIS_URL": "memory://", "ALLOWED_ORIGINS": ORIGIN,
+                                          "JWT_ACCESS_SECRET": ACCESS_SECRET}))
+    await gateway.start()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    listener = PublicListener(HTTPServer(gateway.public_router()), gateway.realtime.upgrades, 30.0)
+    await listener.start([sock], 128)
+    realtime = gateway.realtime
+    try:
+        for closing in ("abrupt", "close frame"):
+            reader, writer, status, _ = await _upgrade(sock.getsockname()[1], _request(base64.b64encode(os.urandom(16)).decode()))
+            assert status.startswith("HTTP/1.1 101"), status
+            assert (await _text(reader)).startswith("0{")
+            writer.write(_frame("40" + json.dumps({"token": make_token("u-let-go")})))
+            assert (await _text(reader)).startswith("40{")
+            assert len(realtime.sio.eio.sockets) == 1 and sum(map(len, realtime.pinger.slots)) == 1
+            if closing == "close frame":
+                writer.write(b"\x88\x82" + b"\x00" * 4 + (1000).to_bytes(2, "big"))  # masked with zeros
+            writer.close()
+            await _eventually(_async(lambda: not realtime.states))  # the disconnect was handled
+            assert realtime.sio.eio.sockets == {}, closing
+            assert sum(map(len, realtime.pinger.slots)) == 0, closing
+    finally:
+        listener.stop()
+        await gateway.close()
+        sock.close()
+
+
+def _async(check):  # type: ignore[no-untyped-def]
+    async def run() -> bool:
+        return bool(check())
+    return run

@@ -148,3 +148,14 @@ async def test_translate_request_is_engineios_without_a_class_per_request():
     ours, theirs = translate_request(handler), eio_tornado.translate_request(handler)
     assert await ours.pop("wsgi.input").read() == await theirs.pop("wsgi.input").read() == b"hello"
     assert ours == theirs
+
+
+def test_engineio_deletes_a_closed_socket_only_where_it_is_still_in_its_table():
+    # LeanSocket.close takes its own entry out of server.sockets at once; engineio's own
+    # deletions (after a websocket ends, in disconnect) must stay guarded, or they would raise.
+    from engineio.async_server import AsyncServer as EngineServer
+
+    assert "if s.closed and sid in self.sockets:" in inspect.getsource(EngineServer._handle_connect)
+    assert "if sid in self.sockets:" in inspect.getsource(EngineServer.disconnect)
+    sweep = inspect.getsource(EngineServer._service_task)  # its sweep tolerates a socket gone
+    assert "del self.sockets[s.sid]" in sweep and "except KeyError:" in sweep

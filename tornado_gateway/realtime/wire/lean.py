@@ -46,6 +46,7 @@ class LeanSocket(AsyncSocket):
     handler: Any = None  # the Tornado WebSocketHandler, once the websocket runs
     writer: Any = None  # the node's manager (``send_text``, ``flush_one``): ``configure``
     pinger: "Pinger | None" = None
+    ping_slot: int | None = None  # the Pinger's slot of this socket
 
     async def _websocket_handler(self, ws: Any) -> None:
         if getattr(self, "connected"):  # an upgrade from polling: engineio's own loop
@@ -101,6 +102,15 @@ class LeanSocket(AsyncSocket):
         if not was_closed and handler is not None:
             self.writer.flush_one(handler)
             handler.close()
+        if self.closed and handler is not None:
+            # Let go of it now: engineio's service task drops a closed socket only when its
+            # sweep passes (up to twice PING_TIMEOUT later), the Pinger on its next turn of
+            # this socket's slot (up to PING_INTERVAL later); meanwhile a reconnect storm's
+            # closed sockets, their handlers and requests stay on the heap.
+            if self.server.sockets.get(self.sid) is self:
+                del self.server.sockets[self.sid]
+            if self.pinger is not None:
+                self.pinger.discard(self)
 
 
 class LeanReceiver:
@@ -196,10 +206,16 @@ class Pinger:
 
     def add(self, socket: LeanSocket) -> None:
         now = int(time.monotonic())
-        self.slots[now % len(self.slots)].add(socket)
+        socket.ping_slot = now % len(self.slots)
+        self.slots[socket.ping_slot].add(socket)
         if self._task is None:
             self._last = now
             self._task = asyncio.ensure_future(self._run())
+
+    def discard(self, socket: LeanSocket) -> None:
+        """A closed socket leaves its slot now (``_turn`` would drop it on its next turn)."""
+        if socket.ping_slot is not None:
+            self.slots[socket.ping_slot].discard(socket)
 
     async def _run(self) -> None:
         while True:
