@@ -9,7 +9,9 @@ messages services (bench/socket_stub.py); the client is bench/socket_fanout.js
    deliveries/s, latency p50/p99, every delivery exactly once;
 2. connect storm: N clients connecting at once (authenticated, websocket), each
    joining a chat: time until all joined, failures, handshakes/s (from one Node process, or
-   from several starting together with --storm-processes);
+   from several starting together with --storm-processes; socket.io-client, or the lean
+   generator bench/storm_wire.js with --storm-client wire, which leaves the server the
+   bottleneck);
 3. idle: N idle authenticated websockets on a fresh process, RSS growth per socket;
    then the gateway again under tracemalloc (bench/traced_gateway.py): the top
    allocation sites per socket;
@@ -17,7 +19,8 @@ messages services (bench/socket_stub.py); the client is bench/socket_fanout.js
    messages: RSS growth and Redis keys per 1,000 messages, exactly once.
 
     .venv/bin/python bench/socket_bench.py [--targets gateway,node] [--rounds 2] [--receivers 50]
-        [--inflight 32] [--senders 1] [--duration 8] [--ack] [--storm 2000] [--storm-processes 1] [--idle 2000] [--soak 5000] [--trace 2000]
+        [--inflight 32] [--senders 1] [--duration 8] [--ack] [--storm 2000] [--storm-processes 1]
+        [--storm-client socketio|wire] [--idle 2000] [--soak 5000] [--trace 2000]
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from harness import (ACCESS_SECRET, ORIGIN, REFRESH_SECRET, RedisServer, free_po
                      wait_for_port)
 
 CLIENT = os.path.join(ROOT, "bench", "socket_fanout.js")
+WIRE_CLIENT = os.path.join(ROOT, "bench", "storm_wire.js")  # the lean storm generator
 NODE_REF = os.path.join(ROOT, "bench", "node_ref")
 STARTED: list["Target"] = []  # stopped on the way out, whatever happened
 
@@ -167,8 +171,15 @@ class Target:
             print(f"  {self.kind} log, lines with errors: {errors[:3]}")
 
 
-def run_client(mode: str, options: dict, timeout: float) -> dict:
-    proc = subprocess.Popen(["node", CLIENT, mode, json.dumps(options)], stdout=subprocess.PIPE, text=True)
+def storm_command(client: str, options: dict) -> list[str]:
+    """The storm client: socket.io-client (``socketio``) or the lean generator (``wire``)."""
+    if client == "wire":
+        return ["node", WIRE_CLIENT, json.dumps(options)]
+    return ["node", CLIENT, "storm", json.dumps(options)]
+
+
+def run_client(mode: str, options: dict, timeout: float, command: list[str] | None = None) -> dict:
+    proc = subprocess.Popen(command or ["node", CLIENT, mode, json.dumps(options)], stdout=subprocess.PIPE, text=True)
     client_cpu = ClientCpu(proc.pid)
     out, _ = proc.communicate(timeout=timeout)
     result = json.loads(out.strip().splitlines()[-1])
@@ -192,13 +203,13 @@ def fanout(target: Target, args: argparse.Namespace, chat: str, stub_pid: int) -
     return result
 
 
-def storm_together(target: Target, n: int, chat: str, chat_size: int, processes: int) -> dict:
+def storm_together(target: Target, n: int, chat: str, chat_size: int, processes: int, client: str) -> dict:
     """One storm of ``n`` clients from several Node processes that start at the same moment:
     handshakes/s over the slowest process's time, the client CPU of all of them."""
     share = n // processes
     start_at = int(time.time() * 1000) + 1500  # every process started and loaded by then
-    procs = [subprocess.Popen(["node", CLIENT, "storm", json.dumps(target.client_options(
-        chat=chat, connections=share, chatSize=chat_size, first=i * share, startAt=start_at, hold=True))],
+    procs = [subprocess.Popen(storm_command(client, target.client_options(
+        chat=chat, connections=share, chatSize=chat_size, first=i * share, startAt=start_at, hold=True)),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for i in range(processes)]
     cpus = [ClientCpu(proc.pid) for proc in procs]
     parts = [json.loads(proc.stdout.readline()) for proc in procs]  # type: ignore[union-attr]
@@ -211,18 +222,22 @@ def storm_together(target: Target, n: int, chat: str, chat_size: int, processes:
             "firstFailures": [f for p in parts for f in p["firstFailures"]][:3], "seconds": seconds,
             "handshakesPerSecond": round(joined / seconds),
             "joinedMs": {"last": max(p["joinedMs"]["last"] for p in parts)},
+            "connectedMs": {"last": max(p["connectedMs"]["last"] for p in parts)},
+            "createdMs": max(p["createdMs"] for p in parts),
+            "stormCpuMs": sum(p["stormCpuMs"] for p in parts),
             "clientCpuSeconds": round(sum(c.seconds for c in cpus), 2)}
 
 
-def storm(target: Target, n: int, chat: str, chat_size: int, stub_pid: int, processes: int = 1) -> dict:
+def storm(target: Target, n: int, chat: str, chat_size: int, stub_pid: int, processes: int = 1,
+          client: str = "socketio") -> dict:
     redis_pid = target.redis.proc.pid if target.redis.proc else None
     cpu_before, stub_before = cpu_seconds(target.pid), cpu_seconds(stub_pid)
     redis_before = cpu_seconds(redis_pid) if redis_pid else 0.0
     if processes > 1:
-        result = storm_together(target, n, chat, chat_size, processes)
+        result = storm_together(target, n, chat, chat_size, processes, client)
     else:
-        result = run_client("storm", target.client_options(chat=chat, connections=n, chatSize=chat_size),
-                            timeout=300)
+        options = target.client_options(chat=chat, connections=n, chatSize=chat_size)
+        result = run_client("storm", options, timeout=300, command=storm_command(client, options))
     result["serverCpuSeconds"] = round(cpu_seconds(target.pid) - cpu_before, 2)
     # the rest of the machine's CPU the storm cost: this target's redis-server and the shared stub
     result["redisCpuSeconds"] = round(cpu_seconds(redis_pid) - redis_before, 2) if redis_pid else None
@@ -308,6 +323,8 @@ def main() -> None:
     parser.add_argument("--storm-chat-size", type=int, default=10, help="members of each chat the storm joins")
     parser.add_argument("--storm-processes", type=int, default=1,
                         help="Node processes that make the storm together (one is the bottleneck on 2 cores)")
+    parser.add_argument("--storm-client", choices=("socketio", "wire"), default="socketio",
+                        help="socket.io-client, or the lean generator bench/storm_wire.js (the server is the bottleneck)")
     parser.add_argument("--idle", type=int, default=2000, help="idle connections (0: skip)")
     parser.add_argument("--trace", type=int, default=2000, help="idle connections under tracemalloc (0: skip)")
     parser.add_argument("--trace-top", type=int, default=25)
@@ -349,7 +366,7 @@ def main() -> None:
                 keep(kind, "exactly once", result["exactlyOnce"])
             for kind in order if args.storm else ():
                 result = storm(targets[kind], args.storm, f"storm-{round_}-{kind}", args.storm_chat_size, stub.pid,
-                               args.storm_processes)
+                               args.storm_processes, args.storm_client)
                 print(f"storm    {kind:8} load {load():5}: {json.dumps(result)}")
                 keep(kind, "handshakes/s", result["handshakesPerSecond"])
                 keep(kind, "storm server CPU s", result["serverCpuSeconds"])

@@ -109,25 +109,34 @@ async function storm() {
   // number their users and chats from `first`, so together they are one storm
   if (opt.startAt) await new Promise((resolve) => setTimeout(resolve, Math.max(0, opt.startAt - Date.now())));
   const first = opt.first || 0;
+  const cpuBefore = process.cpuUsage();
   const started = performance.now();
   const times = [];
+  const connected = [];  // when each client's connect came (its join is emitted then)
   const failures = [];
   const sockets = [];
-  await Promise.all(Array.from({ length: opt.connections }, async (_, i) => {
+  const created = Array.from({ length: opt.connections }, async (_, i) => {
     try {
       const socket = await connect(`storm${first + i}`);
+      connected.push(performance.now() - started);
       sockets.push(socket);
       const reply = await socket.timeout(60000).emitWithAck("chat:join", { chatId: `${opt.chat}-${Math.floor((first + i) / (opt.chatSize || 10))}` });
       if (!reply.ok) throw new Error(`join: ${JSON.stringify(reply)}`);
       times.push(performance.now() - started);
     } catch (err) { failures.push(String(err.message || err)); }
-  }));
+  });
+  const createdMs = performance.now() - started;  // the client's own work of opening them all
+  await Promise.all(created);
   const seconds = (performance.now() - started) / 1000;
+  const cpu = process.cpuUsage(cpuBefore);
   times.sort((a, b) => a - b);
+  connected.sort((a, b) => a - b);
   console.log(JSON.stringify({
     connections: opt.connections, joined: times.length, failures: failures.length, firstFailures: failures.slice(0, 3),
     seconds: +seconds.toFixed(2), handshakesPerSecond: Math.round(times.length / seconds),
     joinedMs: { p50: Math.round(percentile(times, 0.5)), p99: Math.round(percentile(times, 0.99)), last: Math.round(times[times.length - 1]) },
+    connectedMs: { first: Math.round(connected[0]), p50: Math.round(percentile(connected, 0.5)), last: Math.round(connected[connected.length - 1]) },
+    createdMs: Math.round(createdMs), stormCpuMs: Math.round((cpu.user + cpu.system) / 1000),
   }));
   if (opt.hold) {  // the others may still connect: close when told (stdin ends)
     process.stdin.resume();

@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 from harness import ACCESS_SECRET, ORIGIN, REFRESH_SECRET, RedisServer, free_port, wait_for_port  # noqa: E402
 
 CLIENT = os.path.join(ROOT, "bench", "socket_fanout.js")
+WIRE_CLIENT = os.path.join(ROOT, "bench", "storm_wire.js")
 
 
 def gateway_env(port: int, redis_url: str, stub_url: str, log_level: str) -> dict[str, str]:
@@ -87,7 +88,8 @@ def callgrind_control(pid: int, option: str) -> None:
 def storm(args: argparse.Namespace, port: int, chat: str) -> dict:
     options = {"url": f"http://127.0.0.1:{port}", "origin": ORIGIN, "secret": ACCESS_SECRET,
                "chat": chat, "connections": args.clients, "chatSize": 10}
-    out = subprocess.run(["node", CLIENT, "storm", json.dumps(options)], capture_output=True, text=True,
+    command = ["node", WIRE_CLIENT] if getattr(args, "client", "socketio") == "wire" else ["node", CLIENT, "storm"]
+    out = subprocess.run([*command, json.dumps(options)], capture_output=True, text=True,
                          timeout=900, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -156,6 +158,8 @@ def main() -> None:
     parser.add_argument("--fanout", type=int, default=0, metavar="R",
                         help="fan-out runs to R receivers instead of storms (0: storms)")
     parser.add_argument("--messages", type=int, default=200, help="messages per fan-out run")
+    parser.add_argument("--client", choices=("socketio", "wire"), default="socketio",
+                        help="the storm's client: socket.io-client or the lean bench/storm_wire.js")
     args = parser.parse_args()
     if args.log_level.lower() not in ("debug", "info"):
         parser.error("the disconnect lines at info are how the script knows a storm is over")

@@ -43,6 +43,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
 def attach(tool: str, pid: int, out: str) -> subprocess.Popen | None:
     if tool == "py-spy":
         spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
@@ -134,6 +139,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=40, help="functions (py-spy) or object types (gc) to print")
     parser.add_argument("--root", default=os.path.dirname(HERE), help="the checkout whose gateway runs")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--client", choices=("socketio", "wire"), default="socketio",
+                        help="the storm's client: socket.io-client or the lean bench/storm_wire.js")
     args = parser.parse_args()
     if args.storms < 2:
         parser.error("--storms must be at least 2 (the first one is the warm-up)")
@@ -153,7 +160,8 @@ def main() -> None:
                 disconnects = shared.wait_disconnects(log_path, disconnects + args.clients, 300)
                 spent.append(cpu_seconds(gateway.pid) - before)
                 print(f"storm {i + 1}/{args.storms}: {result['handshakesPerSecond']} handshakes/s, gateway CPU "
-                      f"{spent[-1]:.2f} s; load {os.getloadavg()[0]:.2f}", flush=True)
+                      f"{spent[-1]:.2f} s, RSS {rss_mib(gateway.pid):.1f} MiB; load {os.getloadavg()[0]:.2f}",
+                      flush=True)
                 if i == 0:
                     tool = attach(args.tool, gateway.pid, out)
                     gc_before = gc_totals(out, gateway.pid) if args.tool == "gc" else None
