@@ -173,3 +173,30 @@ def test_a_remembered_token_is_refused_once_it_expires():
         with pytest.raises(AuthError):
             verifier.verify_access(forged)
 
+
+
+def test_hmac_keys_are_prepared_once_and_refused_keys_every_time():
+    # PreparedHMAC remembers the secrets PyJWT prepared: tokens signed with another secret are
+    # still refused, and a PEM key given as an HMAC secret is refused every time, never kept.
+    from jwt.algorithms import HMACAlgorithm
+
+    from tornado_gateway import config
+    from tornado_gateway.edge.identity import AuthError, PreparedHMAC, TokenVerifier
+
+    settings = config.load(["gw"], {"JWT_ACCESS_SECRET": ACCESS_SECRET, "REDIS_URL": "memory://",
+                                    "JWT_ALGORITHMS": "HS256,HS512"})
+    verifier = TokenVerifier(settings)
+    algorithm = jwt.get_algorithm_by_name("HS512")
+    assert isinstance(algorithm, PreparedHMAC)
+    token = jwt.encode({"sub": "u-hs512", "exp": int(time.time()) + 600}, ACCESS_SECRET, algorithm="HS512")
+    assert verifier.verify_access(token).user_id == "u-hs512"
+    assert algorithm._prepared == {ACCESS_SECRET: ACCESS_SECRET.encode()}
+    for forged in (make_token("u1", secret=WRONG_SECRET), make_token("u1", secret=WRONG_SECRET)):
+        with pytest.raises(AuthError) as refused:
+            verifier.verify_access(forged)
+        assert refused.value.code == "INVALID_TOKEN"
+    pem = b"-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n"
+    for _ in range(2):
+        with pytest.raises(jwt.InvalidKeyError):
+            PreparedHMAC(HMACAlgorithm.SHA256).prepare_key(pem)
+    assert pem not in jwt.get_algorithm_by_name("HS256")._prepared
