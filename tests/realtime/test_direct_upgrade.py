@@ -267,49 +267,92 @@ async def test_a_client_that_half_closes_right_behind_the_head_still_gets_the_10
         writer.close()
 
 
+class _InProcess:
+    """A gateway in this test's process behind the public listener (real sockets), so its
+    tables can be looked at."""
+
+    def __init__(self, env: dict) -> None:
+        from harness import ACCESS_SECRET
+        from tornado_gateway import config
+        from tornado_gateway.app import Gateway
+
+        self.gateway = Gateway(config.load(["gw"], {"ALLOWED_ORIGINS": ORIGIN,
+                                                    "JWT_ACCESS_SECRET": ACCESS_SECRET, **env}))
+        self.realtime = self.gateway.realtime
+
+    async def __aenter__(self) -> "_InProcess":
+        import socket
+
+        from tornado.httpserver import HTTPServer
+
+        from tornado_gateway.proxy.listener import PublicListener
+
+        await self.gateway.start()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        self.listener = PublicListener(HTTPServer(self.gateway.public_router()), self.realtime.upgrades, 30.0)
+        await self.listener.start([self.sock], 128)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.listener.stop()
+        await self.gateway.close()
+        self.sock.close()
+
+    async def opened(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A websocket upgraded and opened (the Engine.IO open read)."""
+        reader, writer, status, _ = await _upgrade(self.port, _request(base64.b64encode(os.urandom(16)).decode()))
+        assert status.startswith("HTTP/1.1 101"), status
+        assert (await _text(reader)).startswith("0{")
+        return reader, writer
+
+
 @pytest.mark.gen_test(timeout=30)
 async def test_a_closed_socket_is_let_go_as_its_disconnect_is_handled():
     # engineio's service task drops a closed socket from its table only when its sweep
     # passes it (up to twice PING_TIMEOUT later) and the Pinger on its slot's next turn (up
     # to PING_INTERVAL later): after a reconnect storm, each closed socket, its handler and
-    # request stayed on the heap that long. In-process, so the tables can be looked at.
-    import socket
-
-    from tornado.httpserver import HTTPServer
-
-    from harness import ACCESS_SECRET
-    from tornado_gateway import config
-    from tornado_gateway.app import Gateway
-    from tornado_gateway.proxy.listener import PublicListener
-
-    gateway = Gateway(config.load(["gw"], {"REDIS_URL": "memory://", "ALLOWED_ORIGINS": ORIGIN,
-                                          "JWT_ACCESS_SECRET": ACCESS_SECRET}))
-    await gateway.start()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    sock.setblocking(False)
-    listener = PublicListener(HTTPServer(gateway.public_router()), gateway.realtime.upgrades, 30.0)
-    await listener.start([sock], 128)
-    realtime = gateway.realtime
-    try:
+    # request stayed on the heap that long.
+    async with _InProcess({"REDIS_URL": "memory://"}) as node:
+        realtime = node.realtime
         for closing in ("abrupt", "close frame"):
-            reader, writer, status, _ = await _upgrade(sock.getsockname()[1], _request(base64.b64encode(os.urandom(16)).decode()))
-            assert status.startswith("HTTP/1.1 101"), status
-            assert (await _text(reader)).startswith("0{")
+            reader, writer = await node.opened()
             writer.write(_frame("40" + json.dumps({"token": make_token("u-let-go")})))
             assert (await _text(reader)).startswith("40{")
             assert len(realtime.sio.eio.sockets) == 1 and sum(map(len, realtime.pinger.slots)) == 1
             if closing == "close frame":
                 writer.write(b"\x88\x82" + b"\x00" * 4 + (1000).to_bytes(2, "big"))  # masked with zeros
             writer.close()
-            await _eventually(_async(lambda: not realtime.states))  # the disconnect was handled
-            assert realtime.sio.eio.sockets == {}, closing
-            assert sum(map(len, realtime.pinger.slots)) == 0, closing
-    finally:
-        listener.stop()
-        await gateway.close()
-        sock.close()
+            # well within the 20 s and 25 s they used to stay
+            await _eventually(_async(lambda: not realtime.sio.eio.sockets), timeout=3)
+            await _eventually(_async(lambda: not any(realtime.pinger.slots)), timeout=3)
+            assert not realtime.states, closing
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_client_gone_while_its_connect_is_decided_leaves_no_ghost(own_redis):
+    # The connect awaits Redis (rate check, the user room's subscription, the presence
+    # claim); a client that closes meanwhile got no disconnect from python-socketio (its
+    # socket was still connecting), so its state stayed: the user online for good, the
+    # socket counted against MAX_CONNECTIONS_PER_IP and in the open-sockets gauge.
+    async with _InProcess({"REDIS_URL": own_redis.url, "MAX_CONNECTIONS_PER_IP": "3"}) as node:
+        realtime = node.realtime
+        for n in range(6):  # twice the per-IP cap: ghosts would soon refuse everyone
+            reader, writer = await node.opened()
+            writer.write(_frame("40" + json.dumps({"token": make_token(f"u-ghost-{n}")})))
+            writer.close()  # right behind the connect, before any answer
+            await _eventually(_async(lambda: not realtime.manager.pending_connect), timeout=10)
+        await _eventually(_async(lambda: not realtime.states and not realtime.sockets_of_ip), timeout=10)
+        assert realtime.presence.sockets == {} and realtime.sockets_of_user == {}
+        # and a client that stays is admitted and counted as before
+        reader, writer = await node.opened()
+        writer.write(_frame("40" + json.dumps({"token": make_token("u-stays")})))
+        assert (await _text(reader)).startswith("40{")
+        assert list(realtime.sockets_of_user) == ["u-stays"] and sum(realtime.sockets_of_ip.values()) == 1
+        writer.close()
 
 
 def _async(check):  # type: ignore[no-untyped-def]

@@ -140,7 +140,7 @@ class Realtime(OrderedDispatch):
         handler = environ["tornado.handler"]
         ip = getattr(handler, "socket_client_ip", None) or self.gateway.forwarding.client_ip(handler.request)
         try:
-            return await self._admit(sid, environ, auth, ip)
+            admitted = await self._admit(sid, environ, auth, ip)
         except socketio.exceptions.ConnectionRefusedError as exc:
             data = exc.error_args.get("data") if isinstance(exc.error_args, dict) else None
             code = data.get("code") if isinstance(data, dict) else None
@@ -148,6 +148,18 @@ class Realtime(OrderedDispatch):
                 socket_log.write(logging.INFO, f"socket refused: {code} ({exc.error_args.get('message')})",
                                  "connect", sid, client_ip=ip, code=code)
             raise
+        if self._transport_gone(sid):
+            # The client went away while its connect was decided (a rate check, a subscription
+            # and a presence claim are awaited): python-socketio reports no disconnect of a
+            # socket still connecting, so it is undone here, or its state, its presence and
+            # its share of MAX_CONNECTIONS_PER_IP would stay for the life of the process.
+            await self._on_disconnect(sid, "transport closed while connecting")
+            return False
+        return admitted
+
+    def _transport_gone(self, sid: str) -> bool:
+        socket = wire.eio_socket(self.sio, self.manager.eio_sid_from_sid(sid, "/"))
+        return socket is None or socket.closed or socket.closing
 
     async def _admit(self, sid: str, environ: dict, auth: Any, ip: str) -> bool:
         handler = environ["tornado.handler"]
