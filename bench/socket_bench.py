@@ -221,11 +221,16 @@ def storm_together(target: Target, n: int, chat: str, chat_size: int, processes:
             "failures": sum(p["failures"] for p in parts),
             "firstFailures": [f for p in parts for f in p["firstFailures"]][:3], "seconds": seconds,
             "handshakesPerSecond": round(joined / seconds),
-            "joinedMs": {"last": max(p["joinedMs"]["last"] for p in parts)},
-            "connectedMs": {"last": max(p["connectedMs"]["last"] for p in parts)},
+            "joinedMs": {"last": _latest(p["joinedMs"]["last"] for p in parts)},
+            "connectedMs": {"last": _latest(p["connectedMs"]["last"] for p in parts)},
             "createdMs": max(p["createdMs"] for p in parts),
             "stormCpuMs": sum(p["stormCpuMs"] for p in parts),
             "clientCpuSeconds": round(sum(c.seconds for c in cpus), 2)}
+
+
+def _latest(times: Any) -> Any:
+    """The latest of the storm processes' times (None from a process that got no one in)."""
+    return max((t for t in times if t is not None), default=None)
 
 
 def storm(target: Target, n: int, chat: str, chat_size: int, stub_pid: int, processes: int = 1,

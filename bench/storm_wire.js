@@ -22,8 +22,10 @@ function token(sub) {
 function maskedText(text) {  // a client frame (RFC 6455 §5.3: clients mask)
   const payload = Buffer.from(text);
   const size = payload.length;
-  const head = size < 126 ? Buffer.from([0x81, 0x80 | size])
-    : Buffer.from([0x81, 0x80 | 126, size >> 8, size & 0xff]);
+  let head;
+  if (size < 126) head = Buffer.from([0x81, 0x80 | size]);
+  else if (size < 65536) head = Buffer.from([0x81, 0x80 | 126, size >> 8, size & 0xff]);
+  else { head = Buffer.alloc(10); head[0] = 0x81; head[1] = 0x80 | 127; head.writeBigUInt64BE(BigInt(size), 2); }
   const mask = crypto.randomBytes(4);
   for (let i = 0; i < size; i++) payload[i] ^= mask[i & 3];
   return Buffer.concat([head, mask, payload]);
@@ -76,7 +78,7 @@ class Client {
           upgraded = true;
           buffer = buffer.subarray(end + 4);
         }
-        while (buffer.length >= 2) {
+        while (buffer.length >= 2 && !sock.destroyed) {
           let size = buffer[1] & 0x7f, at = 2;
           if (size === 126) { if (buffer.length < 4) return; size = buffer.readUInt16BE(2); at = 4; }
           else if (size === 127) { if (buffer.length < 10) return; size = Number(buffer.readBigUInt64BE(2)); at = 10; }

@@ -175,9 +175,10 @@ def test_a_remembered_token_is_refused_once_it_expires():
 
 
 
-def test_hmac_keys_are_prepared_once_and_refused_keys_every_time():
-    # PreparedHMAC remembers the secrets PyJWT prepared: tokens signed with another secret are
-    # still refused, and a PEM key given as an HMAC secret is refused every time, never kept.
+def test_hmac_keys_are_prepared_once_and_refused_keys_every_time(monkeypatch):
+    # PreparedHMAC remembers the secrets pyjwt prepared: fresh tokens are checked without
+    # preparing the key again, tokens signed with another secret are still refused, and a PEM
+    # key given as an HMAC secret is refused every time, never kept.
     from jwt.algorithms import HMACAlgorithm
 
     from tornado_gateway import config
@@ -188,15 +189,22 @@ def test_hmac_keys_are_prepared_once_and_refused_keys_every_time():
     verifier = TokenVerifier(settings)
     algorithm = jwt.get_algorithm_by_name("HS512")
     assert isinstance(algorithm, PreparedHMAC)
-    token = jwt.encode({"sub": "u-hs512", "exp": int(time.time()) + 600}, ACCESS_SECRET, algorithm="HS512")
-    assert verifier.verify_access(token).user_id == "u-hs512"
-    assert algorithm._prepared == {ACCESS_SECRET: ACCESS_SECRET.encode()}
-    for forged in (make_token("u1", secret=WRONG_SECRET), make_token("u1", secret=WRONG_SECRET)):
+    algorithm._prepared.clear()
+    prepared = []
+    original = HMACAlgorithm.prepare_key
+    monkeypatch.setattr(HMACAlgorithm, "prepare_key", lambda self, key: prepared.append(key) or original(self, key))
+    for n in range(3):  # three fresh tokens (a repeated one would come from the verifier's cache)
+        token = jwt.encode({"sub": f"u-hs512-{n}", "exp": int(time.time()) + 600}, ACCESS_SECRET,
+                           algorithm="HS512")
+        assert verifier.verify_access(token).user_id == f"u-hs512-{n}"
+    assert prepared.count(ACCESS_SECRET) == 1  # once for three signatures and three checks (six without)
+    for _ in range(2):
         with pytest.raises(AuthError) as refused:
-            verifier.verify_access(forged)
+            verifier.verify_access(make_token("u1", secret=WRONG_SECRET))
         assert refused.value.code == "INVALID_TOKEN"
     pem = b"-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n"
+    registered = jwt.get_algorithm_by_name("HS256")
     for _ in range(2):
         with pytest.raises(jwt.InvalidKeyError):
-            PreparedHMAC(HMACAlgorithm.SHA256).prepare_key(pem)
-    assert pem not in jwt.get_algorithm_by_name("HS256")._prepared
+            registered.prepare_key(pem)
+    assert prepared.count(pem) == 2 and pem not in registered._prepared

@@ -159,3 +159,41 @@ def test_engineio_deletes_a_closed_socket_only_where_it_is_still_in_its_table():
     assert "if sid in self.sockets:" in inspect.getsource(EngineServer.disconnect)
     sweep = inspect.getsource(EngineServer._service_task)  # its sweep tolerates a socket gone
     assert "del self.sockets[s.sid]" in sweep and "except KeyError:" in sweep
+
+
+@pytest.mark.gen_test
+async def test_a_closed_lean_socket_leaves_the_table_and_engineio_disconnects_still_work(monkeypatch):
+    # LeanSocket.close takes its own entry out of engineio's table once its websocket ran;
+    # disconnecting that sid or every socket afterwards must not raise (the guards above).
+    class Writer:
+        def flush_one(self, handler):
+            pass
+
+        def send_text(self, handler, payload, opcode=1):
+            pass
+
+    class Handler:
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(wire.LeanSocket, "writer", Writer())
+    pinger = wire.Pinger(25)
+    monkeypatch.setattr(wire.LeanSocket, "pinger", pinger)
+    eio = socketio.AsyncServer(async_mode="tornado").eio
+    sockets = []
+    for n in range(3):
+        sock = AsyncSocket(eio, f"eio-{n}")
+        eio.sockets[sock.sid] = sock
+        assert wire.adopt(sock)
+        sock.handler = Handler()
+        pinger.add(sock)
+        sockets.append(sock)
+    await sockets[0].close(wait=False, abort=True)
+    assert "eio-0" not in eio.sockets and sockets[0] not in set().union(*pinger.slots)
+    assert sockets[0].handler.closed
+    await eio.disconnect("eio-0")  # already gone: nothing to do
+    await eio.disconnect()  # the rest, while their closes take their entries out
+    assert eio.sockets == {} and not any(pinger.slots) and all(s.closed for s in sockets)
+    pinger.stop()

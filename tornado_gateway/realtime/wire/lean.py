@@ -206,6 +206,7 @@ class Pinger:
 
     def add(self, socket: LeanSocket) -> None:
         now = int(time.monotonic())
+        socket.pinger = self  # the one to discard it from (a second node in one process has its own)
         socket.ping_slot = now % len(self.slots)
         self.slots[socket.ping_slot].add(socket)
         if self._task is None:
