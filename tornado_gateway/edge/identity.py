@@ -59,7 +59,7 @@ def bearer_token(header: str | None) -> str | None:
 class PreparedHMAC(HMACAlgorithm):
     """PyJWT's HMAC algorithm, remembering the keys it has prepared: PyJWT prepares the key
     again on every decode (it checks that the secret is no PEM, SSH or DER key, a JSON parse
-    among those), about a quarter of a fresh token's check."""
+    among those), about a fifth of a fresh token's check."""
 
     KEYS_KEPT = 16  # the configured secrets; past that, keys are prepared every time
 
