@@ -82,15 +82,19 @@ class Outbox:
                     await asyncio.sleep(0.2)
 
     async def _publish(self, by_channel: dict[str, list[str]]) -> None:
-        if len(by_channel) == 1 and not self.sharded:  # the common case: no pipeline needed
-            ((channel, items),) = by_channel.items()
-            await self.redis_link.execute("PUBLISH", channel, self.batch_message(items))
-            return
-        if not self.sharded:  # one write on the pipelined connection (else one pipeline)
-            await self.redis_link.execute_many([("PUBLISH", channel, self.batch_message(items))
-                                                for channel, items in by_channel.items()])
+        await self.publish({channel: self.batch_message(items) for channel, items in by_channel.items()})
+
+    async def publish(self, messages: dict[str, str]) -> None:
+        """Publish each channel's message now (not queued); raises when Redis fails."""
+        if not self.sharded:
+            if len(messages) == 1:  # the common case: no pipeline needed
+                ((channel, message),) = messages.items()
+                await self.redis_link.execute("PUBLISH", channel, message)
+            else:  # one write on the pipelined connection (else one pipeline)
+                await self.redis_link.execute_many([("PUBLISH", channel, message)
+                                                    for channel, message in messages.items()])
             return
         pipe = self.redis_link.client.pipeline(transaction=False)  # routed by slot
-        for channel, items in by_channel.items():
-            pipe.spublish(channel, self.batch_message(items))
+        for channel, message in messages.items():
+            pipe.spublish(channel, message)
         await pipe.execute()

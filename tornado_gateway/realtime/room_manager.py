@@ -113,13 +113,7 @@ class RoomFanoutManager(wire.RoomHooks, RedisEmit):
         if len(targets) > 1:
             message["id"] = next(self._ids)
         encoded = _dumps(message)
-        pipe = self.redis_link.client.pipeline(transaction=False)
-        for channel in targets:
-            if self.sharded:
-                pipe.spublish(channel, encoded)
-            else:
-                pipe.publish(channel, encoded)
-        await pipe.execute()
+        await self.outbox.publish(dict.fromkeys(targets, encoded))
         self.deliver_local(event, data, room)
 
     async def publish_control(self, data: dict) -> None:
