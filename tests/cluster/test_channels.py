@@ -118,7 +118,7 @@ async def test_live_answers_false_when_unconfirmed_dropped_or_cancelled_and_leav
         gone.cancel()
         with pytest.raises(asyncio.CancelledError):
             await gone
-        assert all(w.done() for w in subs._find(cancelled).waiters)
+        assert all(w.done() for w, _ in subs._find(cancelled).waiters)
         assert await subs.live(uid("never-wanted"), 60) is False
     finally:
         await subs.close()

@@ -59,7 +59,15 @@ class _Channel:
         self.requested = False  # the last command sent for it on this connection was a subscribe
         self.inflight = 0  # commands sent whose confirmation has not arrived
         self.link = link
-        self.waiters: list[asyncio.Future] = []
+        self.waiters: list[tuple[asyncio.Future, asyncio.TimerHandle]] = []  # confirmation's, with its timeout
+
+    def answer(self, value: bool) -> None:
+        """Answer every waiter of ``confirmation`` (their timeouts are cancelled)."""
+        for waiter, timer in self.waiters:
+            timer.cancel()
+            if not waiter.done():
+                waiter.set_result(value)
+        self.waiters.clear()
 
     @property
     def live(self) -> bool:
@@ -128,10 +136,7 @@ class _Link:
                 return
             channel.inflight = max(0, channel.inflight - 1)
             if channel.live:
-                for waiter in channel.waiters:
-                    if not waiter.done():
-                        waiter.set_result(True)
-                channel.waiters.clear()
+                channel.answer(True)
             elif not channel.wanted and channel.inflight == 0:
                 del self.channels[name]
 
@@ -226,10 +231,7 @@ class ChannelSubscriptions:
             channel = link.channels.get(name)
             if channel is not None and channel.wanted:
                 channel.wanted = False
-                for waiter in channel.waiters:
-                    if not waiter.done():
-                        waiter.set_result(False)
-                channel.waiters.clear()
+                channel.answer(False)
                 self._mark(link, name)
 
     def is_live(self, name: str) -> bool:
@@ -238,6 +240,12 @@ class ChannelSubscriptions:
 
     async def live(self, name: str, timeout: float) -> bool:
         """Wait until ``name`` is subscribed (True), or ``timeout`` s (False); False if not wanted."""
+        answer = self.confirmation(name, timeout)
+        return answer if isinstance(answer, bool) else await answer
+
+    def confirmation(self, name: str, timeout: float) -> "bool | asyncio.Future[bool]":
+        """``live`` without the wait, for a caller with other work meanwhile: the answer now,
+        or a future of it (False once ``timeout`` s have passed)."""
         channel = self._find(name)
         if channel is None or not channel.wanted:
             return False
@@ -247,12 +255,8 @@ class ChannelSubscriptions:
         # made a task, a second future and callbacks on every connect of a storm.
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
-        channel.waiters.append(waiter)
-        timer = loop.call_later(timeout, _give_up, channel, waiter)
-        try:
-            return await waiter
-        finally:
-            timer.cancel()
+        channel.waiters.append((waiter, loop.call_later(timeout, _give_up, channel, waiter)))
+        return waiter
 
     def _counter(self, kind: str) -> Callable[[], float]:
         return lambda: float(self.counts()[kind])
@@ -354,11 +358,10 @@ class ChannelSubscriptions:
 
 
 def _give_up(channel: _Channel, waiter: asyncio.Future) -> None:
-    """``live``'s timeout: the waiter answers False and leaves the channel's list."""
+    """``confirmation``'s timeout: the waiter answers False and leaves the channel's list."""
     if not waiter.done():
         waiter.set_result(False)
-    if waiter in channel.waiters:
-        channel.waiters.remove(waiter)
+    channel.waiters = [entry for entry in channel.waiters if entry[0] is not waiter]
 
 
 def _log_failure(task: asyncio.Future) -> None:

@@ -122,14 +122,17 @@ class RealtimeEvents:
     async def chat_join(self, state: Authenticated, payload: Any) -> dict:
         chat_id = check_chat_id(payload)["chatId"]
         await self.services.check_member(state.identity, chat_id)
-        await self.realtime.sio.enter_room(state.sid, "chat:" + chat_id)
+        room = "chat:" + chat_id
+        await self.realtime.sio.enter_room(state.sid, room)
         state.chats.add(chat_id)
-        await self.realtime.room_live("chat:" + chat_id)  # acked once this node hears the room
-        if await self.realtime.presence.chat_joined(state.user_id, chat_id):
+        live = self.realtime.room_confirmation(room)  # acked once this node hears the room
+        first = await self.realtime.presence.chat_joined(state.user_id, chat_id)  # meanwhile
+        await self.realtime.room_confirmed(room, live)
+        if first:
             # The user's first socket in this chat: the room learns the user is online (once).
             await self.realtime.broadcast("presence:update", {"userId": state.user_id,
                                                               "status": "online"},
-                                          "chat:" + chat_id, skip_sid=state.sid)
+                                          room, skip_sid=state.sid)
         return {"chatId": chat_id}
 
     async def chat_leave(self, state: Authenticated, payload: Any) -> dict:

@@ -218,20 +218,27 @@ class Presence:
 
     async def _claim_batch(self, users: list[str]) -> list[list[str] | None]:
         now = time.time()
-        replies = await CLAIMS.run(self.redis, [user_key(u, "claims") for u in users],
-                                   [(user_key(u, "chats"),) for u in users],
-                                   (self.node, now + self.ttl / 2, now, int(self.ttl * 2000)))
-        await self.redis.client.sadd(node_key(self.node), *users)
+        # The node's user set is written beside the claims, not after them: one wait, not two
+        added = asyncio.ensure_future(self.redis.execute("SADD", node_key(self.node), *users))
+        try:
+            replies = await CLAIMS.run(self.redis, [user_key(u, "claims") for u in users],
+                                       [(user_key(u, "chats"),) for u in users],
+                                       (self.node, now + self.ttl / 2, now, int(self.ttl * 2000)))
+        finally:
+            await added
         return [_chat_list(reply) for reply in replies]
 
     async def _release_batch(self, items: list[tuple[str, str, str]]) -> list[list[str] | None]:
-        replies = await RELEASES.run(
-            self.redis, [user_key(u, "claims") for u, _, _ in items],
-            [(node, user_key(u, "seen"), user_key(u, "chats"), seen) for u, node, seen in items],
-            (time.time(), SEEN_TTL))
         own = [u for u, node, _ in items if node == self.node]
-        if own:
-            await self.redis.client.srem(node_key(self.node), *own)
+        removed = asyncio.ensure_future(self.redis.execute("SREM", node_key(self.node), *own)) if own else None
+        try:
+            replies = await RELEASES.run(
+                self.redis, [user_key(u, "claims") for u, _, _ in items],
+                [(node, user_key(u, "seen"), user_key(u, "chats"), seen) for u, node, seen in items],
+                (time.time(), SEEN_TTL))
+        finally:
+            if removed is not None:
+                await removed
         return [_chat_list(reply) for reply in replies]
 
     async def _join_batch(self, items: list[tuple[str, str]]) -> list[int]:

@@ -73,12 +73,13 @@ class RoomFanoutManager(wire.RoomHooks, RedisEmit):
         if channel is not None:
             self.subscriptions.drop(channel)
 
-    async def room_live(self, room: str, timeout: float) -> bool:
-        """Wait until this node hears ``room``'s channel (True at once for a room without one)."""
+    def room_confirmation(self, room: str, timeout: float) -> "bool | asyncio.Future[bool]":
+        """Whether this node hears ``room``'s channel (True for a room without one), or a future
+        that answers once it does (False after ``timeout`` s)."""
         channel = room_channel(room)
         if channel is None:
             return True
-        return await self.subscriptions.live(channel, timeout)
+        return self.subscriptions.confirmation(channel, timeout)
 
     # -- emitting ---------------------------------------------------------------------
 

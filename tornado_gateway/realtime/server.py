@@ -124,10 +124,18 @@ class Realtime(OrderedDispatch):
     async def room_live(self, room: str) -> None:
         """Wait (bounded) until other nodes' events to ``room`` reach this node (SOCKET_FANOUT=rooms);
         at once while Redis is down (the node serves its local sockets meanwhile)."""
+        await self.room_confirmed(room, self.room_confirmation(room))
+
+    def room_confirmation(self, room: str) -> "bool | asyncio.Future[bool]":
+        """``room_live`` in two steps, so that a caller waits for it and its own Redis calls at
+        once: this starts the wait (an answer now, or its future), ``room_confirmed`` ends it."""
         redis = self.gateway.redis
         if not isinstance(self.manager, RoomFanoutManager) or redis is None or not redis.up:
-            return
-        if not await self.manager.room_live(room, ROOM_LIVE_TIMEOUT):
+            return True
+        return self.manager.room_confirmation(room, ROOM_LIVE_TIMEOUT)
+
+    async def room_confirmed(self, room: str, answer: "bool | asyncio.Future[bool]") -> None:
+        if not (answer if isinstance(answer, bool) else await answer):
             log.warning("subscription to %s not confirmed within %ss; going on", room, ROOM_LIVE_TIMEOUT)
 
     def origin_allowed(self, origin: str | None) -> bool:
@@ -242,10 +250,12 @@ class Realtime(OrderedDispatch):
         """First authentication of a socket: user room, presence, expiry timer."""
         state.identity = identity
         self.sockets_of_user.setdefault(identity.user_id, set()).add(state.sid)
-        await self.sio.enter_room(state.sid, "user:" + identity.user_id)
-        await self.room_live("user:" + identity.user_id)  # events to the user reach this node
-        self._schedule_expiry(state)
+        room = "user:" + identity.user_id
+        await self.sio.enter_room(state.sid, room)
+        live = self.room_confirmation(room)  # events to the user reach this node: awaited below,
+        self._schedule_expiry(state)  # while the presence claim is in flight too
         await self.presence.socket_online(identity.user_id)
+        await self.room_confirmed(room, live)
 
     def _schedule_expiry(self, state: SocketState) -> None:
         if state.timer is not None:
