@@ -10,6 +10,8 @@ import time
 
 import pytest
 import tornado.web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tornado import httputil
 from tornado.httpserver import HTTPServer
 
@@ -127,6 +129,47 @@ def test_parse_head_reads_only_plain_heads():
     assert parse_head(b"GET / HTTP/1.1\r\nHost x") is None
     assert parse_head(b"GET / HTTP/1.1\r\nBad Name: x") is None  # Tornado's header-name check
     assert parse_head(b"NOT A REQUEST LINE") is None
+
+
+def _line_by_line(head: bytes) -> tuple[httputil.RequestStartLine, list[tuple[str, str]]] | None:
+    """The reference reading: each line through Tornado's own checks (HTTPHeaders.add)."""
+    if b"\n" in head.replace(b"\r\n", b""):
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    try:
+        start_line = httputil.parse_request_start_line(lines[0])
+        headers = httputil.HTTPHeaders()
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            if not colon or line[:1] in (" ", "\t"):
+                return None
+            headers.add(name, value.strip(" \t"))
+    except httputil.HTTPInputError:
+        return None
+    return start_line, sorted(headers.get_all())
+
+
+_HEAD_BYTES = st.sampled_from([b"a", b"Z", b"0", b"-", b"_", b" ", b"\t", b":", b"\r", b"\n", b"\r\n",
+                               b"\x00", b"\x7f", b"\x80", b"\xff", b"(", b"/", b"=", b"~"])
+
+
+_CHUNK = st.lists(_HEAD_BYTES, max_size=8).map(b"".join)
+_LINE = st.one_of(_CHUNK, st.tuples(st.sampled_from([b"Host", b"A", b"x-y", b"Bad Name", b""]), _CHUNK)
+                  .map(lambda pair: pair[0] + b":" + pair[1]))
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(st.lists(_LINE, max_size=5))
+def test_parse_head_reads_every_head_as_tornado_checks_it_line_by_line(lines):
+    """One match over the header block accepts exactly what Tornado's per-line checks accept,
+    and reads the same headers (odd bytes, blanks, colons, bare CR and LF, repeats)."""
+    head = b"\r\n".join([b"GET /socket.io/?EIO=4 HTTP/1.1", *lines])
+    expected = _line_by_line(head)
+    parsed = parse_head(head)
+    if expected is None:
+        assert parsed is None
+    else:
+        assert parsed is not None and parsed[0] == expected[0] and sorted(parsed[1].get_all()) == expected[1]
 
 
 @pytest.mark.gen_test(timeout=20)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 from typing import Any
 
@@ -44,22 +45,34 @@ class PublicListener:
             head.drop()
 
 
+# A header line as Tornado accepts it (HTTPHeaders.add: a token name, a value of visible or
+# obs-text characters with inner spaces and tabs), in bytes; the value's outer blanks are
+# not part of it. One match checks the whole block instead of two per line.
+_VCHAR = rb"[\x21-\x7e\x80-\xff]"
+_FIELD_LINE = (rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[ \t]*(?:" + _VCHAR + rb"(?:[\x21-\x7e\x80-\xff \t]*"
+               + _VCHAR + rb")?)?[ \t]*")
+_FIELD_LINES = re.compile(rb"(?:" + _FIELD_LINE + rb"\r\n)*" + _FIELD_LINE)
+
+
 def parse_head(head: bytes) -> tuple[httputil.RequestStartLine, httputil.HTTPHeaders] | None:
     """A request head of CRLF lines without folding, as Tornado would read it, or None for
     anything else (Tornado then reads it again and answers as it does)."""
-    if b"\n" in head.replace(b"\r\n", b""):
-        return None  # a bare LF: Tornado's reading of it
-    lines = head.decode("latin-1").split("\r\n")
+    first, crlf, fields = head.partition(b"\r\n")
+    if b"\n" in first or (crlf and not _FIELD_LINES.fullmatch(fields)):
+        return None  # a bare LF, a folded or malformed line: Tornado's reading of it
     try:
-        start_line = httputil.parse_request_start_line(lines[0])
-        headers = httputil.HTTPHeaders()
-        for line in lines[1:]:
-            name, colon, value = line.partition(":")
-            if not colon or line[:1] in (" ", "\t"):
-                return None
-            headers.add(name, value.strip(" \t"))
+        start_line = httputil.parse_request_start_line(first.decode("latin-1"))
     except httputil.HTTPInputError:
         return None
+    headers = httputil.HTTPHeaders()
+    if crlf:
+        for line in fields.decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            value = value.strip(" \t")
+            if name in headers:
+                headers.add(name, value)  # a repeated header: its values combined
+            else:
+                headers[name] = value  # checked above, as add would
     return start_line, headers
 
 

@@ -5,6 +5,8 @@ the socket's handler. Every other request of the path goes to the Tornado handle
 from __future__ import annotations
 
 import logging
+import re
+import time
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs
 
@@ -20,6 +22,9 @@ from tornado_gateway.realtime.wire.lean import LeanReceiver, LeanSocket, _spawn
 log = logging.getLogger("tornado_gateway.realtime")
 PATH = "/socket.io/"
 CLIENT_QUERY = "EIO=4&transport=websocket"
+# A Host of a name or IPv4 address and a port: a subset of what Tornado accepts; any other
+# spelling (IPv6, percent-encoded, a comma) goes to the Tornado handler, which decides.
+PLAIN_HOST = re.compile(r"[A-Za-z0-9.\-]+(?::[0-9]*)?")
 
 
 class DirectSocket(LeanReceiver):
@@ -32,7 +37,7 @@ class DirectSocket(LeanReceiver):
     close_code: int | None = None
     close_reason: str | None = None
 
-    def __init__(self, request: httputil.HTTPServerRequest | None, client_ip: str) -> None:
+    def __init__(self, request: "httputil.HTTPServerRequest | Handshake | None", client_ip: str) -> None:
         self.request = request
         self.socket_client_ip = client_ip  # what _on_connect reads instead of the request
         self.ws_connection: Any = None  # Tornado's protocol while the websocket runs
@@ -107,14 +112,11 @@ class DirectUpgrade:
                        headers: httputil.HTTPHeaders, peer_ip: str) -> bool:
         """The same for a connection still on the asyncio transport it was accepted on
         (proxy.listener): the websocket stays there."""
-        if not self._acceptable(start_line, headers):
+        if not self._acceptable(start_line, headers) or not PLAIN_HOST.fullmatch(headers["Host"]):
             return False
-        try:
-            request = httputil.HTTPServerRequest(connection=_Accepted(peer_ip), start_line=start_line,
-                                                 headers=headers)
-        except httputil.HTTPInputError:  # a Host Tornado refuses: its answer, from its handler
-            return False
-        socket = DirectSocket(request, self.realtime.gateway.forwarding.client_ip(request))
+        socket = DirectSocket(Handshake(start_line, headers, peer_ip),
+                              self.realtime.gateway.forwarding.client_ip_from(
+                                  peer_ip, headers.get("X-Forwarded-For")))
         websocket = tornado_compat.TransportWebsocket(socket, transport, self.max_message_size)
         socket.ws_connection = websocket.protocol
         self._answer(socket, headers)
@@ -170,11 +172,24 @@ class DirectUpgrade:
         await frames()  # after a close too: its answer, then the end
 
 
-class _Accepted(httputil.HTTPConnection):
-    """What an ``HTTPServerRequest`` reads of its connection (its context) for a connection
-    accepted below Tornado."""
+class Handshake:
+    """The request of a connection upgraded below Tornado, as long as its socket keeps it:
+    what engineio's environ, the client address and the access line read of it (an
+    ``HTTPServerRequest`` would also parse and copy the query and check the Host again)."""
 
-    def __init__(self, peer_ip: str) -> None:
-        self.context = self
+    __slots__ = ("method", "uri", "version", "path", "query", "headers", "body", "remote_ip",
+                 "protocol", "host", "_start_time")
+
+    def __init__(self, start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders,
+                 peer_ip: str) -> None:
+        self.method, self.uri, self.version = start_line
+        self.path, _, self.query = self.uri.partition("?")
+        self.headers = headers
+        self.body = b""
         self.remote_ip = peer_ip
         self.protocol = "http"
+        self.host = headers["Host"]
+        self._start_time = time.time()
+
+    def request_time(self) -> float:
+        return time.time() - self._start_time
