@@ -150,6 +150,21 @@ async def test_translate_request_is_engineios_without_a_class_per_request():
     assert ours == theirs
 
 
+def test_a_checked_websocket_opens_as_handle_request_opens_one():
+    """open_checked_websocket skips handle_request's reading of the query (DirectUpgrade
+    checked it): what is left of handle_request for a websocket connect is _handle_connect
+    with the transport, and _make_response for a dict answer."""
+    from engineio.async_server import AsyncServer as EngineServer
+
+    handle = inspect.getsource(EngineServer.handle_request)
+    assert "r = await self._handle_connect(environ, transport," in handle
+    assert "if not isinstance(r, dict):\n            return r" in handle
+    assert "return await self._make_response(r, environ)" in handle
+    assert list(inspect.signature(EngineServer._handle_connect).parameters)[:3] == ["self", "environ", "transport"]
+    ours = inspect.getsource(wire.GatewaySocketServer.open_checked_websocket)
+    assert "self.eio._handle_connect(environ, \"websocket\")" in ours and "self.eio._make_response(reply, environ)" in ours
+
+
 def test_engineio_deletes_a_closed_socket_only_where_it_is_still_in_its_table():
     # LeanSocket.close takes its own entry out of server.sockets at once; engineio's own
     # deletions (after a websocket ends, in disconnect) must stay guarded, or they would raise.

@@ -164,7 +164,7 @@ class DirectUpgrade:
     async def _open(self, socket: DirectSocket, frames: Callable[[], Awaitable[None]]) -> None:
         """engineio's connect of the socket, then its frames (none are read before it)."""
         try:
-            await self.realtime.sio.eio.handle_request(socket)
+            await self.realtime.sio.open_checked_websocket(socket)
         except Exception:
             log.exception("socket.io websocket could not open; closing it")
             LeanSocket.writer.flush_one(socket)  # the 101 before the close frame

@@ -54,6 +54,15 @@ class GatewaySocketServer(socketio.AsyncServer):
             protocol_error(eio_sid, "socket.io", exc)
             _spawn(self.eio.disconnect(eio_sid))
 
+    async def open_checked_websocket(self, handler: Any) -> None:
+        """engineio's open of a websocket that DirectUpgrade checked (GET, ``EIO=4``, the
+        websocket transport and headers, an allowed origin): ``handle_request`` without
+        reading the request a second time."""
+        environ = translate_request(handler)
+        reply = await self.eio._handle_connect(environ, "websocket")
+        if isinstance(reply, dict):  # refused at the Engine.IO level: handle_request's answer
+            await self.eio._make_response(reply, environ)
+
     async def _handle_eio_connect(self, eio_sid: str, environ: dict) -> Any:
         """A websocket from the start becomes a :class:`LeanSocket`; the handshake's body
         reader (engineio makes a class per request for it) is not kept for the socket's life."""
