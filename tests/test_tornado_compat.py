@@ -107,6 +107,39 @@ async def test_bytes_buffered_counts_what_no_read_took_yet():
 
 
 @pytest.mark.gen_test
+async def test_take_socket_takes_an_idle_streams_socket_off_the_ioloop():
+    """take_socket reads _read_buffer_size, _write_buffer, _connecting and _state, and removes
+    the IOLoop's handler as IOStream.close does: afterwards the IOStream reads nothing more
+    and the socket is the taker's; a stream holding unread bytes is left alone."""
+    ours, peer = _stream_pair()
+    await peer.write(b"x")
+    assert await ours.read_bytes(1) == b"x"
+    ours.set_close_callback(lambda: None)  # an idle stream with a close callback watches its socket
+    assert ours._state is not None
+    sock = tornado_compat.take_socket(ours)
+    assert sock is ours.socket and ours._state is None
+    await peer.write(b"after")
+    for _ in range(3):  # loop iterations in which a handler still registered would read
+        await asyncio.sleep(0)
+    sock.settimeout(5)
+    assert sock.recv(16) == b"after"  # the bytes waited in the socket, for its new owner
+    assert tornado_compat.bytes_buffered(ours) == 0
+    sock.close()
+    peer.close()
+    held, other = _stream_pair()
+    await other.write(b"ab")
+    assert await held.read_bytes(1) == b"a"
+    for _ in range(100):
+        if tornado_compat.bytes_buffered(held):
+            break
+        await asyncio.sleep(0.01)
+    assert tornado_compat.take_socket(held) is None
+    assert await held.read_bytes(1) == b"b"  # still the IOStream's
+    held.close()
+    other.close()
+
+
+@pytest.mark.gen_test
 async def test_write_now_sends_at_once_and_queues_behind_what_waits():
     ours, peer = _stream_pair()
     tornado_compat.write_now(ours, b"ab")

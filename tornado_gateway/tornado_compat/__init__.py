@@ -61,6 +61,21 @@ def bytes_buffered(stream: IOStream) -> int:
     return int(getattr(stream, "_read_buffer_size", 0))
 
 
+def take_socket(stream: IOStream) -> socket.socket | None:
+    """The connected socket of a plain ``IOStream`` that holds no unread or unwritten bytes,
+    taken off the IOLoop (its handler removed, ``_state`` cleared, as ``IOStream.close``
+    does) for a transport to own, as ``_FastFrames`` takes a websocket's; None (the stream
+    untouched) for any other stream."""
+    sock = stream.socket
+    if type(stream) is not IOStream or sock is None or stream.closed() or stream._read_buffer_size \
+            or stream._write_buffer or stream._connecting:
+        return None
+    if stream._state is not None:
+        stream.io_loop.remove_handler(sock)
+        stream._state = None
+    return sock  # the stream is dropped unclosed: the transport owns the socket
+
+
 def stream_with_bytes(sock: socket.socket, data: bytes, server: TCPServer) -> IOStream:
     """An IOStream for ``sock`` as ``server`` makes one for an accepted connection, holding
     ``data`` (read from the socket already) as the first bytes it reads."""

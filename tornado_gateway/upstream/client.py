@@ -21,6 +21,7 @@ from tornado_gateway.upstream.exchange import Exchange
 from tornado_gateway.upstream.forward import ForwardExchange, ForwardRequest, target_for
 from tornado_gateway.upstream.pipeline import PipelinedExchange
 from tornado_gateway.upstream.pool import HostPool, LiteralFirstResolver, Target, remaining, ssl_options
+from tornado_gateway.upstream.stream import Connection, on_transport
 
 #: Defaults every request gets unless it says otherwise: a proxy passes
 #: redirects and compressed bodies through untouched.
@@ -115,7 +116,7 @@ class PooledHTTPClient(AsyncHTTPClient):
         return pool
 
     async def acquire(self, pool: HostPool, target: Target, deadline: float | None,
-                      replayable: bool = True) -> tuple[IOStream, bool]:
+                      replayable: bool = True) -> tuple[Connection, bool]:
         """A connection for one request, and whether it was reused from the pool."""
         while True:
             stream = pool.take_idle(look=not replayable)
@@ -128,7 +129,7 @@ class PooledHTTPClient(AsyncHTTPClient):
                 return stream, True
             # else a slot was freed: loop to take it (or wait again if someone was quicker)
 
-    async def open(self, pool: HostPool, target: Target, deadline: float | None) -> IOStream:
+    async def open(self, pool: HostPool, target: Target, deadline: float | None) -> Connection:
         pool.open_count += 1
         try:
             stream = await self.tcp_client.connect(
@@ -145,9 +146,15 @@ class PooledHTTPClient(AsyncHTTPClient):
             raise
         self.connections_opened += 1
         stream.set_nodelay(True)  # for the connection's whole life (wire.py writes whole messages)
-        stream.read_chunk_size = min(wire.READ_SIZE, stream.max_buffer_size // 2)
-        pool.adopt(stream)
-        return stream
+        read_chunk = min(wire.READ_SIZE, stream.max_buffer_size // 2)
+        stream.read_chunk_size = read_chunk
+        try:
+            connection = await on_transport(stream, self.max_buffer_size, read_chunk)
+        except BaseException:
+            pool.discard(None)
+            raise
+        pool.adopt(connection)
+        return connection
 
     def ssl_options_for(self, key: tuple, request: HTTPRequest) -> ssl.SSLContext | dict:
         """One TLS context per distinct ssl settings, made on first use."""

@@ -15,13 +15,14 @@ from typing import Any, Awaitable, Callable, Protocol
 from tornado import httputil
 from tornado.httpclient import HTTPRequest, HTTPResponse
 from tornado.ioloop import IOLoop
-from tornado.iostream import IOStream, StreamClosedError
+from tornado.iostream import StreamClosedError
 from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError
 
 
 from tornado_gateway import tornado_compat
 from tornado_gateway.upstream import wire
 from tornado_gateway.upstream.pool import HostPool, Target
+from tornado_gateway.upstream.stream import Connection, buffered
 
 log = logging.getLogger("tornado_gateway.upstream")
 
@@ -41,9 +42,9 @@ class ConnectionSource(Protocol):
     def pool_for(self, key: tuple) -> HostPool: ...
 
     async def acquire(self, pool: HostPool, target: Target, deadline: float | None,
-                      replayable: bool = True) -> tuple[IOStream, bool]: ...
+                      replayable: bool = True) -> tuple[Connection, bool]: ...
 
-    async def open(self, pool: HostPool, target: Target, deadline: float | None) -> IOStream: ...
+    async def open(self, pool: HostPool, target: Target, deadline: float | None) -> Connection: ...
 
 
 class Exchange:
@@ -60,7 +61,7 @@ class Exchange:
         self.io_loop = IOLoop.current()
         self.start_time = self.io_loop.time()
         self.start_wall_time = time.time()
-        self.stream: IOStream | None = None
+        self.stream: Connection | None = None
         self.timeout_handle: Any = None
         self.streaming_callback = request.streaming_callback
         self.header_callback = request.header_callback
@@ -102,7 +103,7 @@ class Exchange:
         else:
             self._settle_response()
 
-    async def _send_and_read(self, pool: HostPool, stream: IOStream, reused: bool,
+    async def _send_and_read(self, pool: HostPool, stream: Connection, reused: bool,
                              target: Target, headers: httputil.HTTPHeaders) -> bool:
         """One attempt on one connection; False when a dead reused connection should be retried."""
         if self.callback is None:  # the request timed out while this connection was opened
@@ -140,14 +141,14 @@ class Exchange:
             pool.discard(stream)
         return True
 
-    async def read_from(self, stream: IOStream) -> None:
+    async def read_from(self, stream: Connection) -> None:
         """Read this exchange's response on ``stream``, where its request was sent."""
         self.stream = stream
         await wire.read_response(stream, self, self.request.method, self._body_limit(),
                                  self.client.max_header_size)
         self.complete = True
 
-    async def _send(self, stream: IOStream, target: Target, headers: httputil.HTTPHeaders) -> None:
+    async def _send(self, stream: Connection, target: Target, headers: httputil.HTTPHeaders) -> None:
         """The request head, with its body when there is one, in one write; a produced body after it."""
         request = self.request
         method = request.method
@@ -226,7 +227,7 @@ class Exchange:
 
     # -- reuse and retry -------------------------------------------------------
 
-    def _may_retry(self, stream: IOStream, exc: Exception) -> bool:
+    def _may_retry(self, stream: Connection, exc: Exception) -> bool:
         """A reused connection died before the upstream answered, and replaying is safe."""
         return (
             isinstance(exc, (StreamClosedError, OSError))
@@ -236,7 +237,7 @@ class Exchange:
             and self.callback is not None
         )
 
-    def reusable(self, stream: IOStream, request_headers: httputil.HTTPHeaders) -> bool:
+    def reusable(self, stream: Connection, request_headers: httputil.HTTPHeaders) -> bool:
         if stream.closed() or tornado_compat.http_client_closed(self.client):
             return False
         if request_headers.get("Connection", "").lower() == "close":
@@ -331,8 +332,8 @@ class Exchange:
         callback(response)
 
 
-def _received_anything(stream: IOStream) -> bool:
-    # IOStream keeps bytes of an unfinished read (a partial status line) in its buffer.
-    return tornado_compat.bytes_buffered(stream) > 0
+def _received_anything(stream: Connection) -> bool:
+    # The stream keeps bytes of an unfinished read (a partial status line) in its buffer.
+    return buffered(stream) > 0
 
 

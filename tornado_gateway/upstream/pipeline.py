@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 from tornado import httputil
 from tornado.ioloop import IOLoop
-from tornado.iostream import IOStream
 from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError
 
 from tornado_gateway import tornado_compat
@@ -20,6 +19,7 @@ from tornado_gateway.upstream import wire
 from tornado_gateway.upstream.exchange import ConnectionSource, Exchange
 from tornado_gateway.upstream.forward import ForwardExchange
 from tornado_gateway.upstream.pool import HostPool, Target
+from tornado_gateway.upstream.stream import Connection, buffered
 
 
 class PipelinedExchange:
@@ -28,7 +28,7 @@ class PipelinedExchange:
     def __init__(self, client: ConnectionSource, exchanges: list[ForwardExchange]) -> None:
         self.client = client
         self.exchanges = exchanges
-        self.stream: IOStream | None = None
+        self.stream: Connection | None = None
         self.timed_out = False
 
     async def run(self) -> None:
@@ -68,7 +68,7 @@ class PipelinedExchange:
             if timer is not None:
                 IOLoop.current().remove_timeout(timer)
 
-    async def _attempt(self, pool: HostPool, stream: IOStream, reused: bool,
+    async def _attempt(self, pool: HostPool, stream: Connection, reused: bool,
                        pending: list[ForwardExchange], payloads: dict[int, bytes]) -> list[ForwardExchange]:
         """Write every pending request, read the answers in order; what is left to send again."""
         self.stream = stream
@@ -101,9 +101,9 @@ class PipelinedExchange:
         finally:
             self.stream = None
 
-    def _may_replay(self, stream: IOStream) -> bool:
+    def _may_replay(self, stream: Connection) -> bool:
         return not tornado_compat.http_client_closed(self.client) and \
-            tornado_compat.bytes_buffered(stream) == 0
+            buffered(stream) == 0
 
     def _on_timeout(self) -> None:
         self.timed_out = True

@@ -14,10 +14,11 @@ import urllib.parse
 from tornado import httputil
 from tornado.httpclient import HTTPRequest
 from tornado.ioloop import IOLoop
-from tornado.iostream import IOStream, SSLIOStream
+from tornado.iostream import SSLIOStream
 from tornado.netutil import Resolver, is_valid_ip
 
 from tornado_gateway import tornado_compat
+from tornado_gateway.upstream.stream import Connection, TransportConnection
 from tornado.simple_httpclient import HTTPTimeoutError
 
 
@@ -43,11 +44,11 @@ class HostPool:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.idle: collections.deque[tuple[IOStream, float]] = collections.deque()
+        self.idle: collections.deque[tuple[Connection, float]] = collections.deque()
         self.open_count = 0  # idle + in use + being opened
         self.waiters: collections.deque[asyncio.Future] = collections.deque()
 
-    def take_idle(self, look: bool = False) -> IOStream | None:
+    def take_idle(self, look: bool = False) -> Connection | None:
         """The most recently used idle connection that still looks alive.
 
         ``look``: also peek at the socket for an EOF the event loop has not
@@ -61,7 +62,7 @@ class HostPool:
             return stream
         return None
 
-    async def wait_for_turn(self, timeout: float | None) -> IOStream | None:
+    async def wait_for_turn(self, timeout: float | None) -> Connection | None:
         """Wait until a connection is handed over (a stream) or may be opened (None)."""
         turn = asyncio.get_running_loop().create_future()
         self.waiters.append(turn)
@@ -70,7 +71,7 @@ class HostPool:
         except asyncio.TimeoutError:
             raise HTTPTimeoutError("Timeout in request queue") from None
 
-    def give_back(self, stream: IOStream) -> None:
+    def give_back(self, stream: Connection) -> None:
         """A connection is free for another request: hand it on, or keep it idle."""
         while self.waiters:
             turn = self.waiters.popleft()
@@ -80,14 +81,14 @@ class HostPool:
         self.idle.append((stream, time.monotonic()))
         # The close callback set by adopt() forgets it if it closes while idle.
 
-    def adopt(self, stream: IOStream) -> None:
+    def adopt(self, stream: Connection) -> None:
         """A new connection of this pool: when it closes while idle, it is forgotten.
 
         Set once for the connection's life (``IOStream.set_close_callback`` updates the
         event loop's interest each time it is called); in use, the callback finds nothing."""
         stream.set_close_callback(lambda: self._forget_idle(stream))
 
-    def discard(self, stream: IOStream | None) -> None:
+    def discard(self, stream: Connection | None) -> None:
         """A connection in use failed or must not be reused: close it, free its slot."""
         if stream is not None:
             stream.close()
@@ -109,14 +110,14 @@ class HostPool:
             turn.cancel()
         self.waiters.clear()
 
-    def _forget_idle(self, stream: IOStream) -> None:
+    def _forget_idle(self, stream: Connection) -> None:
         try:
             self.idle.remove(next(entry for entry in self.idle if entry[0] is stream))
         except StopIteration:
             return
         self._discard(None)
 
-    def _discard(self, stream: IOStream | None) -> None:
+    def _discard(self, stream: Connection | None) -> None:
         if stream is not None:
             stream.close()
         self.open_count -= 1
@@ -127,8 +128,10 @@ class HostPool:
                 return
 
 
-def _peer_closed(stream: IOStream) -> bool:
+def _peer_closed(stream: Connection) -> bool:
     """True when an idle plain-TCP connection already got EOF or data it should not have."""
+    if isinstance(stream, TransportConnection):  # it reads as bytes come: both show at once
+        return stream.closed() or stream.buffered() > 0
     sock = stream.socket
     if sock is None:
         return True

@@ -17,10 +17,11 @@ from functools import lru_cache
 from typing import Awaitable, Protocol
 
 from tornado import httputil
-from tornado.iostream import IOStream, StreamClosedError
+from tornado.iostream import StreamClosedError
 
 from tornado_gateway import tornado_compat
 from tornado_gateway.upstream.head import parse_response_head
+from tornado_gateway.upstream.stream import Connection, TransportConnection
 
 MAX_HEAD = 65536  # the response head, as Tornado's default max_header_size
 BODY_READ = 64 * 1024  # at most this much is handed on per data_received
@@ -71,15 +72,18 @@ def field_name(name: str) -> str:
     return "-".join([word.capitalize() for word in name.split("-")])
 
 
-def send(stream: IOStream, data: bytes) -> None:
+def send(stream: Connection, data: bytes) -> None:
     """Write without waiting (the response is read next; a failed write closes the stream)."""
-    tornado_compat.write_now(stream, data)
+    if isinstance(stream, TransportConnection):
+        stream.send(data)
+    else:
+        tornado_compat.write_now(stream, data)
 
 
 class BodyWriter:
     """A request body written as it is produced: chunked, or counted against Content-Length."""
 
-    def __init__(self, stream: IOStream, chunked: bool, expected: int | None) -> None:
+    def __init__(self, stream: Connection, chunked: bool, expected: int | None) -> None:
         self.stream = stream
         self.chunked = chunked
         self.remaining = expected  # None: chunked or no Content-Length
@@ -107,7 +111,7 @@ class BodyWriter:
 
 # -- reading -------------------------------------------------------------------------------
 
-async def read_response(stream: IOStream, delegate: ResponseDelegate, method: str,
+async def read_response(stream: Connection, delegate: ResponseDelegate, method: str,
                         max_body: int, max_head: int = MAX_HEAD) -> bool:
     """Read one response into ``delegate``; True when it ended on its framing (not by a close).
 
@@ -130,14 +134,14 @@ async def read_response(stream: IOStream, delegate: ResponseDelegate, method: st
     raise httputil.HTTPInputError("Too many 1xx responses")
 
 
-async def _read_head(stream: IOStream, max_head: int) -> tuple[httputil.ResponseStartLine,
+async def _read_head(stream: Connection, max_head: int) -> tuple[httputil.ResponseStartLine,
                                                                 httputil.HTTPHeaders]:
     data = await stream.read_until_regex(HEAD_END, max_bytes=max_head)
     start, headers = parse_response_head(data)
     return httputil.parse_response_start_line(start), headers
 
 
-async def _read_body(stream: IOStream, delegate: ResponseDelegate, code: int,
+async def _read_body(stream: Connection, delegate: ResponseDelegate, code: int,
                      headers: httputil.HTTPHeaders, max_body: int) -> bool:
     """The body framing of Tornado's ``HTTP1Connection._read_body``, read here."""
     length: int | None = None
@@ -192,7 +196,7 @@ async def _deliver(delegate: ResponseDelegate, chunk: bytes) -> None:
         await result
 
 
-async def _read_fixed(stream: IOStream, delegate: ResponseDelegate, length: int) -> None:
+async def _read_fixed(stream: Connection, delegate: ResponseDelegate, length: int) -> None:
     work = 0
     while length > 0:
         chunk = await stream.read_bytes(min(BODY_READ, length), partial=True)
@@ -204,7 +208,7 @@ async def _read_fixed(stream: IOStream, delegate: ResponseDelegate, length: int)
             await asyncio.sleep(0)
 
 
-async def _read_until_close(stream: IOStream, delegate: ResponseDelegate, max_body: int) -> None:
+async def _read_until_close(stream: Connection, delegate: ResponseDelegate, max_body: int) -> None:
     total = work = 0
     while True:
         try:
@@ -221,7 +225,7 @@ async def _read_until_close(stream: IOStream, delegate: ResponseDelegate, max_bo
             await asyncio.sleep(0)
 
 
-async def _read_chunked(stream: IOStream, delegate: ResponseDelegate, max_body: int) -> None:
+async def _read_chunked(stream: Connection, delegate: ResponseDelegate, max_body: int) -> None:
     """Chunks, their data coalesced up to BODY_READ while more is already buffered."""
     total = work = 0
     pending = bytearray()
