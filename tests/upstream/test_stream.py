@@ -42,6 +42,13 @@ async def _connected(peer: Peer) -> tuple[TransportConnection, asyncio.StreamRea
     return connection, reader, writer
 
 
+def _close_seen(connection: TransportConnection) -> asyncio.Future:
+    """A future done when the connection's close callback runs."""
+    closed = asyncio.get_running_loop().create_future()
+    connection.set_close_callback(lambda: closed.set_result(True))
+    return closed
+
+
 async def _until(condition) -> None:
     for _ in range(10000):
         if condition():
@@ -75,8 +82,7 @@ async def test_reads_take_what_iostream_reads_take():
 async def test_a_delimiter_beyond_max_bytes_closes_the_connection():
     peer = Peer()
     connection, reader, writer = await _connected(peer)
-    closed = asyncio.get_running_loop().create_future()
-    connection.set_close_callback(lambda: closed.set_result(True))
+    closed = _close_seen(connection)
     try:
         writer.write(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 2000)
         with pytest.raises(StreamClosedError) as raised:
@@ -108,8 +114,7 @@ async def test_a_read_allowed_more_than_the_read_ahead_keeps_reading():
 async def test_bytes_received_before_the_peer_closed_are_read_first():
     peer = Peer()
     connection, _, writer = await _connected(peer)
-    closed = asyncio.get_running_loop().create_future()
-    connection.set_close_callback(lambda: closed.set_result(True))
+    closed = _close_seen(connection)
     try:
         writer.write(b"0123456789")
         await writer.drain()
