@@ -187,3 +187,17 @@ async def test_only_a_plain_stream_with_nothing_buffered_moves():
     finally:
         stream.close()
         await peer.close()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_cancelled_read_leaves_its_bytes_to_the_next_one():
+    peer = Peer()
+    connection, _, writer = await _connected(peer)
+    try:
+        waiting = connection.read_bytes(5)
+        waiting.cancel()
+        writer.write(b"hello")
+        assert await connection.read_bytes(5) == b"hello"
+    finally:
+        connection.close()
+        await peer.close()

@@ -69,7 +69,7 @@ class TransportConnection(asyncio.Protocol):
         return len(self._buffer)
 
     def _read(self, finder: _Finder) -> "asyncio.Future[bytes]":
-        if self._future is not None:
+        if self._future is not None and not self._future.done():
             raise RuntimeError("Already reading")
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._future, self._finder = future, finder
@@ -79,6 +79,9 @@ class TransportConnection(asyncio.Protocol):
     def _try_read(self) -> None:
         future, finder = self._future, self._finder
         if future is None or finder is None:
+            return
+        if future.done():  # cancelled by its reader: its bytes stay for the next read
+            self._future = self._finder = None
             return
         try:
             end = finder(self._buffer)
