@@ -121,14 +121,11 @@ class Realtime(OrderedDispatch):
         if not isinstance(self.manager, LocalManager):
             await self.manager.close()
 
-    async def room_live(self, room: str) -> None:
-        """Wait (bounded) until other nodes' events to ``room`` reach this node (SOCKET_FANOUT=rooms);
-        at once while Redis is down (the node serves its local sockets meanwhile)."""
-        await self.room_confirmed(room, self.room_confirmation(room))
-
     def room_confirmation(self, room: str) -> "bool | asyncio.Future[bool]":
-        """``room_live`` in two steps, so that a caller waits for it and its own Redis calls at
-        once: this starts the wait (an answer now, or its future), ``room_confirmed`` ends it."""
+        """The start of a bounded wait until other nodes' events to ``room`` reach this node
+        (SOCKET_FANOUT=rooms): an answer now (True at once while Redis is down: the node serves
+        its local sockets meanwhile), or its future. ``room_confirmed`` ends the wait, so that
+        a caller waits for it and for its own Redis calls at once."""
         redis = self.gateway.redis
         if not isinstance(self.manager, RoomFanoutManager) or redis is None or not redis.up:
             return True

@@ -61,21 +61,6 @@ def bytes_buffered(stream: IOStream) -> int:
     return int(getattr(stream, "_read_buffer_size", 0))
 
 
-def take_socket(stream: IOStream) -> socket.socket | None:
-    """The connected socket of a plain ``IOStream`` that holds no unread or unwritten bytes,
-    taken off the IOLoop (its handler removed, ``_state`` cleared, as ``IOStream.close``
-    does) for a transport to own, as ``_FastFrames`` takes a websocket's; None (the stream
-    untouched) for any other stream."""
-    sock = stream.socket
-    if type(stream) is not IOStream or sock is None or stream.closed() or stream._read_buffer_size \
-            or stream._write_buffer or stream._connecting:
-        return None
-    if stream._state is not None:
-        stream.io_loop.remove_handler(sock)
-        stream._state = None
-    return sock  # the stream is dropped unclosed: the transport owns the socket
-
-
 def stream_with_bytes(sock: socket.socket, data: bytes, server: TCPServer) -> IOStream:
     """An IOStream for ``sock`` as ``server`` makes one for an accepted connection, holding
     ``data`` (read from the socket already) as the first bytes it reads."""
@@ -281,6 +266,6 @@ def _send_now(stream: IOStream, data: bytes) -> bytes:
 # after check_version: the websocket details are checked against the same releases
 from tornado_gateway.tornado_compat.websocket import (  # noqa: E402
     TransportStream, TransportWebsocket, fast_websocket_protocol, read_frames, server_websocket,
-    websocket_transport)
+    take_socket, websocket_transport)
 
 __all__ = [name for name in dir() if not name.startswith("_")]

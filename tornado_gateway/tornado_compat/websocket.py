@@ -1,5 +1,6 @@
 """The websocket side of the Tornado seam: a server websocket's frames read out of whole
-chunks, on callbacks, and once the handshake is over on an asyncio transport of its own.
+chunks, on callbacks, and once the handshake is over on an asyncio transport of its own
+(``take_socket``, which pooled upstream connections use too).
 
 Part of tornado_compat: every private Tornado detail used here is named in
 docs/architecture.md and pinned by tests/test_tornado_compat.py.
@@ -44,15 +45,10 @@ class _FastFrames(WebSocketProtocol13):
         if self._decompressor is not None:
             await super()._receive_frame_loop()
             return
-        stream = self.stream
-        if not (type(stream) is IOStream and stream.socket is not None and not stream.closed()
-                and not stream._read_buffer_size and not stream._write_buffer):
+        sock = take_socket(self.stream)
+        if sock is None:
             _ChunkReader(self).read()
             return
-        sock = stream.socket
-        if stream._state is not None:  # its close listener (IOStream.close does the same)
-            stream.io_loop.remove_handler(sock)
-            stream._state = None
         reader = _TransportReader(self)
         self.stream = reader.stream  # type: ignore[assignment]  # what the protocol uses of it
         try:
@@ -125,6 +121,22 @@ class _FastFrames(WebSocketProtocol13):
                     return pos, 0, gen.convert_yielded(handled)
         return pos, 0, None
 
+
+
+
+def take_socket(stream: IOStream) -> socket.socket | None:
+    """The connected socket of a plain ``IOStream`` that holds no unread or unwritten bytes,
+    taken off the IOLoop (its handler removed, ``_state`` cleared, as ``IOStream.close``
+    does) for a transport to own (a websocket's in ``_FastFrames``, a pooled upstream
+    connection's in upstream/stream.py); None (the stream untouched) for any other stream."""
+    sock = stream.socket
+    if type(stream) is not IOStream or sock is None or stream.closed() or stream._read_buffer_size \
+            or stream._write_buffer or stream._connecting:
+        return None
+    if stream._state is not None:
+        stream.io_loop.remove_handler(sock)
+        stream._state = None
+    return sock  # the stream is dropped unclosed: the transport owns the socket
 
 
 

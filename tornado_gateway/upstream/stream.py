@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 from typing import Any, Callable, Union
 
 from tornado.iostream import IOStream, StreamClosedError, UnsatisfiableReadError
@@ -151,11 +150,6 @@ class TransportConnection(asyncio.Protocol):
 
     def set_close_callback(self, callback: Callable[[], None] | None) -> None:
         self._close_callback = callback
-
-    def set_nodelay(self, value: bool) -> None:
-        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if value else 0)
 
     def _ended(self) -> None:
         self._closed = True
