@@ -5,6 +5,8 @@ upstream). No timing assertions: every wait is for a marker."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import AsyncIterator
 
 import pytest
 from tornado.iostream import IOStream, StreamClosedError, UnsatisfiableReadError
@@ -33,13 +35,20 @@ class Peer:
         await self.server.wait_closed()
 
 
-async def _connected(peer: Peer) -> tuple[TransportConnection, asyncio.StreamReader, asyncio.StreamWriter]:
+@contextlib.asynccontextmanager
+async def _connected() -> AsyncIterator[tuple[TransportConnection, asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A pooled connection's transport side and its upstream's reader and writer; both closed after."""
+    peer = Peer()
     port = await peer.start()
     stream = await TCPClient().connect("127.0.0.1", port)
     connection = await on_transport(stream, 100 * 1024 * 1024, 16 * 1024)
     assert isinstance(connection, TransportConnection)
     reader, writer = await peer.accepted
-    return connection, reader, writer
+    try:
+        yield connection, reader, writer
+    finally:
+        connection.close()
+        await peer.close()
 
 
 def _close_seen(connection: TransportConnection) -> asyncio.Future:
@@ -59,9 +68,7 @@ async def _until(condition) -> None:
 
 @pytest.mark.gen_test(timeout=20)
 async def test_reads_take_what_iostream_reads_take():
-    peer = Peer()
-    connection, reader, writer = await _connected(peer)
-    try:
+    async with _connected() as (connection, reader, writer):
         writer.write(b"HTTP/1.1 200 OK\r\nA: b\r\n")  # the head in two segments
         await writer.drain()
         head = connection.read_until_regex(b"\r?\n\r?\n", max_bytes=1024)
@@ -73,17 +80,12 @@ async def test_reads_take_what_iostream_reads_take():
         assert buffered(connection) == 0
         connection.write(b"GET / HTTP/1.1\r\n\r\n")
         assert await reader.readuntil(b"\r\n\r\n") == b"GET / HTTP/1.1\r\n\r\n"
-    finally:
-        connection.close()
-        await peer.close()
 
 
 @pytest.mark.gen_test(timeout=20)
 async def test_a_delimiter_beyond_max_bytes_closes_the_connection():
-    peer = Peer()
-    connection, reader, writer = await _connected(peer)
-    closed = _close_seen(connection)
-    try:
+    async with _connected() as (connection, reader, writer):
+        closed = _close_seen(connection)
         writer.write(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 2000)
         with pytest.raises(StreamClosedError) as raised:
             await connection.read_until_regex(b"\r?\n\r?\n", max_bytes=1024)
@@ -92,30 +94,21 @@ async def test_a_delimiter_beyond_max_bytes_closes_the_connection():
         assert await reader.read() == b""  # the upstream sees the connection end
         with pytest.raises(StreamClosedError):
             connection.write(b"more")
-    finally:
-        await peer.close()
 
 
 @pytest.mark.gen_test(timeout=20)
 async def test_a_read_allowed_more_than_the_read_ahead_keeps_reading():
     """A head limit above the 64 KiB read-ahead: reading must not pause under a waiting read."""
-    peer = Peer()
-    connection, _, writer = await _connected(peer)
-    try:
+    async with _connected() as (connection, _, writer):
         head = b"HTTP/1.1 200 OK\r\nX-Pad: " + b"p" * 150_000 + b"\r\n\r\n"
         writer.write(head)
         assert await connection.read_until_regex(b"\r?\n\r?\n", max_bytes=200_000) == head
-    finally:
-        connection.close()
-        await peer.close()
 
 
 @pytest.mark.gen_test(timeout=20)
 async def test_bytes_received_before_the_peer_closed_are_read_first():
-    peer = Peer()
-    connection, _, writer = await _connected(peer)
-    closed = _close_seen(connection)
-    try:
+    async with _connected() as (connection, _, writer):
+        closed = _close_seen(connection)
         writer.write(b"0123456789")
         await writer.drain()
         writer.close()
@@ -125,15 +118,11 @@ async def test_bytes_received_before_the_peer_closed_are_read_first():
         assert await connection.read_bytes(100, partial=True) == b"456789"
         with pytest.raises(StreamClosedError):
             await connection.read_bytes(1, partial=True)
-    finally:
-        await peer.close()
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_reading_pauses_while_nobody_reads_and_nothing_is_lost():
-    peer = Peer()
-    connection, _, writer = await _connected(peer)
-    try:
+    async with _connected() as (connection, _, writer):
         body = bytes(range(256)) * 16384  # 4 MiB
         writer.write(body)
         assert connection.transport is not None
@@ -144,16 +133,11 @@ async def test_reading_pauses_while_nobody_reads_and_nothing_is_lost():
         while len(received) < len(body):
             received += await connection.read_bytes(65536, partial=True)
         assert received == body and connection.transport.is_reading()
-    finally:
-        connection.close()
-        await peer.close()
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_a_write_waits_while_the_upstream_does_not_read():
-    peer = Peer()
-    connection, reader, _ = await _connected(peer)
-    try:
+    async with _connected() as (connection, reader, _):
         chunk = b"x" * (1024 * 1024)
         writes = []
         for _ in range(256):  # the upstream reads nothing: the transport's buffer fills
@@ -168,9 +152,6 @@ async def test_a_write_waits_while_the_upstream_does_not_read():
             received += len(await reader.read(1024 * 1024))
         await writes[-1]
         assert received > 0
-    finally:
-        connection.close()
-        await peer.close()
 
 
 @pytest.mark.gen_test(timeout=20)
@@ -191,13 +172,8 @@ async def test_only_a_plain_stream_with_nothing_buffered_moves():
 
 @pytest.mark.gen_test(timeout=20)
 async def test_a_cancelled_read_leaves_its_bytes_to_the_next_one():
-    peer = Peer()
-    connection, _, writer = await _connected(peer)
-    try:
+    async with _connected() as (connection, _, writer):
         waiting = connection.read_bytes(5)
         waiting.cancel()
         writer.write(b"hello")
         assert await connection.read_bytes(5) == b"hello"
-    finally:
-        connection.close()
-        await peer.close()
