@@ -1,4 +1,4 @@
-"""The node's Socket.IO server: sockets, connection auth, caps, sending, receipts, drain.
+"""The node's Socket.IO server: sockets, connection auth, caps, sending, drain.
 
 Interface for the rest of the gateway: ``emit_local(event, to, data)`` delivers to this
 node's targeted sockets; ``disconnect_local(user_id, jti, before)`` closes revoked ones.
@@ -21,6 +21,7 @@ from tornado_gateway.logs import sockets as socket_log
 from tornado_gateway.edge.identity import Identity, AuthError, bearer_token, check_access_token
 from tornado_gateway.realtime.services import ChatServices
 from tornado_gateway.realtime.dedupe import ReceiptMarks, SendRecords
+from tornado_gateway.realtime.receipts import DeliveredReceipts
 from tornado_gateway.cluster.redis_link import connect_subscriber
 from tornado_gateway.realtime.managers import LocalManager, RedisFanoutManager
 from tornado_gateway.realtime.room_manager import RoomFanoutManager
@@ -56,7 +57,6 @@ class Realtime(OrderedDispatch):
             self.manager = RoomFanoutManager(gateway.redis, lambda: connect_subscriber(url))
         else:
             self.manager = LocalManager()
-        self.manager.on_delivery_ack = self._delivery_acked
         self.manager.on_event = self.receive
         self.sio = wire.GatewaySocketServer(
             self.receive,
@@ -81,12 +81,11 @@ class Realtime(OrderedDispatch):
         self.sockets_of_ip: dict[str, int] = {}
         self.services = ChatServices(gateway)
         self.sends = SendRecords(gateway.redis)
-        self.receipt_marks = ReceiptMarks(gateway.redis)
+        self.receipts = DeliveredReceipts(ReceiptMarks(gateway.redis), self.manager, self._user_of)
+        self.manager.on_delivery_ack = self.receipts.acked
         self.presence = Presence(gateway, self._announce_presence)
         self.typing = TypingIndicators(settings.typing_timeout, self._broadcast_typing)
         self.events = RealtimeEvents(self)
-        self._receipts: list[tuple] = []
-        self._receipt_flush: asyncio.Task | None = None
 
     # -- wiring ----------------------------------------------------------------
 
@@ -384,38 +383,11 @@ class Realtime(OrderedDispatch):
         task = asyncio.ensure_future(coro)
         task.add_done_callback(_log_task_failure)
 
-    # -- receipts, presence and typing fan-out -------------------------------------------
+    # -- presence and typing fan-out ------------------------------------------------------
 
-    def _delivery_acked(self, sid: str, data: Any, *ack_args: Any) -> None:
-        """A device acked ``message:new``: queue a delivered receipt for the sender."""
+    def _user_of(self, sid: str) -> str | None:
         state = self.states.get(sid)
-        message = data.get("message") if isinstance(data, dict) else None
-        if state is None or state.identity is None or not isinstance(message, dict):
-            return
-        sender = _sender_of(message)
-        message_id = message.get("id")
-        if sender is None or message_id is None or sender == state.identity.user_id:
-            return
-        self._receipts.append((str(message_id), message.get("chatId"), sender, state.identity.user_id))
-        if self._receipt_flush is None:
-            self._receipt_flush = asyncio.ensure_future(self._flush_receipts())
-
-    async def _flush_receipts(self) -> None:
-        try:
-            while self._receipts:
-                batch, self._receipts = self._receipts, []
-                by_pair = {(m, r): (m, c, s, r) for m, c, s, r in batch}
-                at = iso_time()
-                receipts = []
-                for pair in await self.receipt_marks.first(list(by_pair)):
-                    message_id, chat_id, sender, recipient = by_pair[pair]
-                    receipts.append(("user:" + sender, {"chatId": chat_id, "messageId": message_id,
-                                                        "userId": recipient, "at": at}))
-                self.manager.emit_each_now("receipt:delivered", receipts)
-        except Exception:
-            log.exception("delivered receipts failed")
-        finally:
-            self._receipt_flush = None
+        return state.user_id if state is not None else None
 
     async def _announce_presence(self, user_id: str, status: str, last_seen: str | None,
                                  chat_ids: list[str]) -> None:
@@ -446,15 +418,6 @@ def _rooms_of(to: Any) -> list[str]:
     if isinstance(to.get("users"), list):
         return ["user:" + u for u in to["users"] if isinstance(u, str)]
     return []
-
-
-def _sender_of(message: dict) -> str | None:
-    sender = message.get("senderId", message.get("sender"))
-    if isinstance(sender, dict):
-        sender = sender.get("id")
-    if isinstance(sender, int) and not isinstance(sender, bool):
-        sender = str(sender)
-    return sender if isinstance(sender, str) and sender else None
 
 
 def _log_task_failure(task: asyncio.Task) -> None:
