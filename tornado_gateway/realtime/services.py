@@ -54,7 +54,7 @@ class ChatServices:
         expires = self._members.get(key)
         if expires is not None and expires > now:
             return
-        await self.call("GET", f"/api/chats/{quote(chat_id)}", identity)
+        await self.call("GET", f"/api/chats/{quote(chat_id)}", identity, batched=True)
         if len(self._members) >= MEMBERSHIP_CACHE_MAX:
             self._members = {k: v for k, v in self._members.items() if v > now}
             if len(self._members) >= MEMBERSHIP_CACHE_MAX:
@@ -81,13 +81,15 @@ class ChatServices:
     # -- one upstream request ---------------------------------------------------
 
     async def call(self, method: str, public_path: str, identity: Identity, body: dict | None = None,
-                   extra_headers: dict | None = None) -> Any:
+                   extra_headers: dict | None = None, batched: bool = False) -> Any:
         """``method public_path`` as the proxy would send it (route table, prefix replaced): a
-        service sees one path layout for HTTP and sockets (SPEC §5)."""
+        service sees one path layout for HTTP and sockets (SPEC §5). ``batched`` (a GET): it may
+        share a connection with other sockets' GETs of this loop turn (``forward_batched``)."""
         request, answer, service = self._request(method, public_path, identity, body, extra_headers)
         started = time.monotonic()
+        client = self.http_client
         try:
-            await self.http_client.forward(request)
+            await (client.forward_batched(request) if batched else client.forward(request))
         except Exception as exc:
             return _outcome(service, answer, started, exc)
         return _outcome(service, answer, started)

@@ -19,7 +19,7 @@ from tornado_gateway import tornado_compat
 from tornado_gateway.upstream import wire
 from tornado_gateway.upstream.exchange import Exchange
 from tornado_gateway.upstream.forward import ForwardExchange, ForwardRequest, target_for
-from tornado_gateway.upstream.pipeline import PipelinedExchange
+from tornado_gateway.upstream.pipeline import PipelinedExchange, TurnBatches
 from tornado_gateway.upstream.pool import HostPool, LiteralFirstResolver, Target, remaining, ssl_options
 from tornado_gateway.upstream.stream import Connection, on_transport
 
@@ -56,6 +56,7 @@ class PooledHTTPClient(AsyncHTTPClient):
         self._sweeper: PeriodicCallback | None = None
         self._running: set[asyncio.Task] = set()
         self._ssl_contexts: dict[tuple, ssl.SSLContext | dict] = {}
+        self._turn_batches = TurnBatches(self, self._run)
 
     def close(self) -> None:
         if tornado_compat.http_client_closed(self):
@@ -65,6 +66,7 @@ class PooledHTTPClient(AsyncHTTPClient):
             self._sweeper.stop()
         for task in list(self._running):
             task.cancel()  # in-flight fetches fail with HTTPStreamClosedError("client closed")
+        self._turn_batches.close()
         for pool in self.pools.values():
             pool.close()
         self.pools.clear()
@@ -96,6 +98,17 @@ class PooledHTTPClient(AsyncHTTPClient):
             exchanges.append(ForwardExchange(self, request, settle, target_for(request)))
         self._run(PipelinedExchange(self, exchanges))
         return futures
+
+    def forward_batched(self, request: ForwardRequest) -> "asyncio.Future[None]":
+        """A request that may share a connection, as ``forward``: it must be replayable and
+        have no body (a GET). The ones made in one loop turn to one upstream go pipelined
+        (pipeline.TurnBatches); the upstream may get them in any order."""
+        self._check_open()
+        if request.body is not None or request.body_producer is not None:
+            raise ValueError("a batched request has no body")
+        future, settle = _settler()
+        self._turn_batches.add(ForwardExchange(self, request, settle, target_for(request)))
+        return future
 
     def _check_open(self) -> None:
         if tornado_compat.http_client_closed(self):
