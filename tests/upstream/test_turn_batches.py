@@ -140,3 +140,20 @@ async def test_closing_the_client_fails_the_gets_still_waiting_for_the_end_of_th
         await recorder.raw.close()
     assert [type(result).__name__ for result in results] == ["HTTPStreamClosedError"] * 2
     assert recorder.seen == []
+
+
+@pytest.mark.gen_test
+async def test_gets_with_other_timeouts_are_not_batched_together(client):
+    """A batch shares one deadline, so requests of one turn with other timeouts go apart."""
+    recorder = await Recorder().start()
+    try:
+        outcomes: list[dict] = [{} for _ in range(4)]
+        requests = [get(recorder.raw.base, f"/c{i}", outcome) for i, outcome in enumerate(outcomes)]
+        requests[2].request_timeout = requests[3].request_timeout = 7.0
+        await asyncio.gather(*[client.forward_batched(request) for request in requests])
+    finally:
+        await recorder.raw.close()
+    by_connection: dict[int, set[str]] = {}
+    for connection, path in recorder.seen:
+        by_connection.setdefault(connection, set()).add(path)
+    assert sorted(by_connection.values(), key=sorted) == [{"/c0", "/c1"}, {"/c2", "/c3"}]

@@ -134,8 +134,8 @@ def _request_bytes(exchange: ForwardExchange, target: Target) -> bytes:
 
 
 class TurnBatches:
-    """Replayable requests without a body made during one loop turn, per upstream: at the end
-    of the turn each upstream's share goes out pipelined, ``depth`` requests per connection
+    """Replayable requests without a body made during one loop turn, per upstream (and
+    timeouts): at the end of the turn each upstream's share goes out pipelined, ``depth`` requests per connection
     (one request alone goes as a plain exchange). Under light load a batch is one request and
     waits for nothing but the rest of the turn; in a burst (a reconnect storm's ``chat:join``
     membership checks) a batch costs one connection, one write and a read or two, where one
@@ -155,7 +155,9 @@ class TurnBatches:
             return
         if not self.waiting:
             asyncio.get_running_loop().call_soon(self._flush)
-        self.waiting.setdefault(target.pool_key, []).append(exchange)
+        request = exchange.request  # a batch shares one deadline: same upstream, same timeouts
+        key = (target.pool_key, request.connect_timeout, request.request_timeout)
+        self.waiting.setdefault(key, []).append(exchange)
 
     def close(self) -> None:
         """The client closes: what waits for the end of the turn fails as in-flight fetches do."""
