@@ -157,3 +157,112 @@ async def test_gets_with_other_timeouts_are_not_batched_together(client):
     for connection, path in recorder.seen:
         by_connection.setdefault(connection, set()).add(path)
     assert sorted(by_connection.values(), key=sorted) == [{"/c0", "/c1"}, {"/c2", "/c3"}]
+
+
+# -- failure paths (found in review) ------------------------------------------------------
+
+
+class Refused(Exception):
+    """What services._Answer.chunk raises for an answer over its limit (_TooLarge)."""
+
+
+def keep_alive(close_first_after_answer: bool = False):
+    async def script(raw, reader, writer, n):
+        while True:
+            head = await raw.request(reader)
+            path = head.split(b" ")[1]
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path))
+            await writer.drain()
+            if close_first_after_answer and n == 1:
+                return  # closes without "Connection: close"
+    return script
+
+
+def plain_get(base: str, path: str, chunk=None) -> ForwardRequest:
+    return ForwardRequest(base, path, "GET", {}, None, None, None, 5.0,
+                          lambda start, headers: None, chunk or (lambda data: None))
+
+
+def refuse(data: bytes) -> None:  # as services._Answer.chunk raising _TooLarge
+    raise Refused()
+
+
+@pytest.mark.gen_test
+async def test_a_refusing_chunk_callback_fails_its_request_in_a_batch_as_in_forward(client):
+    raw = await Raw(keep_alive()).start()
+    try:
+        with pytest.raises(Refused):  # the plain path: the callback's exception
+            await client.forward(plain_get(raw.base, "/alone", refuse))
+        futures = [client.forward_batched(plain_get(raw.base, "/big", refuse)),
+                   client.forward_batched(plain_get(raw.base, "/other"))]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+    finally:
+        await raw.close()
+    assert isinstance(results[0], Refused), results  # as forward: the callback's exception
+    assert results[1] is None
+
+
+@pytest.mark.gen_test
+async def test_closing_the_client_right_after_the_flush_settles_every_get(client):
+    """close() in the turn that started the batch's task, before the task ran."""
+    raw = await Raw(keep_alive()).start()
+    try:
+        futures = [client.forward_batched(plain_get(raw.base, f"/c{i}")) for i in range(2)]
+        asyncio.get_running_loop().call_soon(client.close)  # runs after _flush, same iteration
+        done, pending = await asyncio.wait(futures, timeout=2)
+    finally:
+        await raw.close()
+    assert not pending, "futures never settled"
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_handed_over_connection_that_closed_is_replayed_and_frees_its_slot(io_loop):
+    """The pool is full: the batch waits for a turn and is handed a connection the upstream
+    closed just after its last answer (no Connection: close)."""
+    client = PooledHTTPClient(force_instance=True, max_connections_per_host=1)
+    raw = await Raw(keep_alive(close_first_after_answer=True)).start()
+    try:
+        first = client.forward(plain_get(raw.base, "/first"))  # holds the one slot
+        await asyncio.sleep(0)
+        batch = [client.forward_batched(plain_get(raw.base, f"/b{i}")) for i in range(2)]  # wait for a turn
+        await first
+        results = await asyncio.gather(*batch, return_exceptions=True)
+        later = await asyncio.gather(client.forward(plain_get(raw.base, "/later")), return_exceptions=True)
+    finally:
+        client.close()
+        await raw.close()
+    assert results == [None, None]  # replayed on a new connection
+    assert later == [None]  # and the dead connection's slot came back
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_batch_whose_deadline_passes_in_the_queue_sends_nothing(io_loop):
+    """The pool is full past the batch's deadline: the batch fails with a timeout, none of its
+    requests reaches the upstream, and the pool serves the next request."""
+    async def script(raw, reader, writer, n):
+        while True:
+            head = await raw.request(reader)
+            path = head.split(b" ")[1]
+            if path == b"/slow":
+                await asyncio.sleep(0.6)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path))
+
+    client = PooledHTTPClient(force_instance=True, max_connections_per_host=1)
+    raw = await Raw(script).start()
+    try:
+        slow = client.forward(plain_get(raw.base, "/slow"))
+        await asyncio.sleep(0)
+        batch = []
+        for i in range(2):
+            request = plain_get(raw.base, f"/b{i}")
+            request.request_timeout = 0.2  # the batch's deadline passes in the queue
+            batch.append(client.forward_batched(request))
+        results = await asyncio.gather(*batch, return_exceptions=True)
+        await slow
+        after = await client.forward(plain_get(raw.base, "/after"))
+    finally:
+        client.close()
+        await raw.close()
+    assert [type(result).__name__ for result in results] == ["HTTPTimeoutError"] * 2
+    assert after is None
+    assert [head.split(b" ")[1] for head in raw.requests] == [b"/slow", b"/after"]

@@ -117,7 +117,7 @@ class PooledHTTPClient(AsyncHTTPClient):
     def _run(self, exchange: Exchange | PipelinedExchange) -> None:
         task = asyncio.ensure_future(exchange.run())
         self._running.add(task)  # asyncio keeps only weak references to tasks
-        task.add_done_callback(self._running.discard)
+        task.add_done_callback(lambda done: _forget(self._running, done, exchange))
 
     # -- connections -------------------------------------------------------
 
@@ -187,6 +187,14 @@ class PooledHTTPClient(AsyncHTTPClient):
             pool.evict_idle(older_than)
 
 
+
+
+def _forget(running: set[asyncio.Task], task: asyncio.Task, exchange: Exchange | PipelinedExchange) -> None:
+    """A finished exchange task leaves the running set; one cancelled before it ran (close()
+    in the same loop turn) never reached its own handler, so its requests are settled here."""
+    running.discard(task)
+    if task.cancelled():
+        exchange.cancelled()
 
 
 def _settler() -> "tuple[asyncio.Future[None], Callable[[BaseException | None], None]]":

@@ -103,6 +103,10 @@ class Exchange:
         else:
             self._settle_response()
 
+    def cancelled(self) -> None:
+        """Its task was cancelled, maybe before it ran (the client closed): settle once."""
+        self._settle_error(HTTPStreamClosedError("client closed"))
+
     async def _send_and_read(self, pool: HostPool, stream: Connection, reused: bool,
                              target: Target, headers: httputil.HTTPHeaders) -> bool:
         """One attempt on one connection; False when a dead reused connection should be retried."""

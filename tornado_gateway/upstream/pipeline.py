@@ -62,6 +62,9 @@ class PipelinedExchange:
                     stream, reused = await self.client.open(pool, targets[0], first.connect_deadline()), False
                 else:
                     stream, reused = await self.client.acquire(pool, targets[0], first.connect_deadline())
+                if self.timed_out:  # every request failed while the connection came
+                    pool.give_back(stream)
+                    break
                 left = await self._attempt(pool, stream, reused, pending, payloads)
                 fresh = len(left) == len(pending)
                 pending = left
@@ -79,10 +82,20 @@ class PipelinedExchange:
         """Write every pending request, read the answers in order; what is left to send again."""
         self.stream = stream
         try:
-            wire.send(stream, b"".join(payloads[id(exchange)] for exchange in pending))
+            try:
+                wire.send(stream, b"".join(payloads[id(exchange)] for exchange in pending))
+            except Exception as exc:  # closed while idle (or handed over just as it closed)
+                pool.discard(stream)
+                if reused and self._may_replay(stream):
+                    return pending  # nothing was sent: all of them again, on a new connection
+                self._fail(pending, Exchange.as_stream_error(exc))
+                return []
             for index, exchange in enumerate(pending):
                 try:
                     await exchange.read_from(stream)
+                except asyncio.CancelledError:  # the client closes: the connection goes too
+                    pool.discard(stream)
+                    raise
                 except Exception as exc:
                     pool.discard(stream)
                     if self.timed_out:
@@ -98,6 +111,10 @@ class PipelinedExchange:
                         return pending[index:]  # the upstream never answered these
                     self._fail(pending[index:], Exchange.as_stream_error(exc))
                     return []
+                if exchange.callback_error is not None:  # refused an answer read whole (too large)
+                    pool.discard(stream)
+                    exchange.finish(exchange.callback_error)
+                    return pending[index + 1:]
                 exchange.finish()
                 if not exchange.reusable(stream, exchange.request.headers):
                     pool.discard(stream)
@@ -106,6 +123,10 @@ class PipelinedExchange:
             return []
         finally:
             self.stream = None
+
+    def cancelled(self) -> None:
+        """Its task was cancelled, maybe before it ran (the client closed): settle every request."""
+        self._fail(self.exchanges, HTTPStreamClosedError("client closed"))
 
     def _may_replay(self, stream: Connection) -> bool:
         return not tornado_compat.http_client_closed(self.client) and \
