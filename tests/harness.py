@@ -9,6 +9,7 @@ every request; gateways are real ``python -m tornado_gateway`` processes.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import random
@@ -40,9 +41,18 @@ SERVICES = ("auth", "users", "chats", "messages", "media", "notifications")
 PORT_RANGE = (20000, 32000)
 
 
+_RECENT_PORTS: collections.deque = collections.deque(maxlen=1024)
+
+
 def free_port() -> int:
+    """A port free right now and not handed out among this process's last 1,024 picks: two
+    picks in a row (a gateway's PORT and INTERNAL_PORT) were once the same port, and the
+    gateway then stopped at start-up, after its first listener had answered the wait."""
     while True:
         port = random.randrange(*PORT_RANGE)
+        if port in _RECENT_PORTS:
+            continue
+        _RECENT_PORTS.append(port)
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))

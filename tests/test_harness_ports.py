@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import urllib.request
 
-from harness import GatewayProcess
+from harness import GatewayProcess, free_port
 
 
 def test_a_gateway_whose_port_was_taken_starts_on_another(stub_upstreams):
@@ -22,3 +22,8 @@ def test_a_gateway_whose_port_was_taken_starts_on_another(stub_upstreams):
     finally:
         gateway.stop()
         squatter.close()
+
+
+def test_free_port_never_hands_out_a_recent_pick_again():
+    picks = [free_port() for _ in range(1000)]
+    assert len(set(picks)) == len(picks)
