@@ -266,21 +266,3 @@ async def test_a_batch_whose_deadline_passes_in_the_queue_sends_nothing(io_loop)
     assert [type(result).__name__ for result in results] == ["HTTPTimeoutError"] * 2
     assert after is None
     assert [head.split(b" ")[1] for head in raw.requests] == [b"/slow", b"/after"]
-
-
-@pytest.mark.gen_test
-async def test_a_turn_uses_every_idle_connection_before_pipelining(client):
-    """Three idle connections, three GETs in one turn: one on each, none behind another."""
-    recorder = await Recorder().start()
-    try:
-        await batch(client, recorder.raw.base, ["/warm"])  # the first connection
-        await asyncio.gather(*[client.forward(get(recorder.raw.base, f"/w{i}", {})) for i in range(3)])
-        idle = len(next(iter(client.pools.values())).idle)
-        accepts = recorder.raw.accepts
-        got = await batch(client, recorder.raw.base, ["/x0", "/x1", "/x2"])
-    finally:
-        await recorder.raw.close()
-    assert idle == 3 and accepts == 3 and recorder.raw.accepts == 3  # no new connection
-    assert got == [(200, "/x0"), (200, "/x1"), (200, "/x2")]
-    connections = {connection for connection, path in recorder.seen if path.startswith("/x")}
-    assert len(connections) == 3

@@ -156,12 +156,11 @@ def _request_bytes(exchange: ForwardExchange, target: Target) -> bytes:
 
 class TurnBatches:
     """Replayable requests without a body made during one loop turn, per upstream (and
-    timeouts): at the end of the turn each upstream's share goes out on its idle connections,
-    or pipelined up to ``depth`` per connection when there are more requests than idle
-    connections (a request alone goes as a plain exchange). Under light load nothing waits
-    behind another request while a connection is idle; in a burst (a reconnect storm's
-    ``chat:join`` membership checks) 16 requests cost one connection, one write and a read
-    or two, where one request per connection would open hundreds of connections at once."""
+    timeouts): at the end of the turn each upstream's share goes out pipelined, ``depth`` requests per connection
+    (one request alone goes as a plain exchange). Under light load a batch is one request and
+    waits for nothing but the rest of the turn; in a burst (a reconnect storm's ``chat:join``
+    membership checks) a batch costs one connection, one write and a read or two, where one
+    request per connection would open hundreds of connections at once."""
 
     def __init__(self, client: ConnectionSource, run: Callable[[Exchange | PipelinedExchange], None],
                  depth: int = PIPELINE_DEPTH) -> None:
@@ -189,12 +188,9 @@ class TurnBatches:
 
     def _flush(self) -> None:
         waiting, self.waiting = self.waiting, {}
-        for (pool_key, _, _), exchanges in waiting.items():
-            # as few connections as the depth allows, but every idle one when there are more
-            # (no request waits behind another while a connection sits idle); shared evenly:
-            # 17 requests go 9 + 8, not 16 + 1
-            idle = len(self.client.pool_for(pool_key).idle)
-            connections = max(-(-len(exchanges) // self.depth), min(len(exchanges), idle))
+        for exchanges in waiting.values():
+            # share the batch out evenly: 17 requests go 9 + 8, not 16 + 1
+            connections = -(-len(exchanges) // self.depth)
             for index in range(connections):
                 share = exchanges[index::connections]
                 self.run(share[0] if len(share) == 1 else PipelinedExchange(self.client, share))
