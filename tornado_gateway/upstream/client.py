@@ -190,8 +190,8 @@ class PooledHTTPClient(AsyncHTTPClient):
 
 
 def _forget(running: set[asyncio.Task], task: asyncio.Task, exchange: Exchange | PipelinedExchange) -> None:
-    """A finished exchange task leaves the running set; one cancelled before it ran (close()
-    in the same loop turn) never reached its own handler, so its requests are settled here."""
+    """A finished exchange task leaves the running set; a cancelled one (close(), before it
+    ran or while it waited) has its requests settled here, the one place that does it."""
     running.discard(task)
     if task.cancelled():
         exchange.cancelled()

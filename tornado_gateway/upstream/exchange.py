@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from asyncio import Future
 
-import asyncio
 import base64
 import logging
 import ssl
@@ -95,10 +94,7 @@ class Exchange:
                 deadline = self.io_loop.time() + connect_timeout if connect_timeout else None
                 stream = await self.client.open(pool, target, deadline)
                 await self._send_and_read(pool, stream, False, target, headers)
-        except asyncio.CancelledError:
-            self._settle_error(HTTPStreamClosedError("client closed"))
-            raise
-        except Exception as exc:
+        except Exception as exc:  # cancelled (the client closed): the client's task callback settles
             self._settle_error(exc)
         else:
             self._settle_response()

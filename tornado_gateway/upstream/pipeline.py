@@ -68,10 +68,7 @@ class PipelinedExchange:
                 left = await self._attempt(pool, stream, reused, pending, payloads)
                 fresh = len(left) == len(pending)
                 pending = left
-        except asyncio.CancelledError:
-            self._fail(pending, HTTPStreamClosedError("client closed"))
-            raise
-        except Exception as exc:
+        except Exception as exc:  # cancelled (the client closed): the client's task callback settles
             self._fail(pending, exc)
         finally:
             if timer is not None:
